@@ -1,0 +1,36 @@
+"""One error tree for headcount. Library errors are translated into these at the edge."""
+
+from __future__ import annotations
+
+
+class HeadcountError(Exception):
+    """Root of every error headcount raises on purpose."""
+
+
+class TopologyError(HeadcountError):
+    """The topology is invalid. ``problems`` lists every problem found, each a full sentence
+    naming the file, the entry and what is wrong."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class UnknownSpaceError(HeadcountError, LookupError):
+    """A space id the topology does not define."""
+
+    def __init__(self, space_id: str) -> None:
+        self.space_id = space_id
+        super().__init__(f"unknown space {space_id!r}: the topology defines no space with that id")
+
+
+class InvalidTimestampError(HeadcountError, ValueError):
+    """A timestamp a person or a client gave could not be read."""
+
+
+class StoreError(HeadcountError):
+    """The event store failed; the original driver error is chained as ``__cause__``."""
+
+
+class ConflictError(StoreError):
+    """An append that clashes with what is stored (same key, different content)."""

@@ -1,0 +1,360 @@
+"""Topology: spaces, the doorways between them, and which DPU served which doorway when.
+
+A :class:`Topology` is immutable and valid by construction: its constructor checks every entry
+and raises :class:`~headcount.errors.TopologyError` listing *all* problems at once, so nothing
+starts on a broken file. Resolution (:meth:`Topology.links_at`) is on the per-event hot path and
+is a dictionary lookup plus a bisect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+from headcount.domain._topology_parse import Reader, check, load_toml, quote, write_toml
+from headcount.errors import TopologyError, UnknownSpaceError
+
+if TYPE_CHECKING:
+    import datetime
+
+Placement = Literal[1, -1]
+_Entry = TypeVar("_Entry")
+
+_SPACE_KEYS = ("id", "name", "parent", "time_zone", "daily_reset", "capacity", "allow_negative")
+_DOORWAY_KEYS = ("id", "name", "links")
+_LINK_KEYS = ("space", "sensor_placement")
+_ASSIGNMENT_KEYS = ("dpu", "doorway", "valid_from", "valid_until")
+_LINKS_EXAMPLE = 'links = [{ space = "A", sensor_placement = 1 }]'
+_FINGERPRINT_VERSION = "headcount.topology.fingerprint/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """An area whose occupancy is counted. ``daily_reset`` is local wall-clock time."""
+
+    id: str
+    name: str
+    parent: str | None = None
+    time_zone: str = "UTC"
+    daily_reset: datetime.time | None = None
+    capacity: int | None = None
+    allow_negative: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A doorway's tie to one space: +1 if the DPU hangs inside that space, -1 if outside."""
+
+    space_id: str
+    sensor_placement: Placement
+
+
+@dataclass(frozen=True, slots=True)
+class Doorway:
+    """An opening between areas; each link says which space a traversal under it changes."""
+
+    id: str
+    name: str
+    links: tuple[Link, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """DPU ``dpu_id`` served ``doorway_id`` during ``[valid_from, valid_until)`` (ms, UTC)."""
+
+    dpu_id: str
+    doorway_id: str
+    valid_from: int
+    valid_until: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One stretch of time in which one DPU's traversals reach one space."""
+
+    dpu_id: str
+    doorway_id: str
+    sensor_placement: Placement
+    valid_from: int
+    valid_until: int | None
+
+
+class Topology:
+    """Validated, immutable topology with indexes for per-event resolution."""
+
+    __slots__ = (
+        "_assignments",
+        "_by_dpu",
+        "_canonical",
+        "_children",
+        "_doorways",
+        "_fingerprints",
+        "_sources",
+        "_spaces",
+    )
+
+    def __init__(
+        self,
+        spaces: Iterable[Space],
+        doorways: Iterable[Doorway],
+        assignments: Iterable[Assignment],
+        *,
+        source: str = "<topology>",
+    ) -> None:
+        """Check everything and build the indexes; raise :class:`TopologyError` if invalid."""
+        space_list, doorway_list = tuple(spaces), tuple(doorways)
+        self._assignments = tuple(assignments)
+        report = Reader(source)
+        check(
+            list(enumerate(space_list)),
+            list(enumerate(doorway_list)),
+            list(enumerate(self._assignments)),
+            report,
+        )
+        if report.problems:
+            raise TopologyError(report.problems)
+        self._spaces = MappingProxyType({space.id: space for space in space_list})
+        self._doorways = MappingProxyType({doorway.id: doorway for doorway in doorway_list})
+        self._canonical = tuple(sorted(self._assignments, key=lambda a: (a.dpu_id, a.valid_from)))
+
+        children: dict[str, list[str]] = {space_id: [] for space_id in self._spaces}
+        for space in space_list:
+            if space.parent is not None:
+                children[space.parent].append(space.id)
+        self._children = {space_id: tuple(kids) for space_id, kids in children.items()}
+
+        timelines: dict[str, list[Assignment]] = {}
+        sources: dict[str, list[Source]] = {space_id: [] for space_id in self._spaces}
+        for a in self._canonical:
+            timelines.setdefault(a.dpu_id, []).append(a)
+            for link in self._doorways[a.doorway_id].links:
+                placement = link.sensor_placement
+                found = Source(a.dpu_id, a.doorway_id, placement, a.valid_from, a.valid_until)
+                sources[link.space_id].append(found)
+        self._by_dpu = {
+            dpu_id: (
+                [a.valid_from for a in timeline],
+                tuple(timeline),
+                tuple(self._doorways[a.doorway_id].links for a in timeline),
+            )
+            for dpu_id, timeline in timelines.items()
+        }
+        self._sources = {space_id: tuple(found) for space_id, found in sources.items()}
+        self._fingerprints = {
+            space_id: _fingerprint(space, self._sources[space_id])
+            for space_id, space in self._spaces.items()
+        }
+
+    @property
+    def spaces(self) -> Mapping[str, Space]:
+        """Spaces by id, in file order (read-only)."""
+        return self._spaces
+
+    @property
+    def doorways(self) -> Mapping[str, Doorway]:
+        """Doorways by id, in file order (read-only)."""
+        return self._doorways
+
+    @property
+    def assignments(self) -> tuple[Assignment, ...]:
+        """Assignments in the order given."""
+        return self._assignments
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<topology>") -> Topology:
+        """Parse and validate a topology file; every problem is reported in one TopologyError."""
+        return cls.from_dict(load_toml(text, source), source=source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<topology>") -> Topology:
+        """Build from parsed TOML (or JSON) data with ``spaces``, ``doorways``, ``assignments``."""
+        if not isinstance(data, Mapping):
+            raise TopologyError(
+                [f"{source}: the topology must be a table, not {type(data).__name__}."]
+            )
+        report = Reader(source)
+        report.keys(data, "top level", ("spaces", "doorways", "assignments"))
+        spaces = _read_all(report, data, "spaces", _read_space)
+        doorways = _read_all(report, data, "doorways", _read_doorway)
+        assignments = _read_all(report, data, "assignments", _read_assignment)
+        check(spaces, doorways, assignments, report)
+        if report.problems:
+            raise TopologyError(report.problems)
+        return cls(
+            (space for _, space in spaces),
+            (doorway for _, doorway in doorways),
+            (assignment for _, assignment in assignments),
+            source=source,
+        )
+
+    def to_toml(self) -> str:
+        """This topology as TOML text that :meth:`from_toml` reads back to an equal topology."""
+        return write_toml(self._spaces.values(), self._doorways.values(), self._assignments)
+
+    def space(self, space_id: str) -> Space:
+        """The space with this id; :class:`UnknownSpaceError` if there is none."""
+        try:
+            return self._spaces[space_id]
+        except KeyError:
+            raise UnknownSpaceError(space_id) from None
+
+    def assignment_at(self, dpu_id: str, ts: int) -> Assignment | None:
+        """The assignment of ``dpu_id`` in force at ``ts`` (ms), or None."""
+        timeline = self._by_dpu.get(dpu_id)
+        if timeline is None:
+            return None
+        starts, assignments, _ = timeline
+        i = bisect_right(starts, ts) - 1
+        if i < 0:
+            return None
+        found = assignments[i]
+        if found.valid_until is not None and ts >= found.valid_until:
+            return None
+        return found
+
+    def links_at(self, dpu_id: str, ts: int) -> tuple[Link, ...]:
+        """The links a traversal of ``dpu_id`` at ``ts`` reaches; ``()`` if unassigned then."""
+        timeline = self._by_dpu.get(dpu_id)
+        if timeline is None:
+            return ()
+        starts, assignments, links = timeline
+        i = bisect_right(starts, ts) - 1
+        if i < 0:
+            return ()
+        until = assignments[i].valid_until
+        if until is not None and ts >= until:
+            return ()
+        return links[i]
+
+    def knows_dpu(self, dpu_id: str) -> bool:
+        """Whether ``dpu_id`` appears in any assignment."""
+        return dpu_id in self._by_dpu
+
+    def dpu_ids(self) -> frozenset[str]:
+        """Every DPU id that appears in an assignment."""
+        return frozenset(self._by_dpu)
+
+    def sources(self, space_id: str) -> tuple[Source, ...]:
+        """Every (DPU, interval, placement) reaching the space, sorted by (dpu_id, valid_from)."""
+        try:
+            return self._sources[space_id]
+        except KeyError:
+            raise UnknownSpaceError(space_id) from None
+
+    def fingerprint(self, space_id: str) -> str:
+        """Hex SHA-256 of everything that decides the space's fold (not name/parent/capacity)."""
+        try:
+            return self._fingerprints[space_id]
+        except KeyError:
+            raise UnknownSpaceError(space_id) from None
+
+    def children(self, space_id: str) -> tuple[str, ...]:
+        """Ids of the spaces whose parent is ``space_id``, in file order."""
+        try:
+            return self._children[space_id]
+        except KeyError:
+            raise UnknownSpaceError(space_id) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Topology):
+            return NotImplemented
+        return (
+            dict(self._spaces) == dict(other._spaces)
+            and dict(self._doorways) == dict(other._doorways)
+            and self._canonical == other._canonical
+        )
+
+    def __hash__(self) -> int:
+        return hash(
+            (frozenset(self._spaces.items()), frozenset(self._doorways.items()), self._canonical)
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Topology: {len(self._spaces)} spaces, {len(self._doorways)} doorways, "
+            f"{len(self._assignments)} assignments>"
+        )
+
+
+def _fingerprint(space: Space, sources: tuple[Source, ...]) -> str:
+    reset = None if space.daily_reset is None else space.daily_reset.strftime("%H:%M")
+    payload = [
+        _FINGERPRINT_VERSION,
+        [space.id, space.time_zone, reset, space.allow_negative],
+        [
+            [s.dpu_id, s.doorway_id, s.sensor_placement, s.valid_from, s.valid_until]
+            for s in sources
+        ],
+    ]
+    encoded = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("ascii")).hexdigest()
+
+
+def _read_all(
+    report: Reader,
+    data: Mapping[str, Any],
+    key: str,
+    read: Callable[[Reader, int, Mapping[str, Any]], _Entry | None],
+) -> list[tuple[int, _Entry]]:
+    """Every readable entry of the array of tables ``data[key]``, with its position."""
+    found: list[tuple[int, _Entry]] = []
+    for index, table in report.tables(data, key, "", f"[[{key}]] tables, one per entry"):
+        entry = read(report, index, table)
+        if entry is not None:
+            found.append((index, entry))
+    return found
+
+
+def _read_space(report: Reader, index: int, entry: Mapping[str, Any]) -> Space | None:
+    space_id = report.string(entry, "id", f"spaces[{index}]", required="lobby")
+    if space_id is None:
+        return None
+    where = f"spaces[{index}] (id {quote(space_id)})"
+    report.keys(entry, where, _SPACE_KEYS)
+    capacity = report.integer(entry, "capacity", where, example=50, required=False)
+    return Space(
+        id=space_id,
+        name=report.string(entry, "name", where, required="Lobby") or "",
+        parent=report.string(entry, "parent", where),
+        time_zone=report.string(entry, "time_zone", where) or "UTC",
+        daily_reset=report.time_of_day(entry, "daily_reset", where),
+        capacity=capacity,
+        allow_negative=report.boolean(entry, "allow_negative", where) or False,
+    )
+
+
+def _read_doorway(report: Reader, index: int, entry: Mapping[str, Any]) -> Doorway | None:
+    doorway_id = report.string(entry, "id", f"doorways[{index}]", required="front")
+    if doorway_id is None:
+        return None
+    where = f"doorways[{index}] (id {quote(doorway_id)})"
+    report.keys(entry, where, _DOORWAY_KEYS)
+    name = report.string(entry, "name", where, required="Front door") or ""
+    links: list[Link] = []
+    for position, table in report.tables(entry, "links", f"{where} ", _LINKS_EXAMPLE):
+        at = f"{where} links[{position}]"
+        report.keys(table, at, _LINK_KEYS)
+        space_id = report.string(table, "space", at, required="A")
+        placement = report.integer(table, "sensor_placement", at, example=1, required=True)
+        if space_id is not None and placement is not None:
+            links.append(Link(space_id, cast("Placement", placement)))
+    return Doorway(doorway_id, name, tuple(links))
+
+
+def _read_assignment(report: Reader, index: int, entry: Mapping[str, Any]) -> Assignment | None:
+    dpu_id = report.string(entry, "dpu", f"assignments[{index}]", required="283")
+    where = f"assignments[{index}]" + ("" if dpu_id is None else f" (dpu {quote(dpu_id)})")
+    report.keys(entry, where, _ASSIGNMENT_KEYS)
+    doorway_id = report.string(entry, "doorway", where, required="front")
+    valid_from = report.timestamp(entry, "valid_from", where, required=True)
+    valid_until = report.timestamp(entry, "valid_until", where, required=False)
+    if dpu_id is None or doorway_id is None or valid_from is None:
+        return None
+    if valid_until is None and "valid_until" in entry:
+        return None
+    return Assignment(dpu_id, doorway_id, valid_from, valid_until)

@@ -1,0 +1,107 @@
+"""Opening a store URL: engine settings per backend, write locks, and driver-error translation.
+
+This is the one place that knows which database is behind a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from headcount.errors import StoreError
+
+DEFAULT_URL = "sqlite+aiosqlite:///headcount.db"
+
+#: Key of the PostgreSQL advisory lock that orders appends against snapshot writes: appends
+#: hold it shared (they may run side by side), snapshot writes exclusive.
+_PG_LOG_LOCK = 0x68636E74  # "hcnt"
+_WRITE = "headcount_write"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for a store URL (``sqlite+aiosqlite:///file.db`` or
+    ``postgresql+asyncpg://user@host/db``). Plain ``sqlite:///`` and ``postgresql://`` are
+    accepted and given their async driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(
+            f"cannot read store URL {url!r}: expected e.g. {DEFAULT_URL!r} or"
+            " 'postgresql+asyncpg://user@host:5432/db'"
+        ) from e
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        return create_async_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+    raise StoreError(
+        f"store URL {url!r} names {backend!r}; headcount stores events in SQLite or PostgreSQL"
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    # pysqlite's own transaction handling would defer BEGIN until the first write, which lets two
+    # writers read, then collide. We emit BEGIN ourselves: IMMEDIATE (the write lock) for writes.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@asynccontextmanager
+async def write_transaction(
+    engine: AsyncEngine, *, exclusive: bool = False, pg_lock: int = _PG_LOG_LOCK
+) -> AsyncIterator[AsyncConnection]:
+    """A transaction that orders itself against the store's other writers.
+
+    SQLite has one writer at a time (``BEGIN IMMEDIATE``). On PostgreSQL appends take the log
+    lock shared and snapshot writes take it ``exclusive``, so a snapshot's log position is never
+    overtaken by an append that committed later but started earlier. ``pg_lock`` names another
+    advisory lock for writers that must not touch the log's (schema migrations).
+    """
+    async with translate_errors(), engine.connect() as conn:
+        conn = await conn.execution_options(**{_WRITE: True})
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+                await conn.execute(text(f"SELECT {fn}(:key)"), {"key": pg_lock})
+            yield conn
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction with the store's errors translated."""
+    async with translate_errors(), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn driver and SQLAlchemy errors into :class:`StoreError` (the cause stays chained)."""
+    try:
+        yield
+    except DBAPIError as e:
+        raise StoreError(f"the event store failed: {e.orig}") from e
+    except SQLAlchemyError as e:
+        raise StoreError(f"the event store failed: {e}") from e
+    except OSError as e:
+        raise StoreError(f"cannot reach the event store: {e}") from e

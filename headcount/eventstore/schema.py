@@ -1,0 +1,117 @@
+"""The store's tables. Every table is append-only: rows are inserted, never updated or deleted.
+
+Timestamps are BIGINT milliseconds since the epoch (UTC), the same integers the domain uses.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    true,
+)
+
+# SQLite only aliases the rowid (and so auto-increments) for a column typed exactly INTEGER.
+Position = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+#: Every traversal a DPU reported, once. ``position`` is the order of arrival (the log
+#: position); ``late`` says the event was stored with a ``ts`` at or before the newest snapshot
+#: of the store at that moment, so it may make existing snapshots unusable (see
+#: ``headcount.history``). It is decided when the row is inserted and never changes.
+traversals = Table(
+    "traversals",
+    metadata,
+    Column("position", Position, primary_key=True, autoincrement=True),
+    Column("dpu_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("direction", SmallInteger, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+    Column("late", Boolean, nullable=False),
+    UniqueConstraint("dpu_id", "seq"),
+    CheckConstraint("direction IN (1, -1)", name="direction"),
+    Index(None, "dpu_id", "ts"),
+)
+Index(
+    "ix_traversals_late",
+    traversals.c.dpu_id,
+    traversals.c.ts,
+    sqlite_where=traversals.c.late == true(),
+    postgresql_where=traversals.c.late == true(),
+)
+
+#: Counts set by hand (or by an operator's tool) at a moment. One per space and millisecond.
+resets = Table(
+    "resets",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("space_id", String(64), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    UniqueConstraint("space_id", "ts"),
+)
+
+#: A space's folded state as of ``as_of`` (every event with ``ts <= as_of`` folded in), computed
+#: from every traversal up to log ``position`` and every reset up to ``reset_id``, under the
+#: topology whose fingerprint for that space is ``fingerprint``. Derived and disposable.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("space_id", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("as_of", BigInteger, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("entrances", BigInteger, nullable=False),
+    Column("exits", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("reset_id", BigInteger, nullable=False),
+    Column("taken_at", BigInteger, nullable=False),
+    Index(None, "space_id", "fingerprint", "as_of"),
+    Index(None, "as_of"),
+)
+
+#: Input that was refused, with the reason: nothing that arrives is silently dropped.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("received_at", BigInteger, nullable=False),
+    Column("origin", String(300), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+)
+
+#: Every topology the store was used with, in order: the newest is the current one. Kept so
+#: that a command run without a topology file answers under the one the data was stored with.
+topologies = Table(
+    "topologies",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("origin", String(500), nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+)

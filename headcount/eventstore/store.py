@@ -1,0 +1,516 @@
+"""The append-only event store: append traversals and resets, read them back in fold order,
+keep snapshots and quarantined input."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Table, and_, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from headcount.domain.events import Reset, Traversal
+from headcount.domain.fold import SpaceState
+from headcount.domain.topology import Source
+from headcount.errors import ConflictError
+from headcount.eventstore import migrate
+from headcount.eventstore.engine import (
+    DEFAULT_URL,
+    create_engine,
+    read_transaction,
+    translate_errors,
+    write_transaction,
+)
+from headcount.eventstore.records import (
+    AppendResult,
+    Conflict,
+    Head,
+    LateMark,
+    QuarantineEntry,
+    Snapshot,
+    StoredReset,
+)
+from headcount.eventstore.schema import quarantine, resets, snapshots, topologies, traversals
+
+#: Rows per statement where a batch is split (bind-parameter limits, statement size).
+_CHUNK = 500
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EventStore:
+    """An open event store. Use :meth:`open` (an async context manager) to get one."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str = DEFAULT_URL, *, upgrade: bool = True) -> EventStore:
+        """Connect to the store at ``url`` and, unless ``upgrade`` is false, bring its schema
+        to the current version (creating it in an empty database)."""
+        engine = create_engine(url)
+        try:
+            if upgrade:
+                await migrate.upgrade(engine)
+            else:
+                await migrate.check_current(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    # -- appending -------------------------------------------------------------------------
+
+    async def append(
+        self, batch: Iterable[Traversal], *, received_at: int | None = None
+    ) -> AppendResult:
+        """Store each traversal of ``batch`` once, in one transaction.
+
+        A traversal already stored (or repeated in the batch) is a duplicate: counted, not
+        stored again, never an error. One that reuses a stored ``(dpu_id, seq)`` with other
+        content is a conflict: it goes to quarantine with its reason in the same transaction.
+        """
+        received_at = now_ms() if received_at is None else received_at
+        first: dict[tuple[str, int], Traversal] = {}
+        repeats: list[Traversal] = []  # later reports of a key already in the batch
+        for t in batch:
+            if t.key in first:
+                repeats.append(t)
+            else:
+                first[t.key] = t
+        if not first:
+            return AppendResult((), (), 0, ())
+
+        duplicates = 0
+        conflicts: list[Conflict] = []
+        async with write_transaction(self.engine) as conn:
+            newest_snapshot = await conn.scalar(select(func.max(snapshots.c.as_of)))
+            inserted = await self._insert_new(
+                conn, list(first.values()), received_at, newest_snapshot
+            )
+            # What is stored now for every key of the batch: the truth each report is judged by.
+            truth = {k: t for k, t in first.items() if k in inserted}
+            truth |= await self._stored(conn, [k for k in first if k not in inserted])
+            for t in [*(t for k, t in first.items() if k not in inserted), *repeats]:
+                if truth[t.key] == t:
+                    duplicates += 1
+                else:
+                    conflicts.append(Conflict(reported=t, stored=truth[t.key]))
+            if conflicts:
+                await self._quarantine(
+                    conn,
+                    [
+                        QuarantineEntry(
+                            origin=f"append:dpu/{c.reported.dpu_id}",
+                            reason=c.reason,
+                            payload=repr(c.reported).encode(),
+                            received_at=received_at,
+                        )
+                        for c in conflicts
+                    ],
+                )
+        new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
+        return AppendResult(
+            new=tuple(t for _, t in new),
+            positions=tuple(pos for pos, _ in new),
+            duplicates=duplicates,
+            conflicts=tuple(conflicts),
+        )
+
+    async def _insert_new(
+        self,
+        conn: AsyncConnection,
+        batch: list[Traversal],
+        received_at: int,
+        newest_snapshot: int | None,
+    ) -> dict[tuple[str, int], int]:
+        inserted: dict[tuple[str, int], int] = {}
+        # Rows in key order: concurrent appends of overlapping batches then take the unique
+        # index's locks in the same order and cannot deadlock (PostgreSQL).
+        batch = sorted(batch, key=lambda t: t.key)
+        for start in range(0, len(batch), _CHUNK):
+            rows = [
+                {
+                    "dpu_id": t.dpu_id,
+                    "seq": t.seq,
+                    "ts": t.ts,
+                    "direction": t.direction,
+                    "received_at": received_at,
+                    "late": newest_snapshot is not None and t.ts <= newest_snapshot,
+                }
+                for t in batch[start : start + _CHUNK]
+            ]
+            stmt = (
+                self._insert(traversals)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
+                .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
+            )
+            for position, dpu_id, seq in await conn.execute(stmt):
+                inserted[(dpu_id, seq)] = position
+        return inserted
+
+    async def _stored(
+        self, conn: AsyncConnection, keys: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], Traversal]:
+        found: dict[tuple[str, int], Traversal] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = await conn.execute(
+                select(
+                    traversals.c.dpu_id,
+                    traversals.c.seq,
+                    traversals.c.ts,
+                    traversals.c.direction,
+                ).where(tuple_(traversals.c.dpu_id, traversals.c.seq).in_(chunk))
+            )
+            for dpu_id, seq, ts, direction in rows:
+                found[(dpu_id, seq)] = Traversal(dpu_id, seq, ts, direction)
+        return found
+
+    async def append_reset(self, reset: Reset) -> StoredReset:
+        """Store a reset. The same reset again is harmless; another count for the same space
+        and millisecond raises :class:`ConflictError`."""
+        async with write_transaction(self.engine) as conn:
+            reset_id = await conn.scalar(
+                self._insert(resets)
+                .values(
+                    space_id=reset.space_id,
+                    ts=reset.ts,
+                    count=reset.count,
+                    source=reset.source,
+                    recorded_at=now_ms(),
+                )
+                .on_conflict_do_nothing(index_elements=["space_id", "ts"])
+                .returning(resets.c.id)
+            )
+            if reset_id is not None:
+                return StoredReset(reset_id, reset.space_id, reset.ts, reset.count, reset.source)
+            row = (
+                await conn.execute(
+                    select(resets.c.id, resets.c.count, resets.c.source).where(
+                        resets.c.space_id == reset.space_id, resets.c.ts == reset.ts
+                    )
+                )
+            ).one()
+        stored_id, stored_count, stored_source = row
+        if stored_count != reset.count:
+            raise ConflictError(
+                f"space {reset.space_id!r} already has a reset to {stored_count} at this"
+                f" millisecond ({reset.ts}); resets are never edited: use another time"
+            )
+        return StoredReset(stored_id, reset.space_id, reset.ts, stored_count, stored_source)
+
+    def _insert(self, table: Table) -> Any:
+        """The backend's INSERT, which knows ON CONFLICT DO NOTHING."""
+        return (postgresql.insert if self.backend == "postgresql" else sqlite.insert)(table)
+
+    async def quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
+        """Keep refused input with its reason."""
+        if entries:
+            async with write_transaction(self.engine) as conn:
+                await self._quarantine(conn, entries)
+
+    @staticmethod
+    async def _quarantine(conn: AsyncConnection, entries: Sequence[QuarantineEntry]) -> None:
+        now = now_ms()
+        await conn.execute(
+            quarantine.insert(),
+            [
+                {
+                    "received_at": e.received_at or now,
+                    "origin": e.origin,
+                    "reason": e.reason,
+                    "payload": e.payload,
+                }
+                for e in entries
+            ],
+        )
+
+    async def quarantined(self, *, limit: int = 100) -> list[QuarantineEntry]:
+        """The newest quarantined entries, newest first."""
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(quarantine).order_by(quarantine.c.id.desc()).limit(limit)
+            )
+            return [QuarantineEntry(r.origin, r.reason, r.payload, r.received_at) for r in rows]
+
+    async def record_topology(self, document: str, *, origin: str) -> bool:
+        """Make ``document`` (topology TOML) the store's current topology. Returns whether it
+        differs from the current one (an unchanged topology is not recorded again)."""
+        digest = hashlib.sha256(document.encode()).hexdigest()
+        async with write_transaction(self.engine) as conn:
+            current = await conn.scalar(
+                select(topologies.c.digest).order_by(topologies.c.id.desc()).limit(1)
+            )
+            if current == digest:
+                return False
+            await conn.execute(
+                topologies.insert().values(
+                    digest=digest, document=document, origin=origin, recorded_at=now_ms()
+                )
+            )
+        return True
+
+    async def current_topology(self) -> tuple[str, str] | None:
+        """The newest recorded topology document and where it came from, if any."""
+        async with read_transaction(self.engine) as conn:
+            row = (
+                await conn.execute(
+                    select(topologies.c.document, topologies.c.origin)
+                    .order_by(topologies.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return None if row is None else (row.document, row.origin)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def head(self) -> Head:
+        """The newest traversal position and reset id (0 when empty)."""
+        async with read_transaction(self.engine) as conn:
+            return await self._head(conn)
+
+    @staticmethod
+    async def _head(conn: AsyncConnection) -> Head:
+        position = await conn.scalar(select(func.max(traversals.c.position)))
+        reset_id = await conn.scalar(select(func.max(resets.c.id)))
+        return Head(position or 0, reset_id or 0)
+
+    async def count_traversals(self) -> int:
+        async with read_transaction(self.engine) as conn:
+            return int(await conn.scalar(select(func.count()).select_from(traversals)) or 0)
+
+    async def newest_ts(self, dpu_ids: Iterable[str]) -> int | None:
+        """The newest event time reported by any of ``dpu_ids``."""
+        newest: int | None = None
+        async with read_transaction(self.engine) as conn:
+            for dpu_id in sorted(set(dpu_ids)):
+                ts = await conn.scalar(
+                    select(func.max(traversals.c.ts)).where(traversals.c.dpu_id == dpu_id)
+                )
+                if ts is not None and (newest is None or ts > newest):
+                    newest = ts
+        return newest
+
+    async def stream_traversals(
+        self,
+        sources: Sequence[Source],
+        *,
+        after: int | None,
+        until: int,
+        max_position: int | None = None,
+    ) -> AsyncIterator[tuple[Traversal, Source]]:
+        """Traversals that reach a space through ``sources`` with ``after < ts <= until``, in
+        fold order, each with the source it came through. Streams: memory stays bounded."""
+        where = _source_filter(sources, after=after, until=until)
+        if where is None:
+            return
+        by_dpu: dict[str, list[Source]] = {}
+        for s in sources:
+            by_dpu.setdefault(s.dpu_id, []).append(s)
+        stmt = select(
+            traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
+        ).where(where)
+        if max_position is not None:
+            stmt = stmt.where(traversals.c.position <= max_position)
+        stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+        async with translate_errors(), self.engine.connect() as conn:
+            result = await conn.stream(stmt.execution_options(yield_per=2000))
+            async for dpu_id, seq, ts, direction in result:
+                yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
+
+    async def read_resets(
+        self,
+        space_id: str,
+        *,
+        after: int | None,
+        until: int,
+        max_id: int | None = None,
+        after_id: int | None = None,
+    ) -> list[StoredReset]:
+        """Resets of a space with ``after < ts <= until`` (and ``after_id < id <= max_id``
+        where given), in time order."""
+        stmt = select(resets).where(resets.c.space_id == space_id, resets.c.ts <= until)
+        if after_id is not None:
+            stmt = stmt.where(resets.c.id > after_id)
+        if after is not None:
+            stmt = stmt.where(resets.c.ts > after)
+        if max_id is not None:
+            stmt = stmt.where(resets.c.id <= max_id)
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                stmt.with_only_columns(
+                    resets.c.id, resets.c.space_id, resets.c.ts, resets.c.count, resets.c.source
+                ).order_by(resets.c.ts)
+            )
+            return [StoredReset(*row) for row in rows]
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def snapshots_before(
+        self, space_id: str, fingerprint: str, *, at_or_before: int, limit: int
+    ) -> list[Snapshot]:
+        """A space's snapshots under ``fingerprint`` with ``as_of <= at_or_before``, newest
+        first. Whether each is still usable is for the caller to decide (late events)."""
+        stmt = (
+            select(snapshots)
+            .where(
+                snapshots.c.space_id == space_id,
+                snapshots.c.fingerprint == fingerprint,
+                snapshots.c.as_of <= at_or_before,
+            )
+            .order_by(snapshots.c.as_of.desc(), snapshots.c.id.desc())
+            .limit(limit)
+        )
+        async with read_transaction(self.engine) as conn:
+            return [_snapshot(row) for row in await conn.execute(stmt)]
+
+    async def late_marks(
+        self, sources: Sequence[Source], *, after_position: int, until: int
+    ) -> list[LateMark]:
+        """Traversals stored late through ``sources``, with ``ts <= until`` and a position
+        after ``after_position``: the only events that can make a snapshot unusable."""
+        where = _source_filter(sources, after=None, until=until)
+        if where is None:
+            return []
+        stmt = select(traversals.c.dpu_id, traversals.c.ts, traversals.c.position).where(
+            where, traversals.c.late.is_(True), traversals.c.position > after_position
+        )
+        async with read_transaction(self.engine) as conn:
+            return [LateMark(*row) for row in await conn.execute(stmt)]
+
+    async def add_snapshots(
+        self, snapshots_: Sequence[Snapshot], sources: Sequence[Source]
+    ) -> list[Snapshot]:
+        """Append snapshots of one space, folded from the logs up to each one's ``head``.
+
+        Under the exclusive log lock, any traversal or reset that reached the space after that
+        head with a ``ts`` at or before a snapshot's time would make it wrong: such snapshots
+        are dropped. The others are stored as covering the logs up to the head of this moment,
+        so every event appended later with an earlier ``ts`` is marked late. Returns what was
+        stored."""
+        if not snapshots_:
+            return []
+        space_ids = {s.space_id for s in snapshots_}
+        if len(space_ids) != 1:
+            raise ValueError("add_snapshots takes snapshots of one space at a time")
+        (space_id,) = space_ids
+        oldest_head = min((s.head for s in snapshots_), key=lambda h: (h.position, h.reset_id))
+        taken_at = now_ms()
+        async with write_transaction(self.engine, exclusive=True) as conn:
+            head = await self._head(conn)
+            newest = max(s.as_of for s in snapshots_)
+            first_unsafe = await self._first_arrival_ts(
+                conn, space_id, sources, oldest_head, until=newest
+            )
+            keep = [s for s in snapshots_ if first_unsafe is None or s.as_of < first_unsafe]
+            if keep:
+                await conn.execute(
+                    snapshots.insert(),
+                    [
+                        {
+                            "space_id": s.space_id,
+                            "fingerprint": s.fingerprint,
+                            "as_of": s.as_of,
+                            "count": s.state.count,
+                            "entrances": s.state.entrances,
+                            "exits": s.state.exits,
+                            "position": head.position,
+                            "reset_id": head.reset_id,
+                            "taken_at": taken_at,
+                        }
+                        for s in keep
+                    ],
+                )
+        return [Snapshot(s.space_id, s.fingerprint, s.state, head, taken_at) for s in keep]
+
+    @staticmethod
+    async def _first_arrival_ts(
+        conn: AsyncConnection,
+        space_id: str,
+        sources: Sequence[Source],
+        since: Head,
+        *,
+        until: int,
+    ) -> int | None:
+        """The earliest ``ts <= until`` of anything that reached the space after ``since``."""
+        candidates: list[int] = []
+        where = _source_filter(sources, after=None, until=until)
+        if where is not None:
+            ts = await conn.scalar(
+                select(func.min(traversals.c.ts)).where(
+                    where, traversals.c.position > since.position
+                )
+            )
+            if ts is not None:
+                candidates.append(ts)
+        ts = await conn.scalar(
+            select(func.min(resets.c.ts)).where(
+                resets.c.space_id == space_id,
+                resets.c.id > since.reset_id,
+                resets.c.ts <= until,
+            )
+        )
+        if ts is not None:
+            candidates.append(ts)
+        return min(candidates, default=None)
+
+
+def _source_filter(sources: Sequence[Source], *, after: int | None, until: int) -> Any:
+    clauses = []
+    for s in sources:
+        low = s.valid_from if after is None else max(s.valid_from, after + 1)
+        conds = [traversals.c.dpu_id == s.dpu_id, traversals.c.ts >= low, traversals.c.ts <= until]
+        if s.valid_until is not None:
+            if s.valid_until <= low:
+                continue
+            conds.append(traversals.c.ts < s.valid_until)
+        if low > until:
+            continue
+        clauses.append(and_(*conds))
+    if not clauses:
+        return None
+    return or_(*clauses)
+
+
+def _source_at(sources: list[Source], ts: int) -> Source:
+    for s in sources:
+        if s.valid_from <= ts and (s.valid_until is None or ts < s.valid_until):
+            return s
+    raise LookupError(f"no source of DPU {sources[0].dpu_id!r} covers {ts}")
+
+
+def _snapshot(row: Any) -> Snapshot:
+    return Snapshot(
+        space_id=row.space_id,
+        fingerprint=row.fingerprint,
+        state=SpaceState(row.as_of, row.count, row.entrances, row.exits),
+        head=Head(row.position, row.reset_id),
+        taken_at=row.taken_at,
+    )

@@ -1,0 +1,157 @@
+"""Exact answers for any moment: the newest usable snapshot at or before it, plus the log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from headcount.domain.fold import EMPTY, SpaceState, advance, fold
+from headcount.domain.topology import Topology
+from headcount.eventstore.records import Snapshot
+from headcount.eventstore.store import EventStore, now_ms
+from headcount.history.events import SpaceView, space_events
+
+log = logging.getLogger(__name__)
+
+#: Snapshot a space every this many folded events. Chosen by measurement: see BENCHMARKS.md.
+DEFAULT_SNAPSHOT_EVERY = 1000
+#: Snapshots stay this far behind the newest event of their space, so that reports arriving a
+#: little out of order (the normal case with many DPUs) never land before a snapshot.
+DEFAULT_SNAPSHOT_LAG_MS = 5 * 60 * 1000
+#: How many snapshot candidates to fetch per look-up page.
+_PAGE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceCount:
+    """A space's count at ``ts`` with the rest of its folded state. ``snapshot`` is the time of
+    the snapshot the answer was folded from (``None``: from the start of the log) and ``folded``
+    how many events were folded on top of it."""
+
+    space_id: str
+    ts: int
+    state: SpaceState
+    snapshot: int | None = None
+    folded: int = 0
+
+    @property
+    def count(self) -> int:
+        return self.state.count
+
+
+class History:
+    """Answers ``count(space, ts)`` from snapshots and the event log, and keeps snapshots."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        topology: Topology,
+        *,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        snapshot_lag_ms: int = DEFAULT_SNAPSHOT_LAG_MS,
+    ) -> None:
+        if snapshot_every < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        self.store = store
+        self.topology = topology
+        self.snapshot_every = snapshot_every
+        self.snapshot_lag_ms = snapshot_lag_ms
+
+    async def count_at(self, space_id: str, ts: int) -> SpaceCount:
+        """The fold of every event touching the space with ``ts`` at or before ``ts``."""
+        space = self.topology.space(space_id)
+        view = SpaceView.of(self.topology, space_id)
+        base = await self.usable_snapshot(view, at_or_before=ts)
+        state = EMPTY if base is None else base.state
+        folded = 0
+        async for event in space_events(self.store, view, after=state.as_of, until=ts):
+            state = fold(space, state, event)
+            folded += 1
+        snapshot = None if base is None else base.as_of
+        return SpaceCount(space_id, ts, advance(space, state, ts), snapshot, folded)
+
+    async def usable_snapshot(self, view: SpaceView, *, at_or_before: int) -> Snapshot | None:
+        """The newest snapshot of the space at or before a time that is still right: folded
+        under the current topology, and with no event stored after it that belongs before it."""
+        before = at_or_before
+        while True:
+            candidates = await self.store.snapshots_before(
+                view.space_id, view.fingerprint, at_or_before=before, limit=_PAGE
+            )
+            if not candidates:
+                return None
+            marks = await self.store.late_marks(
+                view.sources,
+                after_position=min(c.head.position for c in candidates),
+                until=candidates[0].as_of,
+            )
+            resets = await self.store.read_resets(
+                view.space_id,
+                after=None,
+                until=candidates[0].as_of,
+                after_id=min(c.head.reset_id for c in candidates),
+            )
+            for candidate in candidates:
+                if not any(
+                    m.ts <= candidate.as_of and m.position > candidate.head.position for m in marks
+                ) and not any(
+                    r.ts <= candidate.as_of and r.id > candidate.head.reset_id for r in resets
+                ):
+                    return candidate
+            if len(candidates) < _PAGE:
+                return None
+            before = candidates[-1].as_of - 1
+
+    async def refresh_snapshots(
+        self,
+        space_ids: Iterable[str] | None = None,
+        *,
+        now: int | None = None,
+        on_space: Callable[[str, int], None] | None = None,
+    ) -> int:
+        """Fold each space forward from its newest usable snapshot and append a snapshot every
+        ``snapshot_every`` events, up to ``snapshot_lag_ms`` before its newest event. Returns
+        how many snapshots were written. ``on_space(space_id, written)`` reports progress."""
+        total = 0
+        for space_id in self.topology.spaces if space_ids is None else space_ids:
+            written = await self._refresh_space(space_id, now_ms() if now is None else now)
+            total += written
+            if on_space is not None:
+                on_space(space_id, written)
+        return total
+
+    async def _refresh_space(self, space_id: str, now: int) -> int:
+        space = self.topology.space(space_id)
+        view = SpaceView.of(self.topology, space_id)
+        newest = await self.store.newest_ts(s.dpu_id for s in view.sources)
+        if newest is None:
+            return 0
+        horizon = min(newest, now) - self.snapshot_lag_ms
+        head = await self.store.head()
+        base = await self.usable_snapshot(view, at_or_before=horizon)
+        state = EMPTY if base is None else base.state
+        pending: list[Snapshot] = []
+        folded = 0
+        due = False
+        async for event in space_events(
+            self.store, view, after=state.as_of, until=horizon, head=head
+        ):
+            if due and event.ts != state.as_of:
+                # Every event of the last millisecond is folded: a snapshot may stand here.
+                pending.append(Snapshot(space_id, view.fingerprint, state, head))
+                due = False
+            state = fold(space, state, event)
+            folded += 1
+            due = due or folded % self.snapshot_every == 0
+        if due:
+            pending.append(Snapshot(space_id, view.fingerprint, state, head))
+        stored = await self.store.add_snapshots(pending, view.sources)
+        if len(stored) < len(pending):
+            log.info(
+                "space %s: %d of %d snapshots skipped, events arrived while folding",
+                space_id,
+                len(pending) - len(stored),
+                len(pending),
+            )
+        return len(stored)

@@ -1,0 +1,243 @@
+"""``headcount``: the command line. ``headcount --help`` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headcount.domain.timefmt import format_ms, parse_iso
+from headcount.domain.topology import Topology
+from headcount.errors import HeadcountError, InvalidTimestampError, UnknownSpaceError
+from headcount.eventstore.engine import DEFAULT_URL
+from headcount.eventstore.store import EventStore, now_ms
+from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
+from headcount.importer.csvfile import read_csv
+from headcount.importer.load import import_csv
+from headcount.progress import Progress
+
+#: Exit codes: 1 the work failed, 2 the command was given something it cannot use.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class UsageError(HeadcountError):
+    """The command line names something that does not exist or cannot be used."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``headcount`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except (UsageError, UnknownSpaceError) as e:
+        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except HeadcountError as e:
+        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"headcount {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headcount",
+        description="Exact people counts for every space, now and at any past moment.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--store",
+        default=os.environ.get("HEADCOUNT_STORE", DEFAULT_URL),
+        metavar="URL",
+        help="event store: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        " (env HEADCOUNT_STORE; default %(default)s)",
+    )
+    topology = argparse.ArgumentParser(add_help=False)
+    topology.add_argument(
+        "--topology",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_TOPOLOGY"),
+        metavar="FILE",
+        help="topology TOML file (env HEADCOUNT_TOPOLOGY); it becomes the store's current"
+        " topology. Default: the topology the store was last used with",
+    )
+
+    cmd = commands.add_parser(
+        "import",
+        parents=[store, topology],
+        help="load DPU rows from a CSV export into the store",
+        description="Load a CSV export (columns timestamp, direction, dpu_id) into the store."
+        " Exact duplicate rows are one event; importing a file again stores nothing new."
+        " Malformed rows are reported with their line and skipped. Without --topology and"
+        " with none in the store, a topology.toml beside the CSV file is used.",
+    )
+    cmd.add_argument("csv", type=Path, metavar="CSV")
+    cmd.add_argument(
+        "--strict", action="store_true", help="abort on any malformed row, writing nothing"
+    )
+    cmd.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=DEFAULT_SNAPSHOT_EVERY,
+        metavar="N",
+        help="snapshot each space every N events (default %(default)s)",
+    )
+    cmd.set_defaults(handler=_import)
+
+    cmd = commands.add_parser(
+        "count",
+        parents=[store, topology],
+        help="print a space's count now or at a moment, as JSON",
+        description="Print {space_id, ts, count} for a space, from snapshots and the log.",
+    )
+    cmd.add_argument("space_id", metavar="SPACE")
+    cmd.add_argument(
+        "--at", metavar="ISO-8601", help="the moment, e.g. 2018-02-26T17:00:00Z (default: now)"
+    )
+    cmd.set_defaults(handler=_count)
+
+    cmd = commands.add_parser(
+        "migrate",
+        parents=[store],
+        help="create the store's schema or upgrade it to this release",
+    )
+    cmd.set_defaults(handler=_migrate)
+    return parser
+
+
+@dataclass(frozen=True, slots=True)
+class _TopologyChoice:
+    topology: Topology
+    document: str | None  # the file's text, when it came from a file
+    origin: str
+
+
+async def _choose_topology(
+    args: argparse.Namespace, store: EventStore, *, beside: Path | None = None
+) -> _TopologyChoice:
+    """The topology to work under: ``--topology``, else the store's current one, else a
+    ``topology.toml`` beside ``beside``. Nothing is recorded here: see :func:`_record`."""
+    path: Path | None = args.topology
+    if path is None:
+        current = await store.current_topology()
+        if current is not None:
+            document, origin = current
+            source = f"{origin} (as recorded in the store)"
+            return _TopologyChoice(Topology.from_toml(document, source=source), None, origin)
+        if beside is not None and (beside.parent / "topology.toml").is_file():
+            path = beside.parent / "topology.toml"
+            print(f"using topology {path} (found beside {beside.name})", file=sys.stderr)
+        else:
+            raise UsageError(
+                "no topology: pass --topology FILE (or set HEADCOUNT_TOPOLOGY);"
+                " the store has none recorded yet"
+            )
+    try:
+        document = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
+    return _TopologyChoice(Topology.from_toml(document, source=str(path)), document, str(path))
+
+
+async def _record(store: EventStore, choice: _TopologyChoice) -> None:
+    """Make a topology read from a file the store's current one."""
+    if choice.document is not None:
+        await store.record_topology(choice.document, origin=choice.origin)
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    async with await EventStore.open(args.store):
+        print(f"store {args.store} is at the current schema", file=sys.stderr)
+    return 0
+
+
+async def _count(args: argparse.Namespace) -> int:
+    try:
+        ts = now_ms() if args.at is None else parse_iso(args.at)
+    except InvalidTimestampError as e:
+        raise UsageError(f"--at: {e}") from e
+    async with await EventStore.open(args.store) as store:
+        choice = await _choose_topology(args, store)
+        answer = await History(store, choice.topology).count_at(args.space_id, ts)
+    print(json.dumps({"space_id": answer.space_id, "ts": format_ms(ts), "count": answer.count}))
+    return 0
+
+
+async def _import(args: argparse.Namespace) -> int:
+    path: Path = args.csv
+    if args.snapshot_every < 1:
+        raise UsageError("--snapshot-every must be at least 1")
+    if not path.is_file():
+        raise UsageError(f"cannot read {path}: no such file")
+    async with await EventStore.open(args.store) as store:
+        choice = await _choose_topology(args, store, beside=path)
+        topology = choice.topology
+        if args.strict:
+            errors = _read_errors(path)
+            if errors:
+                for line in errors[:50]:
+                    print(line, file=sys.stderr)
+                more = " (first 50 shown)" if len(errors) > 50 else ""
+                raise HeadcountError(
+                    f"{path}: {len(errors)} malformed rows{more}; --strict wrote nothing."
+                    " Fix the rows or import without --strict to skip them"
+                )
+        with _open_csv(path) as lines:
+            read_csv(lines)  # checks the header before anything is written
+        await _record(store, choice)
+        summary = (
+            await import_csv(
+                store,
+                topology,
+                path,
+                on_row_error=lambda e: print(
+                    f"{path}:{e.line}: {e.reason} (row skipped)", file=sys.stderr
+                ),
+                progress=Progress(f"importing {path.name}"),
+            )
+        ).as_dict()
+        progress = Progress("snapshots", total=len(topology.spaces))
+        done = 0
+
+        def on_space(_space_id: str, _written: int) -> None:
+            nonlocal done
+            done += 1
+            progress.update(done)
+
+        history = History(store, topology, snapshot_every=args.snapshot_every)
+        summary["snapshots written"] = await history.refresh_snapshots(on_space=on_space)
+        progress.finish(done)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _read_errors(path: Path) -> list[str]:
+    with _open_csv(path) as lines:
+        return [f"{path}:{e.line}: {e.reason}" for b in read_csv(lines) for e in b.errors]
+
+
+def _open_csv(path: Path) -> Any:
+    try:
+        return path.open(encoding="utf-8", newline="")
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from e

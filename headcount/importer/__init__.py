@@ -1,0 +1,1 @@
+"""Bulk import of traversals from files (the DPU CSV export)."""

@@ -421,7 +421,9 @@ class EventStore:
         if len(space_ids) != 1:
             raise ValueError("add_snapshots takes snapshots of one space at a time")
         (space_id,) = space_ids
-        oldest_head = min((s.head for s in snapshots_), key=lambda h: (h.position, h.reset_id))
+        oldest_head = Head(
+            min(s.head.position for s in snapshots_), min(s.head.reset_id for s in snapshots_)
+        )
         taken_at = now_ms()
         async with write_transaction(self.engine, exclusive=True) as conn:
             head = await self._head(conn)

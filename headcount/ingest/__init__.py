@@ -1,0 +1,1 @@
+"""Ingest: the MQTT wire format, decoding and validation of what DPUs publish."""

@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from headcount.eventstore.engine import create_engine
 from headcount.eventstore.store import EventStore
 
+pytest_plugins = ["tests.mqtt_fixtures"]
+
 POSTGRES_ENV = "HEADCOUNT_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "seed"

@@ -1,0 +1,262 @@
+"""The embedded MQTT broker: amqtt, run inside the headcount process.
+
+The configuration is built here in code, so it works from an installed package with no files
+beside it; ``broker_config/amqtt.yaml`` is the documented example of an override file
+(``--broker-config FILE``) whose keys are merged over these defaults.
+
+Authentication: DPUs connect anonymously (no username); the service connects as its own user
+from a password file written at start. The service must not be anonymous: amqtt keeps QoS 1
+messages for a disconnected persistent session only when that session authenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dependency
+from amqtt.broker import Broker
+from amqtt.plugins.authentication import FileAuthPlugin
+from amqtt.session import Session
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from headcount.errors import HeadcountError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 1883
+SERVICE_USERNAME = "headcount"
+PASSWORD_ENV = "HEADCOUNT_BROKER_PASSWORD"
+AUTH_PLUGIN = f"{__name__}.ServiceAuthPlugin"
+ANONYMOUS_PLUGIN = "amqtt.plugins.authentication.AnonymousAuthPlugin"
+SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "PASSWORD_ENV",
+    "SERVICE_USERNAME",
+    "BrokerError",
+    "Credentials",
+    "EmbeddedBroker",
+    "ServiceAuthPlugin",
+    "free_port",
+]
+
+
+class BrokerError(HeadcountError):
+    """The embedded broker could not start; the amqtt or OS error is chained as ``__cause__``."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password for the broker (the password is kept out of ``repr``)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now. Another process may take it before we bind it:
+    good enough for tests and local runs, where the alternative is a fixed port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServiceAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt's base class is untyped
+    """amqtt authentication: a client without a username is anonymous and let in when
+    ``allow_anonymous`` (DPUs); a client with a username must match the password file.
+
+    amqtt's own AnonymousAuthPlugin marks *every* session anonymous when anonymous access is
+    on, even one with valid credentials, and amqtt drops the offline queue of anonymous
+    sessions; this plugin keeps authenticated sessions non-anonymous.
+    """
+
+    @dataclass
+    class Config:
+        password_file: str | None = None
+        allow_anonymous: bool = True
+
+    async def authenticate(self, *, session: Session) -> bool:
+        if session.username:
+            return bool(await super().authenticate(session=session))
+        session.is_anonymous = True
+        return bool(self.config.allow_anonymous)
+
+
+class EmbeddedBroker:
+    """An amqtt broker serving on ``host:port`` for as long as the context is entered.
+
+    ``host``/``port`` left as ``None`` come from ``config_file`` or default to
+    127.0.0.1:1883; port 0 means "pick a free port now". The service user is ``username``
+    with ``password``, else ``$HEADCOUNT_BROKER_PASSWORD``, else a password generated for
+    this object. The password file (an Argon2 hash) goes in ``data_dir`` or a temporary
+    directory removed on exit. The broker keeps sessions in memory only: whatever it holds
+    is lost when the process stops. The object may be entered again after it exits (a
+    restart on the same port with the same credentials).
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        config_file: Path | None = None,
+        data_dir: Path | None = None,
+        username: str = SERVICE_USERNAME,
+        password: str | None = None,
+    ) -> None:
+        self._overrides = _read_overrides(config_file) if config_file else {}
+        bind_host, bind_port = _configured_bind(self._overrides)
+        self.host = host if host is not None else bind_host
+        requested = port if port is not None else bind_port
+        self.port = requested if requested != 0 else free_port(self.host)
+        self._credentials = Credentials(
+            username, password or os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
+        )
+        self._data_dir = data_dir
+        self._temp_dir: Path | None = None
+        self._broker: Any = None
+
+    def service_credentials(self) -> Credentials:
+        """The username and password the headcount service connects with."""
+        return self._credentials
+
+    @property
+    def url(self) -> str:
+        """``mqtt://user:password@host:port`` for the service; a wildcard bind address is
+        replaced by the loopback address, since the service runs on this machine."""
+        host = DEFAULT_HOST if self.host in ("", "0.0.0.0", "::") else self.host
+        user = quote(self._credentials.username, safe="")
+        password = quote(self._credentials.password, safe="")
+        return f"mqtt://{user}:{password}@{host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        try:
+            config = await asyncio.to_thread(self._prepare)
+            self._broker = Broker(config)
+            await self._broker.start()
+        except Exception as e:
+            # amqtt raises its own Exception subclasses, dacite's and OSError, and reading the
+            # password file OSError: all mean the broker did not start, which is what matters.
+            self._broker = None
+            self._remove_temp_dir()
+            raise _start_error(self.host, self.port, e) from e
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        broker, self._broker = self._broker, None
+        try:
+            if broker is not None:
+                await broker.shutdown()
+        finally:
+            self._remove_temp_dir()
+
+    def _prepare(self) -> dict[str, Any]:
+        """Write the password file and return the amqtt configuration (blocking: hashes)."""
+        directory = self._data_dir
+        if directory is None:
+            directory = self._temp_dir = Path(tempfile.mkdtemp(prefix="headcount-broker-"))
+        directory.mkdir(parents=True, exist_ok=True)
+        config = _merge(_default_config(), self._overrides)
+        config["listeners"]["default"]["bind"] = f"{self.host}:{self.port}"
+        auth = config["plugins"][AUTH_PLUGIN] = dict(config["plugins"].get(AUTH_PLUGIN) or {})
+        passwd = directory / "broker.passwd"
+        _write_password_file(passwd, self._credentials, auth.get("password_file"))
+        auth["password_file"] = str(passwd)
+        return config
+
+    def _remove_temp_dir(self) -> None:
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+
+def _default_config() -> dict[str, Any]:
+    return {
+        "listeners": {"default": {"type": "tcp", "bind": f"{DEFAULT_HOST}:{DEFAULT_PORT}"}},
+        "session_expiry_interval": SESSION_EXPIRY_SECONDS,
+        "plugins": {AUTH_PLUGIN: {"allow_anonymous": True}},
+    }
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_overrides(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise BrokerError(f"cannot read the broker config {path}: {e}") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise BrokerError(f"the broker config {path} must be a mapping of amqtt settings")
+    plugins = loaded.get("plugins")
+    if plugins is not None and not isinstance(plugins, dict):
+        raise BrokerError(f"in {path}, 'plugins' must be a mapping of plugin path to settings")
+    if plugins and ANONYMOUS_PLUGIN in plugins:
+        raise BrokerError(
+            f"in {path}: remove {ANONYMOUS_PLUGIN}; it would make the service's session anonymous,"
+            " and amqtt keeps no messages for an anonymous session while it is away"
+            f" (anonymous DPUs are {AUTH_PLUGIN}'s allow_anonymous)"
+        )
+    return loaded
+
+
+def _configured_bind(overrides: dict[str, Any]) -> tuple[str, int]:
+    bind = str(_merge(_default_config(), overrides)["listeners"]["default"]["bind"])
+    host, _, port = bind.rpartition(":")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise BrokerError(f"the broker listener bind {bind!r} is not HOST:PORT") from None
+
+
+def _write_password_file(path: Path, service: Credentials, extra: str | None) -> None:
+    """The service user's line, after the lines of the operator's own password file (DPU
+    users, when anonymous access is off)."""
+    lines = Path(extra).read_text(encoding="utf-8").splitlines() if extra else []
+    hashed = PasswordHash((Argon2Hasher(),)).hash(service.password)
+    lines = [line for line in lines if line.partition(":")[0].strip() != service.username]
+    lines.append(f"{service.username}:{hashed}")
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _start_error(host: str, port: int, error: Exception) -> BrokerError:
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            return BrokerError(
+                f"cannot start the embedded MQTT broker: port {port} on {host} is already in"
+                " use (another broker running? pick another port or point headcount at it)"
+            )
+        cause = cause.__cause__
+    return BrokerError(f"cannot start the embedded MQTT broker on {host}:{port}: {error}")

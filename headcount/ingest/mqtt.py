@@ -1,0 +1,355 @@
+"""The MQTT side of ingest: a persistent subscription whose messages are acknowledged by hand.
+
+Built on aiomqtt. aiomqtt acknowledges every QoS 1 message as soon as it arrives and has no
+switch to stop that (aiomqtt issue #345, PR #346), nor does it tell whether the broker kept our
+session; the paho client underneath it does both. ``_hook_paho`` and ``_send_puback`` are the
+only places in headcount that reach into aiomqtt's private attributes for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from headcount.errors import HeadcountError
+
+DEFAULT_PORT = 1883
+
+__all__ = [
+    "Backoff",
+    "BrokerAddress",
+    "BrokerUrlError",
+    "Received",
+    "Subscriber",
+    "SubscriberError",
+    "parse_broker_url",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerUrlError(HeadcountError, ValueError):
+    """A broker URL that cannot be used; ``url`` is the offending text (without password)."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        super().__init__(f"bad MQTT broker URL {url!r}: {problem}")
+
+
+class SubscriberError(HeadcountError):
+    """The subscriber could not connect or subscribe; the MQTT error is ``__cause__``."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is and who we are to it."""
+
+    host: str
+    port: int = DEFAULT_PORT
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        """The address as a URL without the password, for logs and errors."""
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://[user[:password]@]host[:port]``; the port defaults to 1883. User and password
+    are percent-decoded."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise BrokerUrlError(_without_password(url), str(e)) from None
+    shown = _without_password(url)
+    if parts.scheme != "mqtt":
+        raise BrokerUrlError(shown, "the scheme must be mqtt://")
+    if not parts.hostname:
+        raise BrokerUrlError(shown, "no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerUrlError(shown, "only mqtt://[user[:password]@]host[:port] is understood")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=DEFAULT_PORT if port is None else port,
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hostport}"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between reconnection attempts: the n-th delay is drawn from
+    ``[0, min(maximum, initial * factor**n)]`` ("full" jitter, so many clients cut off together
+    do not come back together) or is exactly that bound (``jitter="none"``)."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: Literal["full", "none"] = "full"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, got {self}")
+        if self.factor < 1:
+            raise ValueError(f"backoff factor must be at least 1, got {self.factor}")
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """An endless series of delays in seconds."""
+        uniform = (rng or random.Random()).uniform
+        bound = self.initial
+        while True:
+            yield uniform(0.0, bound) if self.jitter == "full" else bound
+            bound = min(self.maximum, bound * self.factor)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as it came from the broker. ``mid`` is the packet id the broker chose for
+    this delivery on this connection; ``qos`` the QoS it was delivered with."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class Subscriber:
+    """A subscription to ``topics`` that survives our downtime and the broker's.
+
+    The session is persistent (``clean_session=False`` under the fixed ``client_id``), so QoS 1
+    messages published while we are disconnected wait in the broker and arrive when we come
+    back. Nothing is acknowledged until :meth:`ack` is called: a message received but not
+    acknowledged when the connection drops (or when the process dies) is delivered again by
+    the broker, so callers must treat every message as possibly seen before.
+
+    Entering the context connects and subscribes (a new session) or resumes the broker's
+    session, and raises :class:`SubscriberError` if that fails. After that, a lost connection
+    is retried forever with ``reconnect`` backoff, and the topics are subscribed to again on
+    every connection; a refused subscription is logged and the connection retried the same way.
+
+    Limit: amqtt 0.12 (the embedded broker) drops an unacknowledged message when the
+    connection drops or 5 s after sending it, instead of delivering it again.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        topics: Sequence[str],
+        qos: int = 1,
+        reconnect: Backoff | None = None,
+        keepalive: int = 60,
+    ) -> None:
+        if qos not in (0, 1):
+            raise ValueError(f"the subscriber handles QoS 0 and 1, not {qos}")
+        if not topics:
+            raise ValueError("a subscriber needs at least one topic")
+        for topic in topics:
+            aiomqtt.Wildcard(topic)  # raises ValueError on a malformed topic filter
+        self.address = address
+        self.client_id = client_id
+        self.topics = tuple(topics)
+        self.qos = qos
+        self.reconnect = reconnect or Backoff()
+        self.keepalive = keepalive
+        self._client: aiomqtt.Client | None = None
+        self._connection = AsyncExitStack()
+        self._subscribing: asyncio.Task[None] | None = None
+        # Messages of the current connection still to acknowledge, in order of receipt.
+        self._unacked: dict[int, Received] = {}
+        self._acked: set[int] = set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._connect()
+        except aiomqtt.MqttError as e:
+            raise SubscriberError(
+                f"cannot connect to the MQTT broker {self.address} as {self.client_id!r}: {e}"
+            ) from e
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            logger.info("leaving MQTT broker %s", self.address)
+        await self._disconnect()
+
+    async def messages(self) -> AsyncIterator[Received]:
+        """Every message from now on, across reconnections; never ends by itself."""
+        while True:
+            yield await self._next()
+
+    async def ack(self, received: Received) -> None:
+        """Acknowledge ``received`` (send its PUBACK) once its content is safe.
+
+        Acknowledge every QoS 1 message, the ones you reject too. MQTT 3.1.1 requires PUBACKs
+        in the order the messages arrived, so acknowledge in that order; an acknowledgement
+        given early is held back until every earlier message of the connection is
+        acknowledged. Acknowledging a message of an earlier connection does nothing: the
+        broker delivers it again.
+        """
+        if received.qos == 0 or self._unacked.get(received.mid) is not received:
+            return
+        self._acked.add(received.mid)
+        while self._unacked:
+            mid, first = next(iter(self._unacked.items()))
+            if mid not in self._acked:
+                return
+            del self._unacked[mid]
+            self._acked.discard(mid)
+            self._send_puback(first)
+
+    async def _next(self) -> Received:
+        while True:
+            client = self._client
+            if client is None:
+                await self._reconnect()
+                continue
+            try:
+                message = await anext(aiter(client.messages))
+            except aiomqtt.MqttError as e:
+                logger.warning("lost MQTT connection to %s: %s; reconnecting", self.address, e)
+                await self._disconnect()
+                continue
+            received = Received(str(message.topic), message.payload, message.mid, message.qos)
+            if received.qos > 0:
+                self._unacked[received.mid] = received
+            return received
+
+    async def _connect(self) -> None:
+        client = aiomqtt.Client(
+            self.address.host,
+            self.address.port,
+            username=self.address.username,
+            password=self.address.password,
+            identifier=self.client_id,
+            clean_session=False,
+            keepalive=self.keepalive,
+        )
+        session = _hook_paho(client)
+        await self._connection.enter_async_context(client)
+        self._client = client
+        if session.present:
+            # The broker kept our subscriptions; renew them without waiting for the SUBACK:
+            # amqtt first sends the session's queued messages and waits for their PUBACKs,
+            # which come only once the caller has the messages.
+            self._subscribing = asyncio.create_task(
+                self._resubscribe(client, self._connection),
+                name=f"mqtt-resubscribe-{self.client_id}",
+            )
+        else:
+            try:
+                await self._subscribe(client)
+            except aiomqtt.MqttError:
+                await self._disconnect()
+                raise
+        logger.info(
+            "connected to MQTT broker %s as %r (%s session)",
+            self.address,
+            self.client_id,
+            "resumed" if session.present else "new",
+        )
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        granted = await client.subscribe([(topic, self.qos) for topic in self.topics])
+        if any(_refused(code) for code in granted):
+            raise aiomqtt.MqttError(f"the broker refused the subscription to {self.topics}")
+
+    async def _resubscribe(self, client: aiomqtt.Client, connection: AsyncExitStack) -> None:
+        try:
+            await self._subscribe(client)
+        except aiomqtt.MqttError as e:
+            logger.error("subscribing at %s failed: %s", self.address, e)
+            await connection.aclose()  # the reader sees the connection end and reconnects
+
+    async def _reconnect(self) -> None:
+        for delay in self.reconnect.delays():
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except aiomqtt.MqttError as e:
+                logger.debug("reconnecting to %s failed: %s", self.address, e)
+            else:
+                return
+
+    async def _disconnect(self) -> None:
+        """Leave the current connection, gracefully if it is still up. Messages not yet
+        acknowledged stay with the broker."""
+        self._client = None
+        self._unacked.clear()
+        self._acked.clear()
+        subscribing, self._subscribing = self._subscribing, None
+        if subscribing is not None:
+            subscribing.cancel()
+        connection, self._connection = self._connection, AsyncExitStack()
+        try:
+            await connection.aclose()
+        except aiomqtt.MqttError as e:
+            logger.debug("closing the MQTT connection to %s: %s", self.address, e)
+
+    def _send_puback(self, received: Received) -> None:
+        client = self._client
+        if client is None:
+            return
+        # Private: aiomqtt has no manual acknowledgement (see _hook_paho).
+        rc = client._client.ack(received.mid, received.qos)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            logger.debug("PUBACK %d not sent (%s); the broker will redeliver", received.mid, rc)
+
+
+@dataclass
+class _Session:
+    present: bool = False
+
+
+def _hook_paho(client: aiomqtt.Client) -> _Session:
+    """Do on aiomqtt's private paho client what aiomqtt does not offer: stop acknowledging on
+    receipt (before any message can arrive), and record the CONNACK's session-present flag."""
+    paho_client = client._client
+    paho_client.manual_ack_set(True)
+    session = _Session()
+    aiomqtt_on_connect = client._on_connect
+
+    def on_connect(
+        c: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        session.present = flags.session_present
+        aiomqtt_on_connect(c, userdata, flags, reason_code, properties)
+
+    paho_client.on_connect = on_connect
+    return session
+
+
+def _refused(code: int | ReasonCode) -> bool:
+    return (code.value if isinstance(code, ReasonCode) else code) >= 0x80

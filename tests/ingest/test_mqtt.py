@@ -1,0 +1,250 @@
+"""The MQTT subscriber against real brokers: the embedded amqtt one and Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from headcount.ingest.broker import EmbeddedBroker, free_port
+from headcount.ingest.mqtt import (
+    Backoff,
+    BrokerAddress,
+    BrokerUrlError,
+    Received,
+    Subscriber,
+    SubscriberError,
+    parse_broker_url,
+)
+
+FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+def subscriber(url: str, client_id: str, topic: str) -> Subscriber:
+    return Subscriber(parse_broker_url(url), client_id=client_id, topics=[topic], reconnect=FAST)
+
+
+async def publish(url: str, topic: str, *payloads: bytes) -> None:
+    """Publish at QoS 1, each payload taken by the broker (PUBACK) before the next."""
+    address = parse_broker_url(url)
+    async with aiomqtt.Client(
+        address.host, address.port, username=address.username, password=address.password
+    ) as client:
+        for payload in payloads:
+            await client.publish(topic, payload, qos=1)
+
+
+async def next_message(messages: AsyncIterator[Received], timeout: float = 5.0) -> Received:
+    async with asyncio.timeout(timeout):
+        return await anext(messages)
+
+
+async def publish_until_received(
+    url: str, topic: str, messages: AsyncIterator[Received], timeout: float = 10.0
+) -> Received:
+    """Publish every 0.2 s until ``messages`` yields: for a subscriber that is reconnecting,
+    which a message published before it has subscribed again would miss."""
+    receiving = asyncio.ensure_future(anext(messages))
+    try:
+        async with asyncio.timeout(timeout):
+            attempt = 0
+            while not receiving.done():
+                attempt += 1
+                await publish(url, topic, f"attempt {attempt}".encode())
+                await asyncio.wait({receiving}, timeout=0.2)
+    finally:
+        receiving.cancel()
+    return receiving.result()
+
+
+def xfail_on_amqtt(request: pytest.FixtureRequest, reason: str) -> None:
+    """Expect the running test to time out (strictly) when its broker is amqtt."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("broker_url") == "amqtt":
+        request.applymarker(pytest.mark.xfail(reason=reason, raises=TimeoutError, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://broker.local", BrokerAddress("broker.local", 1883)),
+        ("mqtt://10.0.0.5:1884", BrokerAddress("10.0.0.5", 1884)),
+        ("mqtt://svc:s%40cret@h:2000/", BrokerAddress("h", 2000, "svc", "s@cret")),
+        ("mqtt://only-user@h", BrokerAddress("h", 1883, "only-user", None)),
+    ],
+    ids=["host", "port", "credentials", "user"],
+)
+def test_parse_broker_url(url: str, expected: BrokerAddress) -> None:
+    assert parse_broker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://h", "mqtts://h", "mqtt://", "mqtt://h:notaport", "mqtt://h/topic", "h:1883"],
+    ids=["http", "tls", "no-host", "bad-port", "path", "no-scheme"],
+)
+def test_parse_broker_url_refuses(url: str) -> None:
+    with pytest.raises(BrokerUrlError, match="bad MQTT broker URL"):
+        parse_broker_url(url)
+
+
+def test_broker_url_errors_and_reprs_hide_the_password() -> None:
+    with pytest.raises(BrokerUrlError) as caught:
+        parse_broker_url("mqtts://svc:topsecret@h")
+    assert "topsecret" not in str(caught.value)
+    address = parse_broker_url("mqtt://svc:topsecret@h")
+    assert "topsecret" not in repr(address)
+    assert str(address) == "mqtt://svc@h:1883"
+
+
+def test_backoff_grows_to_its_maximum_without_jitter() -> None:
+    delays = Backoff(initial=0.5, maximum=5, factor=2, jitter="none").delays()
+    assert [next(delays) for _ in range(7)] == [0.5, 1, 2, 4, 5, 5, 5]
+
+
+def test_backoff_full_jitter_stays_within_bounds() -> None:
+    backoff = Backoff(initial=0.5, maximum=30, factor=2)
+    delays = backoff.delays(random.Random(7))
+    draws = [next(delays) for _ in range(2000)]
+    bounds = [min(30.0, 0.5 * 2.0 ** min(n, 10)) for n in range(2000)]
+    assert all(0 <= d <= b for d, b in zip(draws, bounds, strict=True))
+    # Jittered, not constant: the capped draws spread over most of [0, 30].
+    assert min(draws[10:]) < 3
+    assert max(draws[10:]) > 27
+
+
+@pytest.mark.parametrize(
+    "options",
+    [(0, 1, 2), (2, 1, 2), (1, 2, 0.5)],
+    ids=["zero", "initial-above-maximum", "shrinking"],
+)
+def test_backoff_refuses_nonsense(options: tuple[float, float, float]) -> None:
+    initial, maximum, factor = options
+    with pytest.raises(ValueError, match="backoff"):
+        Backoff(initial=initial, maximum=maximum, factor=factor)
+
+
+async def test_first_connection_failure_is_a_clear_error() -> None:
+    port = free_port()
+    address = BrokerAddress("127.0.0.1", port)
+    with pytest.raises(SubscriberError, match=f"127.0.0.1:{port}"):
+        async with Subscriber(address, client_id="nobody", topics=["t"]):
+            pass
+
+
+async def test_receives_a_qos1_message(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
+) -> None:
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        await publish(broker_url, mqtt_topic, b"\x81\xa3seq\x01")
+        received = await next_message(sub.messages())
+        await sub.ack(received)
+    assert (received.topic, received.payload, received.qos) == (
+        mqtt_topic,
+        b"\x81\xa3seq\x01",
+        1,
+    )
+
+
+async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str, request: pytest.FixtureRequest
+) -> None:
+    xfail_on_amqtt(
+        request,
+        "amqtt 0.12 discards a QoS 1 message in flight when its subscriber disconnects"
+        " (and 5 s after sending it), instead of redelivering it",
+    )
+    topic = mqtt_topic
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        await publish(broker_url, topic, b"a", b"b", b"c")
+        messages = sub.messages()
+        a, b, c = [await next_message(messages) for _ in range(3)]
+        assert [a.payload, b.payload, c.payload] == [b"a", b"b", b"c"]
+        await sub.ack(a)
+        await sub.ack(c)  # held back: b, received before c, is not acknowledged
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        messages = sub.messages()
+        again = [await next_message(messages, timeout=2) for _ in range(2)]
+        assert [m.payload for m in again] == [b"b", b"c"]
+        for message in again:
+            await sub.ack(message)
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        with pytest.raises(TimeoutError):
+            await next_message(sub.messages(), timeout=0.5)
+
+
+async def test_messages_published_while_away_arrive_on_return(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
+) -> None:
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic):
+        pass  # the broker now holds a persistent session subscribed to the topic
+    await publish(broker_url, mqtt_topic, b"one", b"two")
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        messages = sub.messages()
+        received = [await next_message(messages) for _ in range(2)]
+        for message in received:
+            await sub.ack(message)
+    assert [m.payload for m in received] == [b"one", b"two"]
+
+
+async def test_reconnects_after_another_client_takes_the_session(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
+) -> None:
+    address = parse_broker_url(broker_url)
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        messages = sub.messages()
+        intruder = aiomqtt.Client(
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            identifier=sub.client_id,
+            clean_session=False,
+        )
+        async with intruder:
+            pass  # connecting with our client id cuts our connection
+        received = await publish_until_received(broker_url, mqtt_topic, messages)
+        await sub.ack(received)
+    assert received.payload.startswith(b"attempt")
+
+
+async def test_keeps_yielding_across_a_restart_of_the_embedded_broker(tmp_path: Path) -> None:
+    broker = EmbeddedBroker(port=0, data_dir=tmp_path)
+    topic = "dpus/restart/traversals"
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(broker)
+        sub = await stack.enter_async_context(
+            Subscriber(
+                parse_broker_url(broker.url), client_id="svc", topics=[topic], reconnect=FAST
+            )
+        )
+        messages = sub.messages()
+        await publish(broker.url, topic, b"before")
+        before = await next_message(messages)
+        await sub.ack(before)
+
+        await broker.__aexit__(None, None, None)
+        await asyncio.sleep(0.2)
+        await broker.__aenter__()  # same port and credentials; the old sessions are gone
+
+        after = await publish_until_received(broker.url, topic, messages)
+        await sub.ack(after)
+    assert before.payload == b"before"
+    assert after.payload.startswith(b"attempt")
+
+
+async def test_ack_of_a_message_from_an_earlier_connection_is_ignored(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
+) -> None:
+    stale = Received(mqtt_topic, b"old", mid=1, qos=1)
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        await sub.ack(stale)  # nothing to acknowledge on this connection: no error
+        await publish(broker_url, mqtt_topic, b"new")
+        received = await next_message(sub.messages())
+        await sub.ack(received)
+    assert received.payload == b"new"

@@ -1,0 +1,15 @@
+"""Per-space actors: live state folded from events as they are stored, supervised."""
+
+from headcount.actors.live import Applied, LiveSpace
+from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
+from headcount.actors.system import ActorSystem, RestartBudget, SupervisorError
+
+__all__ = [
+    "DEFAULT_WINDOW_MS",
+    "ActorSystem",
+    "Applied",
+    "LiveSpace",
+    "RestartBudget",
+    "SpaceActor",
+    "SupervisorError",
+]

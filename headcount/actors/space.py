@@ -1,0 +1,111 @@
+"""One space's actor: a mailbox, the live state, recovery from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from headcount.actors.live import Applied, LiveSpace
+from headcount.domain.events import SpaceEvent
+from headcount.domain.fold import SpaceState
+from headcount.eventstore.store import now_ms
+from headcount.history import History, SpaceView, space_events
+
+log = logging.getLogger(__name__)
+
+#: Events newer than this behind the newest are kept in memory, so reports arriving out of order
+#: within it are placed without touching the store. Matches the snapshot lag by default.
+DEFAULT_WINDOW_MS = 5 * 60 * 1000
+_FAR_FUTURE = 2**62
+
+
+class SpaceActor:
+    """Owns one space's live state. Events come through :meth:`tell`; queries read
+    :meth:`live` without touching the store. Construct, then :meth:`recover` before
+    :meth:`run`."""
+
+    def __init__(
+        self,
+        space_id: str,
+        history: History,
+        *,
+        mailbox_size: int = 10_000,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        on_applied: Callable[[str, int], None] | None = None,
+        on_late: Callable[[], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.space_id = space_id
+        self.history = history
+        self.mailbox: asyncio.Queue[SpaceEvent] = asyncio.Queue(mailbox_size)
+        self.window_ms = window_ms
+        self._on_applied = on_applied
+        self._on_late = on_late
+        self._clock = clock
+        self._live: LiveSpace | None = None
+        self.late_events = 0
+        self.reloads = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._live is not None
+
+    def live(self) -> SpaceState:
+        """The fold of everything this actor has received, as of now."""
+        if self._live is None:
+            raise RuntimeError(f"space {self.space_id!r} is still recovering")
+        return self._live.now(self._clock())
+
+    async def tell(self, event: SpaceEvent) -> None:
+        """Hand an event (already durably stored) to the actor; waits while the mailbox is
+        full, so a slow actor slows ingest instead of growing memory."""
+        await self.mailbox.put(event)
+
+    async def recover(self) -> None:
+        """Rebuild the live state from the store: the state at a checkpoint one window back
+        (snapshot + log), then every event after it. Events still in the mailbox that the store
+        already holds are recognised as duplicates when they are applied."""
+        topology = self.history.topology
+        space = topology.space(self.space_id)
+        view = SpaceView.of(topology, self.space_id)
+        newest = await self.history.store.newest_ts(s.dpu_id for s in view.sources)
+        now = self._clock()
+        checkpoint = min(now, newest if newest is not None else now) - self.window_ms
+        settled = (await self.history.count_at(self.space_id, checkpoint)).state
+        recent = [
+            event
+            async for event in space_events(
+                self.history.store, view, after=checkpoint, until=_FAR_FUTURE
+            )
+        ]
+        self._live = LiveSpace(space, settled, checkpoint, recent)
+
+    async def run(self) -> None:
+        """Apply events from the mailbox until cancelled."""
+        live = self._live
+        if live is None:
+            raise RuntimeError("recover() before run()")
+        while True:
+            event = await self.mailbox.get()
+            try:
+                await self._apply(live, event)
+            finally:
+                self.mailbox.task_done()
+
+    async def _apply(self, live: LiveSpace, event: SpaceEvent) -> None:
+        outcome = live.apply(event)
+        if outcome in (Applied.TOO_LATE, Applied.REFOLDED):
+            self.late_events += 1
+            if self._on_late is not None:
+                self._on_late()
+        if outcome is Applied.TOO_LATE:
+            # Folded into the checkpoint from the store, which already holds the event.
+            self.reloads += 1
+            settled = (await self.history.count_at(self.space_id, live.checkpoint)).state
+            live.reload(settled)
+        newest = live.newest_ts
+        if newest is not None and newest - self.window_ms > live.checkpoint + self.window_ms:
+            live.settle(newest - self.window_ms)
+        if outcome is not Applied.DUPLICATE and self._on_applied is not None:
+            self._on_applied(self.space_id, 1)

@@ -1,0 +1,223 @@
+"""The actor system: one actor per space, a router in front, a supervisor around them, and a
+snapshot writer behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Self
+
+from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
+from headcount.domain.events import Delta, Direction, Reset, Traversal
+from headcount.domain.fold import SpaceState
+from headcount.errors import HeadcountError, UnknownSpaceError
+from headcount.eventstore.store import now_ms
+from headcount.history import History
+
+log = logging.getLogger(__name__)
+
+
+class SupervisorError(HeadcountError):
+    """An actor kept crashing past its restart budget; the service stops rather than serve
+    counts that no longer follow the log."""
+
+
+class RestartBudget:
+    """At most ``max_restarts`` within ``over_s`` seconds."""
+
+    def __init__(self, max_restarts: int = 5, over_s: float = 60.0) -> None:
+        self.max_restarts = max_restarts
+        self.over_s = over_s
+        self._times: deque[float] = deque()
+
+    def spend(self) -> bool:
+        """Record a restart; False when the budget is exhausted."""
+        now = time.monotonic()
+        while self._times and now - self._times[0] > self.over_s:
+            self._times.popleft()
+        self._times.append(now)
+        return len(self._times) <= self.max_restarts
+
+
+class ActorSystem:
+    """Runs a :class:`SpaceActor` for every space in ``space_ids`` (default: the topology's).
+
+    :meth:`recover` then :meth:`run` (or :meth:`running` for both, with a clean stop).
+    """
+
+    def __init__(
+        self,
+        history: History,
+        *,
+        space_ids: Iterable[str] | None = None,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        mailbox_size: int = 10_000,
+        budget: Callable[[], RestartBudget] = RestartBudget,
+        drain_timeout_s: float = 10.0,
+        recover_concurrency: int = 8,
+        on_late: Callable[[], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.history = history
+        self.topology = history.topology
+        ids = list(self.topology.spaces if space_ids is None else space_ids)
+        for space_id in ids:
+            self.topology.space(space_id)  # unknown ids fail here, not later
+        self.actors: dict[str, SpaceActor] = {
+            space_id: SpaceActor(
+                space_id,
+                history,
+                mailbox_size=mailbox_size,
+                window_ms=window_ms,
+                on_applied=self._applied,
+                on_late=on_late,
+                clock=clock,
+            )
+            for space_id in ids
+        }
+        self._budget = budget
+        self._drain_timeout_s = drain_timeout_s
+        self._recover_concurrency = recover_concurrency
+        self._since_snapshot: dict[str, int] = dict.fromkeys(ids, 0)
+        self._due: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self.restarts = 0
+        self.task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Rebuild every actor's state from the store (snapshot + log), a few at a time."""
+        started = time.monotonic()
+        limit = asyncio.Semaphore(self._recover_concurrency)
+
+        async def recover(actor: SpaceActor) -> None:
+            async with limit:
+                await actor.recover()
+
+        async with asyncio.TaskGroup() as group:
+            for actor in self.actors.values():
+                group.create_task(recover(actor), name=f"recover:{actor.space_id}")
+        log.info("recovered %d spaces in %.2fs", len(self.actors), time.monotonic() - started)
+
+    async def run(self) -> None:
+        """Run every actor (supervised) and the snapshot writer until cancelled. Raises
+        :class:`SupervisorError` when an actor exhausts its restart budget."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for actor in self.actors.values():
+                    group.create_task(self._supervise(actor), name=f"actor:{actor.space_id}")
+                group.create_task(self._snapshots(), name="snapshots")
+        except* SupervisorError as failed:
+            raise failed.exceptions[0] from None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Self]:
+        """Recover, run in the background, and on leaving drain the mailboxes, stop, and
+        write final snapshots. A supervisor failure is raised on leaving."""
+        await self.recover()
+        task = self.task = asyncio.create_task(self.run(), name="actors")
+        try:
+            yield self
+        finally:
+            if not task.done():
+                await self.drain()
+            task.cancel()
+            await asyncio.wait([task])
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None:
+                raise failure
+            await self.write_snapshots()
+
+    async def drain(self) -> None:
+        """Wait until every mailbox is empty (bounded by the drain timeout)."""
+        waits = [actor.mailbox.join() for actor in self.actors.values()]
+        try:
+            async with asyncio.timeout(self._drain_timeout_s):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            left = sum(a.mailbox.qsize() for a in self.actors.values())
+            log.warning("stopping with %d events not applied (they are in the store)", left)
+
+    async def _supervise(self, actor: SpaceActor) -> None:
+        budget = self._budget()
+        while True:
+            try:
+                await actor.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("actor for space %s crashed", actor.space_id)
+                if not budget.spend():
+                    raise SupervisorError(
+                        f"the actor for space {actor.space_id!r} crashed more than"
+                        f" {budget.max_restarts} times in {budget.over_s:.0f}s: {e}"
+                    ) from e
+                await actor.recover()
+                self.restarts += 1
+                log.warning("actor for space %s restarted from the store", actor.space_id)
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def route(self, traversals: Sequence[Traversal]) -> int:
+        """Hand stored traversals to the actors of the spaces their DPU's doorway links at
+        each one's time. Returns how many deltas were delivered."""
+        delivered = 0
+        for t in traversals:
+            for link in self.topology.links_at(t.dpu_id, t.ts):
+                actor = self.actors.get(link.space_id)
+                if actor is not None:
+                    delta: Direction = 1 if t.direction * link.sensor_placement > 0 else -1
+                    await actor.tell(Delta(t.ts, t.dpu_id, t.seq, delta))
+                    delivered += 1
+        return delivered
+
+    async def route_reset(self, reset: Reset) -> None:
+        """Hand a stored reset to its space's actor."""
+        actor = self.actors.get(reset.space_id)
+        if actor is not None:
+            await actor.tell(reset)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def actor(self, space_id: str) -> SpaceActor:
+        actor = self.actors.get(space_id)
+        if actor is None:
+            raise UnknownSpaceError(space_id)
+        return actor
+
+    def live(self, space_id: str) -> SpaceState:
+        """A space's live state, from memory."""
+        return self.actor(space_id).live()
+
+    def mailbox_depth(self) -> int:
+        return sum(a.mailbox.qsize() for a in self.actors.values())
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def _applied(self, space_id: str, n: int) -> None:
+        count = self._since_snapshot[space_id] + n
+        self._since_snapshot[space_id] = count
+        if count >= self.history.snapshot_every and space_id not in self._queued:
+            self._queued.add(space_id)
+            self._due.put_nowait(space_id)
+
+    async def _snapshots(self) -> None:
+        """Write snapshots of spaces that folded enough events since their last, one space at a
+        time, from the store (never from memory: the log is the truth)."""
+        while True:
+            space_id = await self._due.get()
+            self._queued.discard(space_id)
+            self._since_snapshot[space_id] = 0
+            try:
+                await self.history.refresh_snapshots([space_id])
+            except HeadcountError:
+                log.exception("snapshots of space %s failed; retried after more events", space_id)
+
+    async def write_snapshots(self) -> int:
+        """Bring every space's snapshots up to date (at shutdown)."""
+        return await self.history.refresh_snapshots(self.actors)

@@ -1,0 +1,62 @@
+"""The service's Prometheus metrics, in a registry of its own (no process-global state: two
+services in one process, as in tests, count separately)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Counters the ingest path, the actors and the API update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages = Counter(
+            "headcount_mqtt_messages", "MQTT messages received on traversal topics", registry=r
+        )
+        self.events = Counter(
+            "headcount_events_ingested", "Traversals stored for the first time", registry=r
+        )
+        self.duplicates = Counter(
+            "headcount_duplicates_dropped", "Traversals already stored (redeliveries)", registry=r
+        )
+        self.quarantined = Counter(
+            "headcount_quarantined",
+            "Payloads or events refused and kept in quarantine, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.late = Counter(
+            "headcount_late_events",
+            "Events folded out of order by a space actor (before its newest event)",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "headcount_batch_commit_seconds",
+            "Time to commit one ingest batch to the store",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "headcount_batch_events",
+            "Traversals per committed ingest batch",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+            registry=r,
+        )
+        self.mailbox_depth = Gauge(
+            "headcount_mailbox_depth", "Events waiting in space actors' mailboxes", registry=r
+        )
+        self.dpus_online = Gauge(
+            "headcount_dpus_online", "DPUs whose last status was online", registry=r
+        )
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Let ``gauge`` read its value when scraped."""
+        gauge.set_function(read)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

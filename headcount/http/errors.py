@@ -1,0 +1,56 @@
+"""Every error the API answers is JSON ``{"detail": "..."}``: the ones handlers raise, the
+router's 404 and 405, domain errors, and crashes (logged, never shown)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from headcount.errors import InvalidTimestampError, UnknownSpaceError
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND = "Not found."
+INTERNAL = "Internal server error; it has been logged."
+JSON = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(kind: type[web.HTTPException], detail: str) -> web.HTTPException:
+    """An HTTP error of ``kind`` whose body is ``{"detail": detail}``, ready to raise."""
+    return kind(text=json.dumps({"detail": detail}), content_type=JSON)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every error response the JSON error body; translate domain errors to statuses."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == JSON:
+            raise
+        return _as_json(request, e)
+    except UnknownSpaceError:
+        raise error(web.HTTPNotFound, NOT_FOUND) from None
+    except InvalidTimestampError as e:
+        raise error(web.HTTPBadRequest, str(e)) from None
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path_qs)
+        raise error(web.HTTPInternalServerError, INTERNAL) from None
+
+
+def _as_json(request: web.Request, e: web.HTTPException) -> web.Response:
+    """The JSON version of an error aiohttp raised itself (no route, wrong method, ...)."""
+    if e.status == 404:
+        detail = NOT_FOUND
+    elif e.status == 405:
+        allowed = ", ".join(sorted(e.headers.get("Allow", "").split(",")))
+        detail = f"Method {request.method} is not allowed here; allowed: {allowed}."
+    else:
+        detail = f"{e.reason}."
+    headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+    return web.json_response({"detail": detail}, status=e.status, headers=headers)

@@ -1,0 +1,254 @@
+"""The API described as an OpenAPI 3.1 document (a plain dict, served as ``/openapi.json``).
+
+Every response object lists all its properties as required and allows no others, so a test can
+hold real responses to this document.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+Schema = dict[str, Any]
+
+_TS_EXAMPLE = "2018-02-27T00:00:00.000Z"
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(description: str, **properties: Schema) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _of(kind: str, description: str, nullable: bool = False, **extra: Any) -> Schema:
+    return {"type": [kind, "null"] if nullable else kind, "description": description, **extra}
+
+
+def _timestamp(description: str, nullable: bool = False) -> Schema:
+    return _of("string", description, nullable, format="date-time", examples=[_TS_EXAMPLE])
+
+
+def _list(item: str) -> Schema:
+    return {"type": "array", "items": _ref(item)}
+
+
+_SPACE_ID = _of("string", "The space's id in the topology.", examples=["A"])
+_COUNT = _of("integer", "People in the space (below zero only if it allows negatives).")
+_ENTRANCES = _of("integer", "Traversals into the space, ever (a reset does not clear them).")
+_EXITS = _of("integer", "Traversals out of the space, ever (a reset does not clear them).")
+_PARENT = _of("string", "The id of the enclosing space.", nullable=True)
+_CAPACITY = _of("integer", "How many people the space is meant to hold.", nullable=True)
+
+_COUNT_FIELDS: dict[str, Schema] = {
+    "space_id": _SPACE_ID,
+    "ts": _timestamp("The moment (UTC, milliseconds)."),
+    "count": _COUNT,
+}
+_DPU_FIELDS: dict[str, Schema] = {
+    "id": _of("string", "The DPU's id.", examples=["283"]),
+    "doorway": _of("string", "The doorway it serves now.", nullable=True),
+    "online": _of("boolean", "Its last status message; null: never heard.", nullable=True),
+    "last_seen": _timestamp("When its last traversal message arrived.", nullable=True),
+    "last_seq": _of("integer", "The highest seq it reported.", nullable=True),
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": _obj("Every error.", detail=_of("string", "What went wrong, for a person.")),
+    "Count": _obj("A space's count at a moment.", **_COUNT_FIELDS),
+    "CountDetail": _obj(
+        "A space's count at a moment, with the entrances and exits behind it.",
+        **_COUNT_FIELDS,
+        entrances=_ENTRANCES,
+        exits=_EXITS,
+    ),
+    "SpaceSummary": _obj(
+        "A space and its live count.",
+        id=_SPACE_ID,
+        name=_of("string", "The space's name."),
+        parent=_PARENT,
+        capacity=_CAPACITY,
+        count=_COUNT,
+    ),
+    "SpaceList": _obj("Every space of the topology.", spaces=_list("SpaceSummary")),
+    "SpaceDoorway": _obj(
+        "A doorway that links the space.",
+        id=_of("string", "The doorway's id."),
+        name=_of("string", "The doorway's name."),
+        sensor_placement=_of(
+            "integer", "+1: the DPU hangs inside this space; -1: outside it.", enum=[1, -1]
+        ),
+        dpus=_of("array", "The DPUs assigned to the doorway now.", items={"type": "string"}),
+    ),
+    "Space": _obj(
+        "A space's settings, its doorways and its live counts.",
+        id=_SPACE_ID,
+        name=_of("string", "The space's name."),
+        parent=_PARENT,
+        children=_of("array", "Ids of the spaces inside it.", items={"type": "string"}),
+        time_zone=_of("string", "IANA time zone of its daily reset.", examples=["Europe/Paris"]),
+        daily_reset=_of(
+            "string", "Local time of the daily reset to zero.", nullable=True, examples=["04:00"]
+        ),
+        capacity=_CAPACITY,
+        allow_negative=_of("boolean", "Whether the count may go below zero."),
+        doorways=_list("SpaceDoorway"),
+        count=_COUNT,
+        entrances=_ENTRANCES,
+        exits=_EXITS,
+    ),
+    "Dpu": _obj("A DPU: where it is now and what was last heard from it.", **_DPU_FIELDS),
+    "DpuList": _obj("Every DPU the topology knows.", dpus=_list("Dpu")),
+    "Assignment": _obj(
+        "A period in which the DPU served a doorway: [valid_from, valid_until).",
+        doorway=_of("string", "The doorway's id."),
+        valid_from=_timestamp("Start (inclusive)."),
+        valid_until=_timestamp("End (exclusive); null: still in force.", nullable=True),
+    ),
+    "DpuDetail": _obj(
+        "A DPU with every assignment it had.", **_DPU_FIELDS, assignments=_list("Assignment")
+    ),
+    "Health": _obj(
+        "The service is serving.",
+        status=_of("string", "Always ok.", enum=["ok"]),
+        spaces=_of("integer", "Spaces this process serves."),
+        actor_restarts=_of("integer", "Space actors restarted after a crash since start."),
+    ),
+}
+
+_ERRORS = {
+    "400": "The request cannot be read: `detail` says what was expected.",
+    "404": 'No such resource: `{"detail": "Not found."}`.',
+    "500": "The server failed; the error is logged, not shown.",
+    "503": "Still recovering from the store; try again shortly.",
+}
+
+_TS_PARAM: Schema = {
+    "name": "ts",
+    "in": "query",
+    "required": False,
+    "description": (
+        "The moment to answer for, ISO-8601 with a UTC offset (`Z` or `+01:00`; a `+` must be"
+        " sent as `%2B`). Without it: now, from the live state."
+    ),
+    "schema": {"type": "string", "format": "date-time", "examples": [_TS_EXAMPLE]},
+}
+
+
+def _path_param(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _get(
+    summary: str,
+    schema: str | None,
+    *,
+    parameters: tuple[Schema, ...] = (),
+    errors: tuple[str, ...] = (),
+) -> Schema:
+    if schema is None:
+        content = {"text/plain": {"schema": {"type": "string"}}}
+        ok = "The Prometheus text format (version 0.0.4)."
+    else:
+        content = {"application/json": {"schema": _ref(schema)}}
+        ok = "OK."
+    responses: Schema = {"200": {"description": ok, "content": content}}
+    for status in (*errors, "500"):
+        responses[status] = {"$ref": f"#/components/responses/{status}"}
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": list(parameters),
+            "responses": responses,
+        }
+    }
+
+
+_SPACE = _path_param("space_id", "The space's id.")
+_DPU = _path_param("dpu_id", "The DPU's id.")
+
+PATHS: dict[str, Schema] = {
+    "/space/{space_id}/count": _get(
+        "A space's count, now or at `ts` (the seed service's endpoint).",
+        "Count",
+        parameters=(_SPACE, _TS_PARAM),
+        errors=("400", "404", "503"),
+    ),
+    "/spaces": _get("Every space with its live count.", "SpaceList", errors=("503",)),
+    "/spaces/{space_id}": _get(
+        "A space's settings, doorways and live counts.",
+        "Space",
+        parameters=(_SPACE,),
+        errors=("404", "503"),
+    ),
+    "/spaces/{space_id}/count": _get(
+        "A space's count with its entrances and exits, now or at `ts`.",
+        "CountDetail",
+        parameters=(_SPACE, _TS_PARAM),
+        errors=("400", "404", "503"),
+    ),
+    "/dpus": _get("Every DPU the topology knows.", "DpuList"),
+    "/dpus/{dpu_id}": _get(
+        "A DPU with its assignment history.", "DpuDetail", parameters=(_DPU,), errors=("404",)
+    ),
+    "/healthz": _get("Whether every space is being served.", "Health", errors=("503",)),
+    "/metrics": _get("Prometheus metrics.", None),
+    "/openapi.json": {
+        "get": {
+            "summary": "This document.",
+            "responses": {
+                "200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "headcount",
+            "version": _version(),
+            "description": (
+                "Exact people counts for every space, now and at any past moment. Every error"
+                ' is JSON `{"detail": "..."}`; times are ISO-8601 UTC with milliseconds.'
+            ),
+        },
+        "paths": copy.deepcopy(PATHS),
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "responses": {
+                status: {
+                    "description": description,
+                    "content": {"application/json": {"schema": _ref("Error")}},
+                }
+                for status, description in _ERRORS.items()
+            },
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return version("headcount")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,261 @@
+"""The HTTP API: counts now and at any past moment, spaces, DPUs, health and metrics.
+
+Handlers read every resource from the application through the keys in
+:mod:`headcount.http.keys`; they hold no state of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from headcount.domain.fold import SpaceState
+from headcount.domain.timefmt import format_ms, parse_iso
+from headcount.domain.topology import Space, Topology
+from headcount.errors import InvalidTimestampError
+from headcount.eventstore.store import now_ms
+from headcount.http.errors import NOT_FOUND, error, json_errors
+from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS
+from headcount.http.openapi import document
+from headcount.ingest.dpus import DpuRegistry
+
+#: The classic Prometheus text format, which ``generate_latest`` writes. Newer prometheus_client
+#: releases name a later version in ``CONTENT_TYPE_LATEST`` and offer it only on request.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the API's routes, its JSON error middleware, and (on startup, once the
+    resources are attached) the gauges that read the actors and the DPU registry."""
+    app.middlewares.append(json_errors)
+    app.on_startup.append(_watch_gauges)
+    app.add_routes(
+        [
+            web.get("/space/{space_id}/count", space_count_seed),
+            web.get("/spaces", list_spaces),
+            web.get("/spaces/{space_id}", space_detail),
+            web.get("/spaces/{space_id}/count", space_count),
+            web.get("/dpus", list_dpus),
+            web.get("/dpus/{dpu_id}", dpu_detail),
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/openapi.json", openapi),
+        ]
+    )
+
+
+async def _watch_gauges(app: web.Application) -> None:
+    gauges, actors, dpus = app[METRICS], app[ACTORS], app[DPUS]
+    gauges.watch(gauges.mailbox_depth, actors.mailbox_depth)
+    gauges.watch(gauges.dpus_online, dpus.online_count)
+
+
+# -- counts --------------------------------------------------------------------------------
+
+
+async def space_count_seed(request: web.Request) -> web.Response:
+    """``{space_id, ts, count}``: the seed service's answer, unchanged."""
+    ts, state = await _count(request)
+    space_id = request.match_info["space_id"]
+    return web.json_response({"space_id": space_id, "ts": format_ms(ts), "count": state.count})
+
+
+async def space_count(request: web.Request) -> web.Response:
+    """The count with the entrances and exits behind it."""
+    ts, state = await _count(request)
+    space_id = request.match_info["space_id"]
+    return web.json_response({"space_id": space_id, "ts": format_ms(ts), **_totals(state)})
+
+
+async def _count(request: web.Request) -> tuple[int, SpaceState]:
+    """Live from the space's actor, or from snapshots and the log for ``?ts=``."""
+    space_id = request.match_info["space_id"]
+    at = _ts_param(request)
+    if at is None:
+        return await _live(request.app, space_id)
+    return at, (await request.app[HISTORY].count_at(space_id, at)).state
+
+
+async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
+    actors = app[ACTORS]
+    actors.topology.space(space_id)  # unknown: 404
+    actor = actors.actors.get(space_id)
+    if actor is None:
+        # Served by another shard: the shared log answers, exactly, a little slower.
+        now = now_ms()
+        return now, (await app[HISTORY].count_at(space_id, now)).state
+    if not actor.ready:
+        raise error(
+            web.HTTPServiceUnavailable,
+            f"space {space_id!r} is still recovering from the store; try again shortly",
+        )
+    state = actor.live()
+    return (now_ms() if state.as_of is None else state.as_of), state
+
+
+def _ts_param(request: web.Request) -> int | None:
+    given = request.query.getall("ts", [])
+    if not given:
+        return None
+    if len(given) > 1:
+        raise error(web.HTTPBadRequest, f"ts: give one timestamp, not {len(given)}")
+    try:
+        return parse_iso(given[0])
+    except InvalidTimestampError as e:
+        raise error(web.HTTPBadRequest, f"ts: {e}{_plus_hint(given[0])}") from None
+
+
+def _plus_hint(text: str) -> str:
+    """A ``+`` in a URL query reads as a space: say so when that is what went wrong."""
+    head, space, offset = text.strip().rpartition(" ")
+    if not space:
+        return ""
+    try:
+        parse_iso(f"{head}+{offset}")
+    except InvalidTimestampError:
+        return ""
+    return f" (a '+' in a URL query means a space: send the offset as %2B{offset})"
+
+
+def _totals(state: SpaceState) -> dict[str, int]:
+    return {"count": state.count, "entrances": state.entrances, "exits": state.exits}
+
+
+# -- spaces --------------------------------------------------------------------------------
+
+
+async def list_spaces(request: web.Request) -> web.Response:
+    """Every space of the topology with its live count."""
+    spaces = []
+    for space in request.app[ACTORS].topology.spaces.values():
+        _, state = await _live(request.app, space.id)
+        spaces.append(
+            {
+                "id": space.id,
+                "name": space.name,
+                "parent": space.parent,
+                "capacity": space.capacity,
+                "count": state.count,
+            }
+        )
+    return web.json_response({"spaces": spaces})
+
+
+async def space_detail(request: web.Request) -> web.Response:
+    """A space's settings, its doorways with the DPUs over them now, and its live counts."""
+    topology = request.app[ACTORS].topology
+    space = topology.space(request.match_info["space_id"])
+    _, state = await _live(request.app, space.id)
+    return web.json_response(
+        {
+            "id": space.id,
+            "name": space.name,
+            "parent": space.parent,
+            "children": list(topology.children(space.id)),
+            "time_zone": space.time_zone,
+            "daily_reset": _clock_time(space),
+            "capacity": space.capacity,
+            "allow_negative": space.allow_negative,
+            "doorways": _doorways(topology, space.id, now_ms()),
+            **_totals(state),
+        }
+    )
+
+
+def _clock_time(space: Space) -> str | None:
+    return None if space.daily_reset is None else space.daily_reset.strftime("%H:%M")
+
+
+def _doorways(topology: Topology, space_id: str, now: int) -> list[dict[str, Any]]:
+    serving: dict[str, list[str]] = {}
+    for dpu_id in sorted(topology.dpu_ids()):
+        assignment = topology.assignment_at(dpu_id, now)
+        if assignment is not None:
+            serving.setdefault(assignment.doorway_id, []).append(dpu_id)
+    return [
+        {
+            "id": doorway.id,
+            "name": doorway.name,
+            "sensor_placement": link.sensor_placement,
+            "dpus": serving.get(doorway.id, []),
+        }
+        for doorway in topology.doorways.values()
+        for link in doorway.links
+        if link.space_id == space_id
+    ]
+
+
+# -- DPUs ----------------------------------------------------------------------------------
+
+
+async def list_dpus(request: web.Request) -> web.Response:
+    """Every DPU the topology knows: where it is now and what was last heard from it."""
+    topology, dpus, now = request.app[ACTORS].topology, request.app[DPUS], now_ms()
+    return web.json_response(
+        {"dpus": [_dpu(topology, dpus, dpu_id, now) for dpu_id in sorted(topology.dpu_ids())]}
+    )
+
+
+async def dpu_detail(request: web.Request) -> web.Response:
+    """One DPU, with every assignment it had. 404 for a DPU neither assigned nor heard from."""
+    topology, dpus = request.app[ACTORS].topology, request.app[DPUS]
+    dpu_id = request.match_info["dpu_id"]
+    status = dpus.get(dpu_id)
+    heard = (status.online, status.last_seen, status.last_seq) != (None, None, None)
+    if not topology.knows_dpu(dpu_id) and not heard:
+        raise error(web.HTTPNotFound, NOT_FOUND)
+    assignments = sorted(
+        (a for a in topology.assignments if a.dpu_id == dpu_id), key=lambda a: a.valid_from
+    )
+    history = [
+        {
+            "doorway": a.doorway_id,
+            "valid_from": format_ms(a.valid_from),
+            "valid_until": None if a.valid_until is None else format_ms(a.valid_until),
+        }
+        for a in assignments
+    ]
+    return web.json_response({**_dpu(topology, dpus, dpu_id, now_ms()), "assignments": history})
+
+
+def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[str, Any]:
+    status = dpus.get(dpu_id)
+    assignment = topology.assignment_at(dpu_id, now)
+    return {
+        "id": dpu_id,
+        "doorway": None if assignment is None else assignment.doorway_id,
+        "online": status.online,
+        "last_seen": None if status.last_seen is None else format_ms(status.last_seen),
+        "last_seq": status.last_seq,
+    }
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when every space's actor is serving; 503 while any is still recovering."""
+    actors = request.app[ACTORS]
+    waiting = [space_id for space_id, actor in actors.actors.items() if not actor.ready]
+    if waiting:
+        shown = ", ".join(waiting[:10]) + (", ..." if len(waiting) > 10 else "")
+        raise error(
+            web.HTTPServiceUnavailable,
+            f"{len(waiting)} of {len(actors.actors)} spaces are still recovering: {shown}",
+        )
+    return web.json_response(
+        {"status": "ok", "spaces": len(actors.actors), "actor_restarts": actors.restarts}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus text exposition."""
+    return web.Response(
+        body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """This API described as OpenAPI 3.1."""
+    return web.json_response(document())

@@ -1,0 +1,369 @@
+"""The HTTP API against a real store and a running actor system, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from headcount.actors import ActorSystem
+from headcount.domain.events import Traversal
+from headcount.domain.timefmt import format_ms
+from headcount.domain.topology import Topology
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
+from headcount.http.routes import add_routes
+from headcount.ingest.dpus import DpuRegistry
+from headcount.metrics import Metrics
+
+SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
+NOW = 1_700_000_000_000
+MINUTE = 60_000
+NOT_FOUND = {"detail": "Not found."}
+
+#: A morning at the seed's two doorways. 283 hangs inside A over X (outside to A); 423 hangs
+#: inside A over Z (B to A). Counts after it: A 1 (4 in, 3 out), B 2 (2 in, 0 out).
+MORNING = [
+    *(Traversal("283", seq, NOW - (51 - seq) * MINUTE, 1) for seq in range(1, 5)),
+    Traversal("423", 1, NOW - 40 * MINUTE, -1),
+    Traversal("423", 2, NOW - 30 * MINUTE, -1),
+    Traversal("283", 5, NOW - 20 * MINUTE, -1),
+]
+
+
+def clock() -> int:
+    return NOW
+
+
+@dataclass
+class Service:
+    client: TestClient[web.Request, web.Application]
+    store: EventStore
+    history: History
+    actors: ActorSystem
+    dpus: DpuRegistry
+
+    async def feed(self, events: Iterable[Traversal]) -> None:
+        """Store, route and wait for the actors, as ingest does."""
+        result = await self.store.append(events)
+        await self.actors.route(result.new)
+        await self.actors.drain()
+
+    async def get(self, path: str, status: int = 200) -> Any:
+        response = await self.client.get(path)
+        assert response.status == status, await response.text()
+        assert response.content_type == "application/json"
+        return await response.json()
+
+
+def service_app(
+    store: EventStore, *, spaces: list[str] | None = None, run: bool = True
+) -> web.Application:
+    """The API over the seed topology; ``run=False`` leaves the actors unrecovered."""
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        topology = Topology.from_toml(SEED_TOPOLOGY.read_text(), source=str(SEED_TOPOLOGY))
+        history = History(store, topology, snapshot_every=3, snapshot_lag_ms=0)
+        system = ActorSystem(history, space_ids=spaces, clock=clock)
+        app[STORE] = store
+        app[HISTORY] = history
+        app[ACTORS] = system
+        app[DPUS] = DpuRegistry()
+        app[METRICS] = Metrics()
+        if not run:
+            yield
+            return
+        async with system.running():
+            yield
+
+    app = web.Application()
+    app.cleanup_ctx.append(resources)
+    add_routes(app)
+    return app
+
+
+async def start(store: EventStore, client: AiohttpClient, **options: Any) -> Service:
+    app = service_app(store, **options)
+    started = await client(app)
+    return Service(started, store, app[HISTORY], app[ACTORS], app[DPUS])
+
+
+@pytest.fixture
+async def service(store: EventStore, aiohttp_client: AiohttpClient) -> Service:
+    return await start(store, aiohttp_client)
+
+
+# -- counts --------------------------------------------------------------------------------
+
+
+async def test_seed_count_now_is_the_live_count(service: Service) -> None:
+    await service.feed(MORNING)
+    assert await service.get("/space/A/count") == {
+        "space_id": "A",
+        "ts": format_ms(NOW),
+        "count": 1,
+    }
+    assert await service.get("/space/B/count") == {
+        "space_id": "B",
+        "ts": "2023-11-14T22:13:20.000Z",
+        "count": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("minutes_ago", "a", "b"),
+    [
+        pytest.param(55, 0, 0, id="before"),
+        pytest.param(45, 4, 0, id="full"),
+        pytest.param(35, 3, 1, id="between"),
+        pytest.param(0, 1, 2, id="now"),
+    ],
+)
+async def test_seed_count_at_ts_answers_from_history(
+    service: Service, minutes_ago: int, a: int, b: int
+) -> None:
+    await service.feed(MORNING)
+    ts = NOW - minutes_ago * MINUTE
+    for space_id, expected in (("A", a), ("B", b)):
+        body = await service.get(f"/space/{space_id}/count?ts={format_ms(ts)}")
+        assert body == {"space_id": space_id, "ts": format_ms(ts), "count": expected}
+        assert body["count"] == (await service.history.count_at(space_id, ts)).count
+
+
+async def test_detailed_count_live_and_past_agree_with_history(service: Service) -> None:
+    await service.feed(MORNING)
+    # A report uploaded late, from before most of the morning: every later answer changes.
+    await service.feed([Traversal("423", 0, NOW - 50 * MINUTE, 1)])
+    live = await service.get("/spaces/A/count")
+    expected = await service.history.count_at("A", NOW)
+    assert live == {
+        "space_id": "A",
+        "ts": format_ms(NOW),
+        "count": expected.count,
+        "entrances": expected.state.entrances,
+        "exits": expected.state.exits,
+    }
+    assert (live["count"], live["entrances"], live["exits"]) == (2, 5, 3)
+    assert await service.get(f"/spaces/A/count?ts={format_ms(NOW)}") == live
+    # B: the late report was someone leaving it while it was empty; the floor holds it at 0.
+    past = await service.get(f"/spaces/B/count?ts={format_ms(NOW - 45 * MINUTE)}")
+    assert (past["count"], past["entrances"], past["exits"]) == (0, 0, 1)
+
+
+async def test_ts_with_an_offset_is_answered_in_utc(service: Service) -> None:
+    await service.feed(MORNING)
+    # NOW - 45 minutes is 21:28:20Z, i.e. 22:28:20+01:00; '+' sent percent-encoded.
+    body = await service.get("/space/A/count?ts=2023-11-14T22:28:20%2B01:00")
+    assert body == {"space_id": "A", "ts": "2023-11-14T21:28:20.000Z", "count": 4}
+
+
+EXAMPLE = "e.g. '2018-02-26T17:00:00Z'"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        pytest.param(
+            "ts=yesterday", ["'yesterday' is not an ISO-8601 timestamp", EXAMPLE], id="not-iso"
+        ),
+        pytest.param("ts=", ["'' is not an ISO-8601 timestamp", EXAMPLE], id="empty"),
+        pytest.param(
+            "ts=2018-02-27T00:00:00",
+            ["'2018-02-27T00:00:00' has no UTC offset; add 'Z'", EXAMPLE],
+            id="no-offset",
+        ),
+        pytest.param(
+            "ts=2018-02-27T00:00:00+01:00",
+            ["is not an ISO-8601 timestamp", "send the offset as %2B01:00"],
+            id="plus-unencoded",
+        ),
+        pytest.param(
+            "ts=2018-02-27T00:00:00Z&ts=2018-02-28T00:00:00Z",
+            ["give one timestamp, not 2"],
+            id="twice",
+        ),
+    ],
+)
+@pytest.mark.parametrize("path", ["/space/A/count", "/spaces/A/count"], ids=["seed", "detail"])
+async def test_unreadable_ts_is_400(
+    service: Service, path: str, query: str, expected: list[str]
+) -> None:
+    body = await service.get(f"{path}?{query}", 400)
+    assert list(body) == ["detail"]
+    assert body["detail"].startswith("ts: ")
+    for fragment in expected:
+        assert fragment in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/space/Q/count",
+        "/space/Q/count?ts=2018-02-27T00:00:00Z",
+        "/spaces/Q/count",
+        "/spaces/Q/count?ts=2018-02-27T00:00:00Z",
+        "/spaces/Q",
+        "/dpus/999",
+        "/nowhere",
+        "/space/A",
+    ],
+    ids=["seed", "seed-ts", "count", "count-ts", "space", "dpu", "no-route", "no-route-seed"],
+)
+async def test_not_found_is_exactly_the_seed_body(service: Service, path: str) -> None:
+    assert await service.get(path, 404) == NOT_FOUND
+
+
+async def test_space_served_by_another_shard_is_answered_from_the_log(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    service = await start(store, aiohttp_client, spaces=["A"])
+    await service.feed(MORNING)
+    body = await service.get("/spaces/B/count")
+    assert (body["count"], body["entrances"], body["exits"]) == (2, 2, 0)
+    assert await service.get("/healthz") == {"status": "ok", "spaces": 1, "actor_restarts": 0}
+
+
+# -- spaces and DPUs -----------------------------------------------------------------------
+
+
+async def test_spaces_lists_every_space_with_its_live_count(service: Service) -> None:
+    await service.feed(MORNING)
+    assert await service.get("/spaces") == {
+        "spaces": [
+            {"id": "A", "name": "Space A", "parent": None, "capacity": None, "count": 1},
+            {"id": "B", "name": "Space B", "parent": None, "capacity": None, "count": 2},
+        ]
+    }
+
+
+async def test_space_detail(service: Service) -> None:
+    await service.feed(MORNING)
+    assert await service.get("/spaces/A") == {
+        "id": "A",
+        "name": "Space A",
+        "parent": None,
+        "children": [],
+        "time_zone": "UTC",
+        "daily_reset": None,
+        "capacity": None,
+        "allow_negative": False,
+        "doorways": [
+            {"id": "X", "name": "Doorway X", "sensor_placement": 1, "dpus": ["283"]},
+            {"id": "Z", "name": "Doorway Z", "sensor_placement": 1, "dpus": ["423"]},
+        ],
+        "count": 1,
+        "entrances": 4,
+        "exits": 3,
+    }
+    b = await service.get("/spaces/B")
+    assert b["doorways"] == [
+        {"id": "Z", "name": "Doorway Z", "sensor_placement": -1, "dpus": ["423"]}
+    ]
+    assert (b["count"], b["entrances"], b["exits"]) == (2, 2, 0)
+
+
+async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
+    service.dpus.set_online("283", True)
+    service.dpus.seen("283", NOW - 1000, 5)
+    service.dpus.set_online("423", False)
+    assert await service.get("/dpus") == {
+        "dpus": [
+            {
+                "id": "283",
+                "doorway": "X",
+                "online": True,
+                "last_seen": "2023-11-14T22:13:19.000Z",
+                "last_seq": 5,
+            },
+            {"id": "423", "doorway": "Z", "online": False, "last_seen": None, "last_seq": None},
+        ]
+    }
+    assert await service.get("/dpus/423") == {
+        "id": "423",
+        "doorway": "Z",
+        "online": False,
+        "last_seen": None,
+        "last_seq": None,
+        "assignments": [
+            {"doorway": "Z", "valid_from": "2018-01-01T00:00:00.000Z", "valid_until": None}
+        ],
+    }
+
+
+async def test_dpu_heard_but_not_in_the_topology(service: Service) -> None:
+    service.dpus.seen("777", NOW, 3)
+    assert await service.get("/dpus/777") == {
+        "id": "777",
+        "doorway": None,
+        "online": None,
+        "last_seen": format_ms(NOW),
+        "last_seq": 3,
+        "assignments": [],
+    }
+    assert [d["id"] for d in (await service.get("/dpus"))["dpus"]] == ["283", "423"]
+
+
+# -- operations and errors -----------------------------------------------------------------
+
+
+async def test_healthz(service: Service) -> None:
+    assert await service.get("/healthz") == {"status": "ok", "spaces": 2, "actor_restarts": 0}
+
+
+async def test_recovering_actors_are_503_but_the_past_is_answered(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    service = await start(store, aiohttp_client, run=False)
+    await service.store.append(MORNING)
+    health = await service.get("/healthz", 503)
+    assert health == {"detail": "2 of 2 spaces are still recovering: A, B"}
+    assert "still recovering" in (await service.get("/space/A/count", 503))["detail"]
+    past = await service.get(f"/space/A/count?ts={format_ms(NOW)}")
+    assert past["count"] == 1
+
+
+async def test_metrics(service: Service) -> None:
+    service.dpus.set_online("283", True)
+    response = await service.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = await response.text()
+    assert "\nheadcount_mailbox_depth 0.0\n" in text
+    assert "\nheadcount_dpus_online 1.0\n" in text
+
+
+async def test_wrong_method_is_405_json(service: Service) -> None:
+    response = await service.client.post("/spaces")
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET,HEAD"
+    assert await response.json() == {
+        "detail": "Method POST is not allowed here; allowed: GET, HEAD."
+    }
+
+
+async def test_crash_is_500_logged_not_shown(
+    service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def crash(space_id: str, ts: int) -> None:
+        raise RuntimeError("secret connection string")
+
+    monkeypatch.setattr(service.history, "count_at", crash)
+    with caplog.at_level(logging.ERROR, logger="headcount.http"):
+        response = await service.client.get("/space/A/count?ts=2018-02-27T00:00:00Z")
+        body = await response.text()
+    assert response.status == 500
+    assert response.content_type == "application/json"
+    assert await response.json() == {"detail": "Internal server error; it has been logged."}
+    assert "secret" not in body
+    assert "Traceback" not in body
+    [record] = [r for r in caplog.records if r.name == "headcount.http.errors"]
+    assert record.exc_info is not None
+    assert "GET /space/A/count?ts=2018-02-27T00:00:00Z failed" in record.getMessage()

@@ -15,7 +15,12 @@ from typing import Any
 
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
-from headcount.errors import HeadcountError, InvalidTimestampError, UnknownSpaceError
+from headcount.errors import (
+    HeadcountError,
+    InvalidTimestampError,
+    PortTakenError,
+    UnknownSpaceError,
+)
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.store import EventStore, now_ms
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
@@ -45,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except (UsageError, UnknownSpaceError) as e:
+    except (UsageError, UnknownSpaceError, PortTakenError) as e:
         print(f"headcount {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except HeadcountError as e:
@@ -117,6 +122,68 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(handler=_count)
 
     cmd = commands.add_parser(
+        "serve",
+        parents=[store, topology],
+        help="run the service: MQTT ingest, per-space actors, the HTTP API",
+        description="Run headcount: an embedded MQTT broker (or --broker URL), the event"
+        " store, one actor per space and the HTTP API. SIGINT/SIGTERM stop it cleanly.",
+    )
+    cmd.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the seed topology and import the seed data if the store is empty",
+    )
+    cmd.add_argument(
+        "--broker",
+        default=os.environ.get("HEADCOUNT_BROKER"),
+        metavar="URL",
+        help="external MQTT broker, mqtt://user:pass@host:port (env HEADCOUNT_BROKER;"
+        " default: start the embedded broker)",
+    )
+    cmd.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=int(os.environ.get("HEADCOUNT_MQTT_PORT", "1883")),
+        metavar="N",
+        help="the embedded broker's port (env HEADCOUNT_MQTT_PORT; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--broker-config",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_BROKER_CONFIG"),
+        metavar="FILE",
+        help="amqtt YAML overriding the embedded broker's defaults (see broker_config/)",
+    )
+    cmd.add_argument(
+        "--http-port",
+        type=int,
+        default=int(os.environ.get("HEADCOUNT_HTTP_PORT", "8080")),
+        metavar="N",
+        help="HTTP API port (env HEADCOUNT_HTTP_PORT; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--host",
+        default=os.environ.get("HEADCOUNT_HOST", "127.0.0.1"),
+        metavar="ADDR",
+        help="address the HTTP API and the embedded broker listen on"
+        " (env HEADCOUNT_HOST; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--client-id",
+        default=os.environ.get("HEADCOUNT_CLIENT_ID", "headcount"),
+        metavar="ID",
+        help="MQTT client id of the service's persistent session (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=DEFAULT_SNAPSHOT_EVERY,
+        metavar="N",
+        help="snapshot each space every N events (default %(default)s)",
+    )
+    cmd.set_defaults(handler=_serve)
+
+    cmd = commands.add_parser(
         "migrate",
         parents=[store],
         help="create the store's schema or upgrade it to this release",
@@ -163,6 +230,25 @@ async def _record(store: EventStore, choice: _TopologyChoice) -> None:
     """Make a topology read from a file the store's current one."""
     if choice.document is not None:
         await store.record_topology(choice.document, origin=choice.origin)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from headcount.service import serve  # the service's imports stay out of offline commands
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("amqtt", "transitions", "alembic"):  # one line per connection or migration
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.demo and args.topology is None:
+        from headcount.service import demo_files
+
+        document, _ = demo_files()
+        choice = _TopologyChoice(
+            Topology.from_toml(document, source="seed topology"), document, "seed topology"
+        )
+    else:
+        async with await EventStore.open(args.store) as store:
+            choice = await _choose_topology(args, store)
+    return await serve(args, choice.topology, choice.document, choice.origin)
 
 
 async def _migrate(args: argparse.Namespace) -> int:

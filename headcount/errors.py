@@ -34,3 +34,7 @@ class StoreError(HeadcountError):
 
 class ConflictError(StoreError):
     """An append that clashes with what is stored (same key, different content)."""
+
+
+class PortTakenError(HeadcountError):
+    """A port the service must listen on is taken; the message names the flag to change."""

@@ -1,0 +1,74 @@
+"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.test_e2e import free_port
+
+
+def serve(*args: str, tmp: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "headcount", "serve",
+        "--store", f"sqlite+aiosqlite:///{tmp / 'store.db'}", *args,
+    ]  # fmt: skip
+
+
+def test_a_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for flag in ("--http-port", "--mqtt-port"):
+            other = "--mqtt-port" if flag == "--http-port" else "--http-port"
+            result = subprocess.run(
+                serve("--demo", flag, port, other, str(free_port()), tmp=tmp_path),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 2
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert port in lines[0]
+            assert flag in lines[0]
+
+
+async def test_demo_serves_the_seed_and_stops_cleanly(tmp_path: Path) -> None:
+    http = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *serve("--demo", "--http-port", str(http), "--mqtt-port", str(free_port()), tmp=tmp_path),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{http}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with session.get(f"{url}/healthz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
+            # The seed: 11 in A at midnight of 2018-02-27 (see the CLI tests for the fold).
+            async with session.get(f"{url}/space/A/count?ts=2018-02-27T00:00:00Z") as response:
+                assert await response.json() == {
+                    "space_id": "A",
+                    "ts": "2018-02-27T00:00:00.000Z",
+                    "count": 11,
+                }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+        assert await process.wait() == 0, log
+    assert "demo: imported 530 seed events" in log
+    assert "Traceback" not in log

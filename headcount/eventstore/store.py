@@ -49,6 +49,11 @@ class EventStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._insert_traversals = (
+            self._insert(traversals)
+            .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
+            .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
+        )
 
     @classmethod
     async def open(cls, url: str = DEFAULT_URL, *, upgrade: bool = True) -> EventStore:
@@ -153,26 +158,22 @@ class EventStore:
         # Rows in key order: concurrent appends of overlapping batches then take the unique
         # index's locks in the same order and cannot deadlock (PostgreSQL).
         batch = sorted(batch, key=lambda t: t.key)
-        for start in range(0, len(batch), _CHUNK):
-            rows = [
-                {
-                    "dpu_id": t.dpu_id,
-                    "seq": t.seq,
-                    "ts": t.ts,
-                    "direction": t.direction,
-                    "received_at": received_at,
-                    "late": newest_snapshot is not None and t.ts <= newest_snapshot,
-                }
-                for t in batch[start : start + _CHUNK]
-            ]
-            stmt = (
-                self._insert(traversals)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
-                .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
-            )
-            for position, dpu_id, seq in await conn.execute(stmt):
-                inserted[(dpu_id, seq)] = position
+        rows = [
+            {
+                "dpu_id": t.dpu_id,
+                "seq": t.seq,
+                "ts": t.ts,
+                "direction": t.direction,
+                "received_at": received_at,
+                "late": newest_snapshot is not None and t.ts <= newest_snapshot,
+            }
+            for t in batch
+        ]
+        # One compiled statement, executed for many rows: SQLAlchemy batches it into multi-row
+        # INSERTs with RETURNING ("insertmanyvalues") on both backends.
+        result = await conn.execute(self._insert_traversals, rows)
+        for position, dpu_id, seq in result:
+            inserted[(dpu_id, seq)] = position
         return inserted
 
     async def _stored(

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 #: within it are placed without touching the store. Matches the snapshot lag by default.
 DEFAULT_WINDOW_MS = 5 * 60 * 1000
 _FAR_FUTURE = 2**62
+_BEFORE_ALL = -(2**62)
 
 
 class SpaceActor:
@@ -70,8 +71,11 @@ class SpaceActor:
         space = topology.space(self.space_id)
         view = SpaceView.of(topology, self.space_id)
         newest = await self.history.store.newest_ts(s.dpu_id for s in view.sources)
-        now = self._clock()
-        checkpoint = min(now, newest if newest is not None else now) - self.window_ms
+        # One window behind the newest event stored (never ahead of now: a DPU clock may be).
+        # With nothing stored, nothing is settled: every event can still be placed in memory.
+        checkpoint = _BEFORE_ALL
+        if newest is not None:
+            checkpoint = min(self._clock(), newest) - self.window_ms
         settled = (await self.history.count_at(self.space_id, checkpoint)).state
         recent = [
             event
@@ -82,30 +86,38 @@ class SpaceActor:
         self._live = LiveSpace(space, settled, checkpoint, recent)
 
     async def run(self) -> None:
-        """Apply events from the mailbox until cancelled."""
+        """Apply events from the mailbox until cancelled. Events too late to place in memory
+        are in the store already: one reload from the store serves all of those that arrived
+        together (a DPU's backlog), once the mailbox is empty."""
         live = self._live
         if live is None:
             raise RuntimeError("recover() before run()")
         while True:
             event = await self.mailbox.get()
             try:
-                await self._apply(live, event)
+                reload = self._apply(live, event)
+                while not self.mailbox.empty():
+                    try:
+                        reload = self._apply(live, self.mailbox.get_nowait()) or reload
+                    finally:
+                        self.mailbox.task_done()
+                if reload:
+                    self.reloads += 1
+                    settled = (await self.history.count_at(self.space_id, live.checkpoint)).state
+                    live.reload(settled)
             finally:
                 self.mailbox.task_done()
 
-    async def _apply(self, live: LiveSpace, event: SpaceEvent) -> None:
+    def _apply(self, live: LiveSpace, event: SpaceEvent) -> bool:
+        """Fold one event; True when the checkpoint must be reloaded from the store."""
         outcome = live.apply(event)
         if outcome in (Applied.TOO_LATE, Applied.REFOLDED):
             self.late_events += 1
             if self._on_late is not None:
                 self._on_late()
-        if outcome is Applied.TOO_LATE:
-            # Folded into the checkpoint from the store, which already holds the event.
-            self.reloads += 1
-            settled = (await self.history.count_at(self.space_id, live.checkpoint)).state
-            live.reload(settled)
         newest = live.newest_ts
         if newest is not None and newest - self.window_ms > live.checkpoint + self.window_ms:
             live.settle(newest - self.window_ms)
         if outcome is not Applied.DUPLICATE and self._on_applied is not None:
             self._on_applied(self.space_id, 1)
+        return outcome is Applied.TOO_LATE

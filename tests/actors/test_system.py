@@ -101,12 +101,12 @@ async def test_crashed_actor_restarts_from_the_store(
     original = actor._apply
     crashes = 1
 
-    async def crash_once(live: object, event: SpaceEvent) -> None:
+    def crash_once(live: object, event: SpaceEvent) -> bool:
         nonlocal crashes
         if crashes:
             crashes -= 1
             raise RuntimeError("boom")
-        await original(live, event)  # type: ignore[arg-type]
+        return original(live, event)  # type: ignore[arg-type]
 
     monkeypatch.setattr(actor, "_apply", crash_once)
     async with system.running():
@@ -128,7 +128,7 @@ async def test_restart_budget_exhausted_stops_the_system(
     system = ActorSystem(history, clock=clock, budget=lambda: RestartBudget(1, 60))
     actor = system.actor("A")
 
-    async def always(live: object, event: SpaceEvent) -> None:
+    def always(live: object, event: SpaceEvent) -> bool:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(actor, "_apply", always)
@@ -144,3 +144,30 @@ def test_restart_budget_window() -> None:
     assert budget.spend()
     assert budget.spend()
     assert not budget.spend()
+
+
+async def test_old_events_into_an_empty_store_are_placed_in_memory(
+    store: EventStore, seed: Topology
+) -> None:
+    """Nothing stored yet: an hour-old event is not 'too late' for anything."""
+    history = History(store, seed)
+    system = ActorSystem(history, clock=clock)
+    async with system.running():
+        await system.route(await stored(store, [Traversal("283", 1, NOW - 3_600_000, 1)]))
+        await expect_live_equals_history(system, history)
+        assert system.actor("A").reloads == 0
+
+
+async def test_a_backlog_too_late_for_memory_costs_one_reload(
+    store: EventStore, seed: Topology
+) -> None:
+    history = History(store, seed)
+    await store.append([Traversal("283", 1000, NOW - 1000, 1)])
+    system = ActorSystem(history, window_ms=5 * MINUTE, clock=clock)
+    async with system.running():
+        # A DPU back from an hour offline uploads its backlog in one payload.
+        backlog = [Traversal("423", i, NOW - 60 * MINUTE + i * 1000, 1) for i in range(50)]
+        await system.route(await stored(store, backlog))
+        await expect_live_equals_history(system, history)
+        assert system.live("A").count == 51
+        assert system.actor("A").reloads == 1

@@ -87,9 +87,18 @@ def _parser() -> argparse.ArgumentParser:
         " topology. Default: the topology the store was last used with",
     )
 
+    snapshots = argparse.ArgumentParser(add_help=False)
+    snapshots.add_argument(
+        "--snapshot-every",
+        type=_at_least_one,
+        default=DEFAULT_SNAPSHOT_EVERY,
+        metavar="N",
+        help="snapshot each space every N events (default %(default)s)",
+    )
+
     cmd = commands.add_parser(
         "import",
-        parents=[store, topology],
+        parents=[store, topology, snapshots],
         help="load DPU rows from a CSV export into the store",
         description="Load a CSV export (columns timestamp, direction, dpu_id) into the store."
         " Exact duplicate rows are one event; importing a file again stores nothing new."
@@ -99,13 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("csv", type=Path, metavar="CSV")
     cmd.add_argument(
         "--strict", action="store_true", help="abort on any malformed row, writing nothing"
-    )
-    cmd.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=DEFAULT_SNAPSHOT_EVERY,
-        metavar="N",
-        help="snapshot each space every N events (default %(default)s)",
     )
     cmd.set_defaults(handler=_import)
 
@@ -123,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmd = commands.add_parser(
         "serve",
-        parents=[store, topology],
+        parents=[store, topology, snapshots],
         help="run the service: MQTT ingest, per-space actors, the HTTP API",
         description="Run headcount: an embedded MQTT broker (or --broker URL), the event"
         " store, one actor per space and the HTTP API. SIGINT/SIGTERM stop it cleanly.",
@@ -174,13 +176,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="MQTT client id of the service's persistent session (default %(default)s)",
     )
-    cmd.add_argument(
-        "--snapshot-every",
-        type=int,
-        default=DEFAULT_SNAPSHOT_EVERY,
-        metavar="N",
-        help="snapshot each space every N events (default %(default)s)",
-    )
     cmd.set_defaults(handler=_serve)
 
     cmd = commands.add_parser(
@@ -190,6 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.set_defaults(handler=_migrate)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: it must be at least 1")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +276,6 @@ async def _count(args: argparse.Namespace) -> int:
 
 async def _import(args: argparse.Namespace) -> int:
     path: Path = args.csv
-    if args.snapshot_every < 1:
-        raise UsageError("--snapshot-every must be at least 1")
     if not path.is_file():
         raise UsageError(f"cannot read {path}: no such file")
     async with await EventStore.open(args.store) as store:

@@ -539,10 +539,12 @@ def test_missing_topology_file(capsys: pytest.CaptureFixture[str], db: str, tmp_
 
 
 def test_snapshot_every_below_one_is_refused(capsys: pytest.CaptureFixture[str], db: str) -> None:
-    result = import_csv(capsys, db, SEED_CSV, "--snapshot-every", "0")
-    assert result.code == 2
-    assert "--snapshot-every" in result.err
-    assert store_contents(db)[0] == 0
+    with pytest.raises(SystemExit) as exit_:  # refused by the argument parser, before any work
+        import_csv(capsys, db, SEED_CSV, "--snapshot-every", "0")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--snapshot-every" in err
+    assert "at least 1" in err
 
 
 def test_migrate_a_fresh_store(capsys: pytest.CaptureFixture[str], db: str, tmp_path: Path) -> None:

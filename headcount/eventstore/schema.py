@@ -19,7 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    true,
+    text,
 )
 
 # SQLite only aliases the rowid (and so auto-increments) for a column typed exactly INTEGER.
@@ -52,12 +52,15 @@ traversals = Table(
     CheckConstraint("direction IN (1, -1)", name="direction"),
     Index(None, "dpu_id", "ts"),
 )
+#: Queries must say exactly this for the planners to use the partial index (SQLite matches
+#: the text: ``late = 1`` or ``late IS 1`` would scan every row of the DPU instead).
+LATE = text("late = true")
 Index(
     "ix_traversals_late",
     traversals.c.dpu_id,
     traversals.c.ts,
-    sqlite_where=traversals.c.late == true(),
-    postgresql_where=traversals.c.late == true(),
+    sqlite_where=LATE,
+    postgresql_where=LATE,
 )
 
 #: Counts set by hand (or by an operator's tool) at a moment. One per space and millisecond.

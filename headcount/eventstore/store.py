@@ -34,7 +34,14 @@ from headcount.eventstore.records import (
     Snapshot,
     StoredReset,
 )
-from headcount.eventstore.schema import quarantine, resets, snapshots, topologies, traversals
+from headcount.eventstore.schema import (
+    LATE,
+    quarantine,
+    resets,
+    snapshots,
+    topologies,
+    traversals,
+)
 
 #: Rows per statement where a batch is split (bind-parameter limits, statement size).
 _CHUNK = 500
@@ -401,7 +408,7 @@ class EventStore:
         if where is None:
             return []
         stmt = select(traversals.c.dpu_id, traversals.c.ts, traversals.c.position).where(
-            where, traversals.c.late.is_(True), traversals.c.position > after_position
+            where, LATE, traversals.c.position > after_position
         )
         async with read_transaction(self.engine) as conn:
             return [LateMark(*row) for row in await conn.execute(stmt)]

@@ -364,20 +364,31 @@ class EventStore:
     ) -> list[StoredReset]:
         """Resets of a space with ``after < ts <= until`` (and ``after_id < id <= max_id``
         where given), in time order."""
-        stmt = select(resets).where(resets.c.space_id == space_id, resets.c.ts <= until)
-        if after_id is not None:
-            stmt = stmt.where(resets.c.id > after_id)
+        query = self._resets_query(
+            space_id, after=after, until=until, max_id=max_id, after_id=after_id
+        )
+        async with read_transaction(self.engine) as conn:
+            return [StoredReset(*row) for row in await conn.execute(query)]
+
+    @staticmethod
+    def _resets_query(
+        space_id: str,
+        *,
+        after: int | None,
+        until: int,
+        max_id: int | None,
+        after_id: int | None,
+    ) -> Any:
+        stmt = select(
+            resets.c.id, resets.c.space_id, resets.c.ts, resets.c.count, resets.c.source
+        ).where(resets.c.space_id == space_id, resets.c.ts <= until)
         if after is not None:
             stmt = stmt.where(resets.c.ts > after)
+        if after_id is not None:
+            stmt = stmt.where(resets.c.id > after_id)
         if max_id is not None:
             stmt = stmt.where(resets.c.id <= max_id)
-        async with read_transaction(self.engine) as conn:
-            rows = await conn.execute(
-                stmt.with_only_columns(
-                    resets.c.id, resets.c.space_id, resets.c.ts, resets.c.count, resets.c.source
-                ).order_by(resets.c.ts)
-            )
-            return [StoredReset(*row) for row in rows]
+        return stmt.order_by(resets.c.ts)
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -386,6 +397,52 @@ class EventStore:
     ) -> list[Snapshot]:
         """A space's snapshots under ``fingerprint`` with ``as_of <= at_or_before``, newest
         first. Whether each is still usable is for the caller to decide (late events)."""
+        async with read_transaction(self.engine) as conn:
+            return await self._snapshots_before(conn, space_id, fingerprint, at_or_before, limit)
+
+    async def late_marks(
+        self, sources: Sequence[Source], *, after_position: int, until: int
+    ) -> list[LateMark]:
+        """Traversals stored late through ``sources``, with ``ts <= until`` and a position
+        after ``after_position``: the only events that can make a snapshot unusable."""
+        async with read_transaction(self.engine) as conn:
+            return await self._late_marks(conn, sources, after_position, until)
+
+    async def snapshot_candidates(
+        self,
+        space_id: str,
+        fingerprint: str,
+        sources: Sequence[Source],
+        *,
+        at_or_before: int,
+        limit: int,
+    ) -> tuple[list[Snapshot], list[LateMark], list[StoredReset]]:
+        """What deciding on a snapshot needs, read in one transaction: the candidates (as
+        :meth:`snapshots_before`), and the late traversals and resets stored after the oldest
+        candidate's head with a ``ts`` at or before the newest candidate."""
+        async with read_transaction(self.engine) as conn:
+            found = await self._snapshots_before(conn, space_id, fingerprint, at_or_before, limit)
+            if not found:
+                return [], [], []
+            newest = found[0].as_of
+            marks = await self._late_marks(
+                conn, sources, min(c.head.position for c in found), newest
+            )
+            rows = await conn.execute(
+                self._resets_query(
+                    space_id,
+                    after=None,
+                    until=newest,
+                    max_id=None,
+                    after_id=min(c.head.reset_id for c in found),
+                )
+            )
+            return found, marks, [StoredReset(*row) for row in rows]
+
+    @staticmethod
+    async def _snapshots_before(
+        conn: AsyncConnection, space_id: str, fingerprint: str, at_or_before: int, limit: int
+    ) -> list[Snapshot]:
         stmt = (
             select(snapshots)
             .where(
@@ -396,22 +453,19 @@ class EventStore:
             .order_by(snapshots.c.as_of.desc(), snapshots.c.id.desc())
             .limit(limit)
         )
-        async with read_transaction(self.engine) as conn:
-            return [_snapshot(row) for row in await conn.execute(stmt)]
+        return [_snapshot(row) for row in await conn.execute(stmt)]
 
-    async def late_marks(
-        self, sources: Sequence[Source], *, after_position: int, until: int
+    @staticmethod
+    async def _late_marks(
+        conn: AsyncConnection, sources: Sequence[Source], after_position: int, until: int
     ) -> list[LateMark]:
-        """Traversals stored late through ``sources``, with ``ts <= until`` and a position
-        after ``after_position``: the only events that can make a snapshot unusable."""
         where = _source_filter(sources, after=None, until=until)
         if where is None:
             return []
         stmt = select(traversals.c.dpu_id, traversals.c.ts, traversals.c.position).where(
             where, LATE, traversals.c.position > after_position
         )
-        async with read_transaction(self.engine) as conn:
-            return [LateMark(*row) for row in await conn.execute(stmt)]
+        return [LateMark(*row) for row in await conn.execute(stmt)]
 
     async def add_snapshots(
         self, snapshots_: Sequence[Snapshot], sources: Sequence[Source]

@@ -78,22 +78,11 @@ class History:
         under the current topology, and with no event stored after it that belongs before it."""
         before = at_or_before
         while True:
-            candidates = await self.store.snapshots_before(
-                view.space_id, view.fingerprint, at_or_before=before, limit=_PAGE
+            candidates, marks, resets = await self.store.snapshot_candidates(
+                view.space_id, view.fingerprint, view.sources, at_or_before=before, limit=_PAGE
             )
             if not candidates:
                 return None
-            marks = await self.store.late_marks(
-                view.sources,
-                after_position=min(c.head.position for c in candidates),
-                until=candidates[0].as_of,
-            )
-            resets = await self.store.read_resets(
-                view.space_id,
-                after=None,
-                until=candidates[0].as_of,
-                after_id=min(c.head.reset_id for c in candidates),
-            )
             for candidate in candidates:
                 if not any(
                     m.ts <= candidate.as_of and m.position > candidate.head.position for m in marks

@@ -15,7 +15,7 @@ from headcount.history.events import SpaceView, space_events
 log = logging.getLogger(__name__)
 
 #: Snapshot a space every this many folded events. Chosen by measurement (bench/history.py,
-#: BENCHMARKS.md): at 1M events, p50 7 ms at 100 against 13 ms at 1,000 and 78 ms at 10,000,
+#: BENCHMARKS.md): at 1M events, p50 6 ms at 100 against 11 ms at 1,000 and 68 ms at 10,000,
 #: for one snapshot row per 100 events (1% more rows).
 DEFAULT_SNAPSHOT_EVERY = 100
 #: Snapshots stay this far behind the newest event of their space, so that reports arriving a

@@ -38,3 +38,8 @@ class ConflictError(StoreError):
 
 class PortTakenError(HeadcountError):
     """A port the service must listen on is taken; the message names the flag to change."""
+
+
+class StoreBusyError(StoreError):
+    """The store's lease is held by another process (a replay, or a service while replaying):
+    see ``headcount.eventstore.lease``."""

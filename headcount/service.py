@@ -25,6 +25,7 @@ from headcount.actors import ActorSystem
 from headcount.domain.topology import Topology
 from headcount.errors import PortTakenError
 from headcount.eventstore.engine import DEFAULT_URL
+from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
@@ -100,7 +101,10 @@ def build_app(settings: Settings) -> web.Application:
 
 def _store(settings: Settings) -> CleanupContext:
     async def attach(app: web.Application) -> AsyncIterator[None]:
-        async with await EventStore.open(settings.store_url) as store:
+        async with (
+            await EventStore.open(settings.store_url) as store,
+            lease(store, exclusive=False, holder="headcount serve"),
+        ):
             if settings.topology_document is not None:
                 await store.record_topology(
                     settings.topology_document, origin=settings.topology_origin

@@ -85,6 +85,24 @@ valid_from = "2018-01-01T00:00:00Z"
         return counts
 
 
+async def wait_healthy(
+    url: str, process: asyncio.subprocess.Process, *, timeout_s: float = 30
+) -> bool:
+    """Wait until the service at ``url`` says it is healthy (True), or its process ended or
+    the time ran out (False)."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline and process.returncode is None:
+            try:
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return True
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    return False
+
+
 class Service:
     """``headcount serve`` in a subprocess."""
 
@@ -108,19 +126,8 @@ class Service:
             self.process = await asyncio.create_subprocess_exec(
                 *self.args, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.process.returncode is not None:
-                    break
-                try:
-                    async with http.get(f"{self.http}/healthz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"service did not start:\n{self.log.read_text()}")
+        if not await wait_healthy(self.http, self.process):
+            raise AssertionError(f"service did not start:\n{self.log.read_text()}")
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.test_e2e import free_port
+from tests.test_e2e import free_port, wait_healthy
 
 
 def serve(*args: str, tmp: Path) -> list[str]:
@@ -49,22 +49,17 @@ async def test_demo_serves_the_seed_and_stops_cleanly(tmp_path: Path) -> None:
     )
     url = f"http://127.0.0.1:{http}"
     try:
-        async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with session.get(f"{url}/healthz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.1)
-            # The seed: 11 in A at midnight of 2018-02-27 (see the CLI tests for the fold).
-            async with session.get(f"{url}/space/A/count?ts=2018-02-27T00:00:00Z") as response:
-                assert await response.json() == {
-                    "space_id": "A",
-                    "ts": "2018-02-27T00:00:00.000Z",
-                    "count": 11,
-                }
+        assert await wait_healthy(url, process)
+        # The seed: 11 in A at midnight of 2018-02-27 (see the CLI tests for the fold).
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/space/A/count?ts=2018-02-27T00:00:00Z") as response,
+        ):
+            assert await response.json() == {
+                "space_id": "A",
+                "ts": "2018-02-27T00:00:00.000Z",
+                "count": 11,
+            }
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.stderr is not None

@@ -55,6 +55,7 @@ class Snapshot:
     state: SpaceState
     head: Head
     taken_at: int = 0
+    generation: int = 0
 
     @property
     def as_of(self) -> int:
@@ -92,3 +93,14 @@ class QuarantineEntry:
     reason: str
     payload: bytes
     received_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedSpace:
+    """A space a replay finished: folded from ``from_ts`` (``None``: from the start of the
+    log), ``events`` deltas and resets folded, ``snapshots`` written."""
+
+    space_id: str
+    from_ts: int | None
+    events: int
+    snapshots: int

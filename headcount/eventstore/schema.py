@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -31,6 +32,7 @@ metadata = MetaData(
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "ck": "ck_%(table_name)s_%(constraint_name)s",
         "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     }
 )
 
@@ -79,6 +81,8 @@ resets = Table(
 #: A space's folded state as of ``as_of`` (every event with ``ts <= as_of`` folded in), computed
 #: from every traversal up to log ``position`` and every reset up to ``reset_id``, under the
 #: topology whose fingerprint for that space is ``fingerprint``. Derived and disposable.
+#: ``generation`` is the replay (``replays.id``) whose snapshots it belongs with, 0 before any:
+#: a finished replay of the space supersedes older generations (see ``replayed_spaces``).
 snapshots = Table(
     "snapshots",
     metadata,
@@ -92,6 +96,7 @@ snapshots = Table(
     Column("position", BigInteger, nullable=False),
     Column("reset_id", BigInteger, nullable=False),
     Column("taken_at", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False, server_default=text("0")),
     Index(None, "space_id", "fingerprint", "as_of"),
     Index(None, "as_of"),
 )
@@ -117,4 +122,33 @@ topologies = Table(
     Column("document", Text, nullable=False),
     Column("origin", String(500), nullable=False),
     Column("recorded_at", BigInteger, nullable=False),
+)
+
+#: One row per run of ``headcount replay`` that writes snapshots; its id is their generation.
+#: ``position`` and ``reset_id`` are the heads of the logs the replay folded.
+replays = Table(
+    "replays",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("topology_digest", String(64), nullable=False),
+    Column("from_ts", BigInteger, nullable=True),
+    Column("position", BigInteger, nullable=False),
+    Column("reset_id", BigInteger, nullable=False),
+)
+
+#: A space whose replay finished. From then on its snapshots of older generations with
+#: ``as_of >= from_ts`` (every one, when ``from_ts`` is null) are superseded: never used again,
+#: still stored.
+replayed_spaces = Table(
+    "replayed_spaces",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("replay_id", BigInteger, ForeignKey("replays.id"), nullable=False),
+    Column("space_id", String(64), nullable=False),
+    Column("from_ts", BigInteger, nullable=True),
+    Column("events", BigInteger, nullable=False),
+    Column("snapshots", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=False),
+    UniqueConstraint("space_id", "replay_id"),
 )

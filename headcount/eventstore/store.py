@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Table, and_, func, or_, select, tuple_
+from sqlalchemy import Table, and_, exists, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -31,12 +31,15 @@ from headcount.eventstore.records import (
     Head,
     LateMark,
     QuarantineEntry,
+    ReplayedSpace,
     Snapshot,
     StoredReset,
 )
 from headcount.eventstore.schema import (
     LATE,
     quarantine,
+    replayed_spaces,
+    replays,
     resets,
     snapshots,
     topologies,
@@ -353,6 +356,38 @@ class EventStore:
             async for dpu_id, seq, ts, direction in result:
                 yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
 
+    async def scan_log(
+        self, *, dpu_ids: Collection[str] | None = None, after: int | None, head: Head
+    ) -> AsyncIterator[tuple[str, int, int, int]]:
+        """Every traversal up to log position ``head.position`` with ``ts > after``, as rows
+        ``(dpu_id, seq, ts, direction)`` in fold order, optionally only from ``dpu_ids``.
+        Streams, so memory stays bounded however long the log is."""
+        stmt = select(
+            traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
+        ).where(traversals.c.position <= head.position)
+        if after is not None:
+            stmt = stmt.where(traversals.c.ts > after)
+        if dpu_ids is not None:
+            stmt = stmt.where(traversals.c.dpu_id.in_(sorted(dpu_ids)))
+        stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+        async with translate_errors(), self.engine.connect() as conn:
+            result = await conn.stream(stmt.execution_options(yield_per=5000))
+            async for partition in result.partitions():
+                for row in partition:
+                    yield row
+
+    async def resets_up_to(self, head: Head, *, after: int | None) -> list[StoredReset]:
+        """Every reset up to ``head.reset_id`` with ``ts > after``, in time order. Resets are
+        set by hand: few next to traversals, so they are read at once."""
+        stmt = select(
+            resets.c.id, resets.c.space_id, resets.c.ts, resets.c.count, resets.c.source
+        ).where(resets.c.id <= head.reset_id)
+        if after is not None:
+            stmt = stmt.where(resets.c.ts > after)
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(stmt.order_by(resets.c.ts, resets.c.space_id))
+            return [StoredReset(*row) for row in rows]
+
     async def read_resets(
         self,
         space_id: str,
@@ -396,7 +431,8 @@ class EventStore:
         self, space_id: str, fingerprint: str, *, at_or_before: int, limit: int
     ) -> list[Snapshot]:
         """A space's snapshots under ``fingerprint`` with ``as_of <= at_or_before``, newest
-        first. Whether each is still usable is for the caller to decide (late events)."""
+        first, leaving out those a finished replay superseded. Whether each is still usable is
+        for the caller to decide (late events)."""
         async with read_transaction(self.engine) as conn:
             return await self._snapshots_before(conn, space_id, fingerprint, at_or_before, limit)
 
@@ -424,20 +460,29 @@ class EventStore:
             found = await self._snapshots_before(conn, space_id, fingerprint, at_or_before, limit)
             if not found:
                 return [], [], []
-            newest = found[0].as_of
-            marks = await self._late_marks(
-                conn, sources, min(c.head.position for c in found), newest
+            return found, *await self._invalidating(conn, space_id, found, sources)
+
+    async def _invalidating(
+        self,
+        conn: AsyncConnection,
+        space_id: str,
+        found: Sequence[Snapshot],
+        sources: Sequence[Source],
+    ) -> tuple[list[LateMark], list[StoredReset]]:
+        """Late traversals and resets stored after the oldest head of ``found`` with a ``ts``
+        at or before the newest of them: all that can make one of them unusable."""
+        newest = max(c.as_of for c in found)
+        marks = await self._late_marks(conn, sources, min(c.head.position for c in found), newest)
+        rows = await conn.execute(
+            self._resets_query(
+                space_id,
+                after=None,
+                until=newest,
+                max_id=None,
+                after_id=min(c.head.reset_id for c in found),
             )
-            rows = await conn.execute(
-                self._resets_query(
-                    space_id,
-                    after=None,
-                    until=newest,
-                    max_id=None,
-                    after_id=min(c.head.reset_id for c in found),
-                )
-            )
-            return found, marks, [StoredReset(*row) for row in rows]
+        )
+        return marks, [StoredReset(*row) for row in rows]
 
     @staticmethod
     async def _snapshots_before(
@@ -449,6 +494,7 @@ class EventStore:
                 snapshots.c.space_id == space_id,
                 snapshots.c.fingerprint == fingerprint,
                 snapshots.c.as_of <= at_or_before,
+                ~_SUPERSEDED,
             )
             .order_by(snapshots.c.as_of.desc(), snapshots.c.id.desc())
             .limit(limit)
@@ -489,6 +535,7 @@ class EventStore:
         taken_at = now_ms()
         async with write_transaction(self.engine, exclusive=True) as conn:
             head = await self._head(conn)
+            generation = await self._generation(conn, space_id)
             newest = max(s.as_of for s in snapshots_)
             first_unsafe = await self._first_arrival_ts(
                 conn, space_id, sources, oldest_head, until=newest
@@ -497,22 +544,115 @@ class EventStore:
             if keep:
                 await conn.execute(
                     snapshots.insert(),
+                    [_snapshot_row(s, head, taken_at, generation) for s in keep],
+                )
+        return [
+            Snapshot(s.space_id, s.fingerprint, s.state, head, taken_at, generation) for s in keep
+        ]
+
+    @staticmethod
+    async def _generation(conn: AsyncConnection, space_id: str) -> int:
+        """The generation a snapshot of the space written now belongs with: its newest
+        finished replay (0 before any)."""
+        newest = await conn.scalar(
+            select(func.max(replayed_spaces.c.replay_id)).where(
+                replayed_spaces.c.space_id == space_id
+            )
+        )
+        return int(newest or 0)
+
+    async def has_snapshots_under_other_topologies(self, space_id: str, fingerprint: str) -> bool:
+        """Whether the space has snapshots folded under another topology than ``fingerprint``
+        (which are never used)."""
+        async with read_transaction(self.engine) as conn:
+            found = await conn.scalar(
+                select(
+                    exists().where(
+                        snapshots.c.space_id == space_id, snapshots.c.fingerprint != fingerprint
+                    )
+                )
+            )
+        return bool(found)
+
+    # -- replays ---------------------------------------------------------------------------
+
+    async def begin_replay(self, topology_digest: str, *, from_ts: int | None, head: Head) -> int:
+        """Record that a replay of the logs up to ``head`` starts; returns its generation,
+        which the snapshots it writes carry (:meth:`add_replay_snapshots`)."""
+        async with write_transaction(self.engine) as conn:
+            generation = await conn.scalar(
+                replays.insert()
+                .values(
+                    started_at=now_ms(),
+                    topology_digest=topology_digest,
+                    from_ts=from_ts,
+                    position=head.position,
+                    reset_id=head.reset_id,
+                )
+                .returning(replays.c.id)
+            )
+        return int(generation)
+
+    async def add_replay_snapshots(self, generation: int, snapshots_: Sequence[Snapshot]) -> None:
+        """Append a replay's snapshots (of any spaces), each covering the logs up to its own
+        ``head``. The replay holds the store alone (see ``eventstore.lease``): nothing can have
+        arrived after that head, so unlike :meth:`add_snapshots` there is nothing to check."""
+        if not snapshots_:
+            return
+        taken_at = now_ms()
+        async with write_transaction(self.engine, exclusive=True) as conn:
+            for start in range(0, len(snapshots_), _CHUNK * 10):
+                await conn.execute(
+                    snapshots.insert(),
                     [
-                        {
-                            "space_id": s.space_id,
-                            "fingerprint": s.fingerprint,
-                            "as_of": s.as_of,
-                            "count": s.state.count,
-                            "entrances": s.state.entrances,
-                            "exits": s.state.exits,
-                            "position": head.position,
-                            "reset_id": head.reset_id,
-                            "taken_at": taken_at,
-                        }
-                        for s in keep
+                        _snapshot_row(s, s.head, taken_at, generation)
+                        for s in snapshots_[start : start + _CHUNK * 10]
                     ],
                 )
-        return [Snapshot(s.space_id, s.fingerprint, s.state, head, taken_at) for s in keep]
+
+    async def finish_replay(self, generation: int, spaces: Sequence[ReplayedSpace]) -> None:
+        """Record that the replay finished these spaces, in one transaction: from now on their
+        snapshots of older generations at or after each one's ``from_ts`` are superseded."""
+        finished_at = now_ms()
+        async with write_transaction(self.engine, exclusive=True) as conn:
+            for start in range(0, len(spaces), _CHUNK * 10):
+                await conn.execute(
+                    replayed_spaces.insert(),
+                    [
+                        {
+                            "replay_id": generation,
+                            "space_id": r.space_id,
+                            "from_ts": r.from_ts,
+                            "events": r.events,
+                            "snapshots": r.snapshots,
+                            "finished_at": finished_at,
+                        }
+                        for r in spaces[start : start + _CHUNK * 10]
+                    ],
+                )
+
+    async def all_snapshots(
+        self, space_id: str, fingerprint: str, sources: Sequence[Source], *, head: Head
+    ) -> tuple[list[Snapshot], list[LateMark], list[StoredReset]]:
+        """Every snapshot of the space under ``fingerprint`` that no replay superseded and that
+        covers no more than ``head``, oldest first, with what decides whether each is still
+        usable (as :meth:`snapshot_candidates`). For checking them (``replay --verify``)."""
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(snapshots)
+                .where(
+                    snapshots.c.space_id == space_id,
+                    snapshots.c.fingerprint == fingerprint,
+                    snapshots.c.position <= head.position,
+                    snapshots.c.reset_id <= head.reset_id,
+                    ~_SUPERSEDED,
+                )
+                .order_by(snapshots.c.as_of, snapshots.c.id)
+            )
+            found = [_snapshot(row) for row in rows]
+            if not found:
+                return [], [], []
+            return found, *await self._invalidating(conn, space_id, found, sources)
 
     @staticmethod
     async def _first_arrival_ts(
@@ -570,6 +710,21 @@ def _source_at(sources: list[Source], ts: int) -> Source:
     raise LookupError(f"no source of DPU {sources[0].dpu_id!r} covers {ts}")
 
 
+def _snapshot_row(s: Snapshot, head: Head, taken_at: int, generation: int) -> dict[str, Any]:
+    return {
+        "space_id": s.space_id,
+        "fingerprint": s.fingerprint,
+        "as_of": s.as_of,
+        "count": s.state.count,
+        "entrances": s.state.entrances,
+        "exits": s.state.exits,
+        "position": head.position,
+        "reset_id": head.reset_id,
+        "taken_at": taken_at,
+        "generation": generation,
+    }
+
+
 def _snapshot(row: Any) -> Snapshot:
     return Snapshot(
         space_id=row.space_id,
@@ -577,4 +732,14 @@ def _snapshot(row: Any) -> Snapshot:
         state=SpaceState(row.as_of, row.count, row.entrances, row.exits),
         head=Head(row.position, row.reset_id),
         taken_at=row.taken_at,
+        generation=row.generation,
     )
+
+
+#: A snapshot that a finished replay of its space superseded: the replay is of a newer
+#: generation and started folding at or before the snapshot's time.
+_SUPERSEDED = exists().where(
+    replayed_spaces.c.space_id == snapshots.c.space_id,
+    replayed_spaces.c.replay_id > snapshots.c.generation,
+    or_(replayed_spaces.c.from_ts.is_(None), replayed_spaces.c.from_ts <= snapshots.c.as_of),
+)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from headcount.domain.fold import EMPTY, SpaceState, advance, fold
 from headcount.domain.topology import Topology
-from headcount.eventstore.records import Snapshot
+from headcount.eventstore.records import LateMark, Snapshot, StoredReset
 from headcount.eventstore.store import EventStore, now_ms
 from headcount.history.events import SpaceView, space_events
 
@@ -42,6 +42,49 @@ class SpaceCount:
         return self.state.count
 
 
+def still_right(
+    snapshot: Snapshot, marks: Iterable[LateMark], resets: Iterable[StoredReset]
+) -> bool:
+    """Whether no traversal (``marks``) or reset stored after the snapshot was written
+    belongs at or before its time: otherwise it misses that event and must not be used."""
+    return not any(
+        m.ts <= snapshot.as_of and m.position > snapshot.head.position for m in marks
+    ) and not any(r.ts <= snapshot.as_of and r.id > snapshot.head.reset_id for r in resets)
+
+
+class Cadence:
+    """When to snapshot while folding one space: every ``every`` events, at the first event
+    that moves the time on (a snapshot stands only where every event of its millisecond is
+    folded), and never past ``horizon``. Call :meth:`snapshot_before` before folding each
+    event, :meth:`folded` after, and :meth:`snapshot_at_end` when the events run out."""
+
+    __slots__ = ("count", "due", "every", "horizon")
+
+    def __init__(self, every: int, horizon: int) -> None:
+        self.every = every
+        self.horizon = horizon
+        self.count = 0
+        self.due = False
+
+    def snapshot_before(self, state: SpaceState, ts: int) -> bool:
+        if self.due and ts != state.as_of and _within(state, self.horizon):
+            self.due = False
+            return True
+        return False
+
+    def folded(self) -> None:
+        self.count += 1
+        if self.count % self.every == 0:
+            self.due = True
+
+    def snapshot_at_end(self, state: SpaceState) -> bool:
+        return self.due and _within(state, self.horizon)
+
+
+def _within(state: SpaceState, horizon: int) -> bool:
+    return state.as_of is not None and state.as_of <= horizon
+
+
 class History:
     """Answers ``count(space, ts)`` from snapshots and the event log, and keeps snapshots."""
 
@@ -59,6 +102,7 @@ class History:
         self.topology = topology
         self.snapshot_every = snapshot_every
         self.snapshot_lag_ms = snapshot_lag_ms
+        self._noted: set[str] = set()
 
     async def count_at(self, space_id: str, ts: int) -> SpaceCount:
         """The fold of every event touching the space with ``ts`` at or before ``ts``."""
@@ -82,17 +126,28 @@ class History:
                 view.space_id, view.fingerprint, view.sources, at_or_before=before, limit=_PAGE
             )
             if not candidates:
+                await self._note_other_topologies(view)
                 return None
             for candidate in candidates:
-                if not any(
-                    m.ts <= candidate.as_of and m.position > candidate.head.position for m in marks
-                ) and not any(
-                    r.ts <= candidate.as_of and r.id > candidate.head.reset_id for r in resets
-                ):
+                if still_right(candidate, marks, resets):
                     return candidate
             if len(candidates) < _PAGE:
                 return None
             before = candidates[-1].as_of - 1
+
+    async def _note_other_topologies(self, view: SpaceView) -> None:
+        """Say once per space when its snapshots were all folded under another topology, so
+        answers come from the whole log until a replay writes snapshots for this one."""
+        if view.space_id in self._noted:
+            return
+        self._noted.add(view.space_id)
+        if await self.store.has_snapshots_under_other_topologies(view.space_id, view.fingerprint):
+            log.warning(
+                "space %s: its snapshots were folded under another topology and are not used;"
+                " answering from the log. Run 'headcount replay' to write snapshots for the"
+                " current topology",
+                view.space_id,
+            )
 
     async def refresh_snapshots(
         self,
@@ -123,19 +178,15 @@ class History:
         base = await self.usable_snapshot(view, at_or_before=horizon)
         state = EMPTY if base is None else base.state
         pending: list[Snapshot] = []
-        folded = 0
-        due = False
+        cadence = Cadence(self.snapshot_every, horizon)
         async for event in space_events(
             self.store, view, after=state.as_of, until=horizon, head=head
         ):
-            if due and event.ts != state.as_of:
-                # Every event of the last millisecond is folded: a snapshot may stand here.
+            if cadence.snapshot_before(state, event.ts):
                 pending.append(Snapshot(space_id, view.fingerprint, state, head))
-                due = False
             state = fold(space, state, event)
-            folded += 1
-            due = due or folded % self.snapshot_every == 0
-        if due:
+            cadence.folded()
+        if cadence.snapshot_at_end(state):
             pending.append(Snapshot(space_id, view.fingerprint, state, head))
         stored = await self.store.add_snapshots(pending, view.sources)
         if len(stored) < len(pending):

@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from headcount.domain.events import Traversal
@@ -21,7 +21,15 @@ from headcount.eventstore import migrate
 from headcount.eventstore.schema import metadata
 from headcount.eventstore.store import EventStore
 
-TABLES = {"traversals", "resets", "snapshots", "quarantine", "topologies"}
+TABLES = {
+    "traversals",
+    "resets",
+    "snapshots",
+    "quarantine",
+    "topologies",
+    "replays",
+    "replayed_spaces",
+}
 
 
 async def table_names(store: EventStore) -> set[str]:
@@ -133,3 +141,20 @@ async def test_one_new_store_opened_at_once_by_several_callers(store_url: str) -
     finally:
         for store in opened:
             await store.close()
+
+
+async def test_snapshots_of_a_first_release_store_stay_usable(store_url: str) -> None:
+    """0001 -> 0002: existing snapshots become generation 0, which no replay superseded."""
+    async with await EventStore.open(store_url) as store:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(migrate.alembic_config(c), "0001"))
+            await conn.execute(
+                text(
+                    "INSERT INTO snapshots (space_id, fingerprint, as_of, count, entrances,"
+                    " exits, position, reset_id, taken_at) VALUES ('A', 'f', 5, 2, 2, 0, 0, 0, 0)"
+                )
+            )
+
+    async with await EventStore.open(store_url) as store:
+        found = await store.snapshots_before("A", "f", at_or_before=10, limit=5)
+        assert [(s.as_of, s.state.count, s.generation) for s in found] == [(5, 2, 0)]

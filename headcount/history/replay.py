@@ -1,0 +1,330 @@
+"""Replay: fold the whole log again under a topology, in one ordered pass for every space.
+
+A replay streams the traversal log once, in fold order, and routes each traversal through the
+topology at its own time to the spaces it reaches, exactly as the live service does; manual
+resets are merged in by time. Memory stays bounded by the number of spaces (plus the snapshots
+waiting to be written), however long the log is.
+
+Three uses share the pass:
+
+- :meth:`Replay.run` writes the states as a new snapshot generation (the caller holds the
+  store's lease alone). Once a space is finished, its older snapshots are superseded: still
+  stored, never used again.
+- :meth:`Replay.verify` folds from scratch and compares every snapshot that answers could be
+  served from.
+- :meth:`Replay.states_at` folds without writing and reports each space's state at chosen
+  times (``headcount replay --dry-run``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from headcount.domain.events import Delta, Reset
+from headcount.domain.fold import EMPTY, SpaceState, advance, fold
+from headcount.domain.topology import Space, Topology
+from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
+from headcount.eventstore.store import EventStore, now_ms
+from headcount.history.counts import (
+    DEFAULT_SNAPSHOT_EVERY,
+    DEFAULT_SNAPSHOT_LAG_MS,
+    Cadence,
+    History,
+    still_right,
+)
+from headcount.history.events import SpaceView
+from headcount.progress import Progress
+
+#: Snapshots are written in batches of this many while the log streams.
+_FLUSH_EVERY = 5_000
+#: Up to this many DPUs are filtered in the query; more are filtered while streaming.
+_SQL_DPU_FILTER = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    """What a pass did: ``rows`` traversals read from the log, ``events`` deltas and resets
+    folded into spaces (a traversal through a doorway of nested spaces is several),
+    ``snapshots`` written, in ``seconds``. ``generation`` is the snapshot generation written
+    (``None`` when nothing was written)."""
+
+    spaces: int
+    rows: int
+    events: int
+    snapshots: int
+    seconds: float
+    generation: int | None = None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "spaces": self.spaces,
+            "events read": self.rows,
+            "events folded": self.events,
+            "snapshots written": self.snapshots,
+            "seconds": round(self.seconds, 3),
+            "events per second": round(self.rows_per_s),
+            "generation": self.generation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A stored snapshot (or a live count) that differs from the fold of the log."""
+
+    space_id: str
+    at: int
+    stored: SpaceState
+    folded: SpaceState
+    what: str = "snapshot"
+
+    def describe(self) -> str:
+        s, f = self.stored, self.folded
+        return (
+            f"space {self.space_id}: {self.what} at {self.at} says count={s.count}"
+            f" entrances={s.entrances} exits={s.exits}; the log folds to count={f.count}"
+            f" entrances={f.entrances} exits={f.exits}"
+        )
+
+
+@dataclass(slots=True)
+class _Track:
+    """One space's fold during a pass."""
+
+    space: Space
+    view: SpaceView
+    state: SpaceState
+    cadence: Cadence | None
+    #: Events at or before this time are already in ``state`` (from a snapshot).
+    after: int | None = None
+    #: Where snapshots go until they are written (shared by every track of a pass).
+    sink: list[Snapshot] = field(default_factory=list)
+    events: int = 0
+    written: int = 0
+    #: ``states_at``: the times asked about (ascending) and the states found so far.
+    probes: list[int] = field(default_factory=list)
+    probed: list[SpaceState] = field(default_factory=list)
+    #: ``verify``: stored snapshots to compare (ascending) and the differences found.
+    checks: list[Snapshot] = field(default_factory=list)
+    checked: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+
+    def reach(self, ts: int) -> None:
+        """Settle every probe and check before ``ts``: no event still to come is at or
+        before them."""
+        probes, checks = self.probes, self.checks
+        while len(self.probed) < len(probes) and probes[len(self.probed)] < ts:
+            self.probed.append(advance(self.space, self.state, probes[len(self.probed)]))
+        while self.checked < len(checks) and checks[self.checked].as_of < ts:
+            self._check(checks[self.checked])
+            self.checked += 1
+
+    def _check(self, snapshot: Snapshot) -> None:
+        folded = advance(self.space, self.state, snapshot.as_of)
+        stored = snapshot.state
+        if (folded.count, folded.entrances, folded.exits) != (
+            stored.count,
+            stored.entrances,
+            stored.exits,
+        ):
+            self.mismatches.append(Mismatch(self.space.id, snapshot.as_of, stored, folded))
+
+    def fold(self, event: Delta | Reset, head: Head) -> None:
+        if self.after is not None and event.ts <= self.after:
+            return  # folded into the snapshot this track started from
+        if self.probes or self.checks:
+            self.reach(event.ts)
+        cadence = self.cadence
+        if cadence is not None and cadence.snapshot_before(self.state, event.ts):
+            self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+        self.state = fold(self.space, self.state, event)
+        self.events += 1
+        if cadence is not None:
+            cadence.folded()
+
+    def finish(self, head: Head) -> None:
+        self.reach(2**62)
+        if self.cadence is not None and self.cadence.snapshot_at_end(self.state):
+            self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+
+
+class Replay:
+    """Folds the log under ``topology`` for ``space_ids`` (every space when ``None``)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        topology: Topology,
+        *,
+        space_ids: Iterable[str] | None = None,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        snapshot_lag_ms: int = DEFAULT_SNAPSHOT_LAG_MS,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.topology = topology
+        ids = list(topology.spaces) if space_ids is None else list(dict.fromkeys(space_ids))
+        for space_id in ids:
+            topology.space(space_id)  # UnknownSpaceError names it
+        self.space_ids = ids
+        self.snapshot_every = snapshot_every
+        self.snapshot_lag_ms = snapshot_lag_ms
+        self.progress = progress
+
+    async def run(self, *, from_ts: int | None = None, digest: str = "") -> ReplaySummary:
+        """Fold and write every space's snapshots as a new generation, then mark each space
+        finished, which supersedes its older snapshots from where this fold began. With
+        ``from_ts``, each space starts from its newest usable snapshot before that time (under
+        this topology), when it has one. The caller must hold the store's lease exclusively.
+        """
+        started = time.monotonic()
+        head = await self.store.head()
+        horizon = now_ms() - self.snapshot_lag_ms
+        tracks = self._tracks(lambda: Cadence(self.snapshot_every, horizon))
+        if from_ts is not None:
+            history = History(self.store, self.topology)
+            for track in tracks.values():
+                base = await history.usable_snapshot(track.view, at_or_before=from_ts - 1)
+                if base is not None:
+                    track.state = base.state
+                    track.after = base.as_of
+        generation = await self.store.begin_replay(digest, from_ts=from_ts, head=head)
+        rows = await self._pass(tracks, head, generation=generation)
+        await self.store.finish_replay(
+            generation,
+            [
+                ReplayedSpace(
+                    t.space.id, None if t.after is None else t.after + 1, t.events, t.written
+                )
+                for t in tracks.values()
+            ],
+        )
+        return self._summary(tracks, rows, started, generation)
+
+    async def verify(self) -> tuple[ReplaySummary, list[Mismatch], dict[str, SpaceState]]:
+        """Fold from scratch and compare every stored snapshot that an answer could come
+        from (under this topology, not superseded, not made unusable by a late event). Returns
+        the summary, the mismatches and each space's folded state at the end of the log."""
+        started = time.monotonic()
+        head = await self.store.head()
+        tracks = self._tracks(lambda: None)
+        for track in tracks.values():
+            found, marks, resets = await self.store.all_snapshots(
+                track.view.space_id, track.view.fingerprint, track.view.sources, head=head
+            )
+            track.checks = [s for s in found if still_right(s, marks, resets)]
+        rows = await self._pass(tracks, head, generation=None)
+        mismatches = [m for t in tracks.values() for m in t.mismatches]
+        states = {space_id: t.state for space_id, t in tracks.items()}
+        return self._summary(tracks, rows, started, None), mismatches, states
+
+    async def states_at(
+        self, times: Sequence[int]
+    ) -> tuple[ReplaySummary, dict[str, list[SpaceState]]]:
+        """Each space's state at each of ``times`` (ascending), folded from scratch without
+        writing anything."""
+        if list(times) != sorted(times):
+            raise ValueError("times must be in ascending order")
+        started = time.monotonic()
+        head = await self.store.head()
+        tracks = self._tracks(lambda: None)
+        for track in tracks.values():
+            track.probes = list(times)
+        rows = await self._pass(tracks, head, generation=None)
+        return self._summary(tracks, rows, started, None), {
+            space_id: t.probed for space_id, t in tracks.items()
+        }
+
+    def _tracks(self, cadence: Callable[[], Cadence | None]) -> dict[str, _Track]:
+        sink: list[Snapshot] = []
+        return {
+            space_id: _Track(
+                self.topology.space(space_id),
+                SpaceView.of(self.topology, space_id),
+                EMPTY,
+                cadence(),
+                sink=sink,
+            )
+            for space_id in self.space_ids
+        }
+
+    async def _pass(self, tracks: dict[str, _Track], head: Head, *, generation: int | None) -> int:
+        """Stream the log once up to ``head`` and fold it into ``tracks``; writes snapshots
+        as they come when ``generation`` is given. Returns how many rows were read."""
+        starts = [t.after for t in tracks.values()]
+        after = None if not starts or None in starts else min(s for s in starts if s is not None)
+        dpus = self._dpus(tracks)
+        sink = next(iter(tracks.values())).sink if tracks else []
+        pending_resets = self._resets(await self.store.resets_up_to(head, after=after), tracks)
+        links_at = self.topology.links_at
+        rows = 0
+        progress = self.progress
+        async for dpu_id, seq, ts, direction in self.store.scan_log(
+            dpu_ids=dpus, after=after, head=head
+        ):
+            rows += 1
+            while pending_resets and pending_resets[-1].ts <= ts:
+                self._reset(tracks, pending_resets.pop(), head)
+            for link in links_at(dpu_id, ts):
+                track = tracks.get(link.space_id)
+                if track is not None:
+                    toward = direction * link.sensor_placement > 0
+                    track.fold(Delta(ts, dpu_id, seq, 1 if toward else -1), head)
+            if rows % 10_000 == 0:
+                if progress is not None:
+                    progress.update(rows)
+                if generation is not None and len(sink) >= _FLUSH_EVERY:
+                    await self._flush(tracks, sink, generation)
+        while pending_resets:
+            self._reset(tracks, pending_resets.pop(), head)
+        for track in tracks.values():
+            track.finish(head)
+        if generation is not None:
+            await self._flush(tracks, sink, generation)
+        if progress is not None:
+            progress.finish(rows)
+        return rows
+
+    def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:
+        """The DPUs to read: those that reach the tracked spaces when they are few enough to
+        name in the query, else ``None`` (every row is read; routing skips the others)."""
+        if len(tracks) == len(self.topology.spaces):
+            return None
+        dpus = frozenset(s.dpu_id for t in tracks.values() for s in t.view.sources)
+        return dpus if len(dpus) <= _SQL_DPU_FILTER else None
+
+    @staticmethod
+    def _resets(found: Sequence[StoredReset], tracks: Collection[str]) -> list[StoredReset]:
+        """The resets of tracked spaces, newest last-popped first (a stack in time order)."""
+        return [r for r in reversed(found) if r.space_id in tracks]
+
+    @staticmethod
+    def _reset(tracks: dict[str, _Track], reset: StoredReset, head: Head) -> None:
+        tracks[reset.space_id].fold(
+            Reset(reset.space_id, reset.ts, reset.count, reset.source), head
+        )
+
+    async def _flush(
+        self, tracks: dict[str, _Track], sink: list[Snapshot], generation: int
+    ) -> None:
+        await self.store.add_replay_snapshots(generation, sink)
+        for snapshot in sink:
+            tracks[snapshot.space_id].written += 1
+        sink.clear()
+
+    def _summary(
+        self, tracks: dict[str, _Track], rows: int, started: float, generation: int | None
+    ) -> ReplaySummary:
+        return ReplaySummary(
+            spaces=len(tracks),
+            rows=rows,
+            events=sum(t.events for t in tracks.values()),
+            snapshots=sum(t.written for t in tracks.values()),
+            seconds=time.monotonic() - started,
+            generation=generation,
+        )

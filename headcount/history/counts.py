@@ -66,8 +66,9 @@ class Cadence:
         self.count = 0
         self.due = False
 
-    def snapshot_before(self, state: SpaceState, ts: int) -> bool:
-        if self.due and ts != state.as_of and _within(state, self.horizon):
+    def snapshot_before(self, as_of: int | None, ts: int) -> bool:
+        """Whether to snapshot the state as of ``as_of`` before folding an event at ``ts``."""
+        if self.due and ts != as_of and as_of is not None and as_of <= self.horizon:
             self.due = False
             return True
         return False
@@ -77,12 +78,8 @@ class Cadence:
         if self.count % self.every == 0:
             self.due = True
 
-    def snapshot_at_end(self, state: SpaceState) -> bool:
-        return self.due and _within(state, self.horizon)
-
-
-def _within(state: SpaceState, horizon: int) -> bool:
-    return state.as_of is not None and state.as_of <= horizon
+    def snapshot_at_end(self, as_of: int | None) -> bool:
+        return self.due and as_of is not None and as_of <= self.horizon
 
 
 class History:
@@ -182,11 +179,11 @@ class History:
         async for event in space_events(
             self.store, view, after=state.as_of, until=horizon, head=head
         ):
-            if cadence.snapshot_before(state, event.ts):
+            if cadence.snapshot_before(state.as_of, event.ts):
                 pending.append(Snapshot(space_id, view.fingerprint, state, head))
             state = fold(space, state, event)
             cadence.folded()
-        if cadence.snapshot_at_end(state):
+        if cadence.snapshot_at_end(state.as_of):
             pending.append(Snapshot(space_id, view.fingerprint, state, head))
         stored = await self.store.add_snapshots(pending, view.sources)
         if len(stored) < len(pending):

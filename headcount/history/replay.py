@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from headcount.domain.events import Delta, Reset
-from headcount.domain.fold import EMPTY, SpaceState, advance, fold
+from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
 from headcount.eventstore.store import EventStore, now_ms
@@ -41,6 +40,8 @@ from headcount.progress import Progress
 _FLUSH_EVERY = 5_000
 #: Up to this many DPUs are filtered in the query; more are filtered while streaming.
 _SQL_DPU_FILTER = 500
+_BEFORE_ALL = -(2**62)
+_AFTER_ALL = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +93,63 @@ class Mismatch:
         )
 
 
-@dataclass(slots=True)
 class _Track:
     """One space's fold during a pass."""
 
-    space: Space
-    view: SpaceView
-    state: SpaceState
-    cadence: Cadence | None
-    #: Events at or before this time are already in ``state`` (from a snapshot).
-    after: int | None = None
-    #: Where snapshots go until they are written (shared by every track of a pass).
-    sink: list[Snapshot] = field(default_factory=list)
-    events: int = 0
-    written: int = 0
-    #: ``states_at``: the times asked about (ascending) and the states found so far.
-    probes: list[int] = field(default_factory=list)
-    probed: list[SpaceState] = field(default_factory=list)
-    #: ``verify``: stored snapshots to compare (ascending) and the differences found.
-    checks: list[Snapshot] = field(default_factory=list)
-    checked: int = 0
-    mismatches: list[Mismatch] = field(default_factory=list)
+    __slots__ = (
+        "after",
+        "cadence",
+        "checked",
+        "checks",
+        "events",
+        "folder",
+        "mismatches",
+        "probed",
+        "probes",
+        "sink",
+        "space",
+        "view",
+        "watching",
+        "written",
+    )
+
+    def __init__(
+        self,
+        space: Space,
+        view: SpaceView,
+        cadence: Cadence | None,
+        sink: list[Snapshot],
+    ) -> None:
+        self.space = space
+        self.view = view
+        self.folder = Folder(space)
+        self.cadence = cadence
+        #: Where snapshots go until they are written (shared by every track of a pass).
+        self.sink = sink
+        #: Events at or before this time are already folded in (from a snapshot).
+        self.after = _BEFORE_ALL
+        self.events = 0
+        self.written = 0
+        #: ``states_at``: the times asked about (ascending) and the states found so far.
+        self.probes: list[int] = []
+        self.probed: list[SpaceState] = []
+        #: ``verify``: stored snapshots to compare (ascending) and the differences found.
+        self.checks: list[Snapshot] = []
+        self.checked = 0
+        self.mismatches: list[Mismatch] = []
+        self.watching = False
+
+    def start_from(self, snapshot: Snapshot) -> None:
+        self.folder = Folder(self.space, snapshot.state)
+        self.after = snapshot.as_of
+
+    def watch(self, probes: list[int], checks: list[Snapshot]) -> None:
+        self.probes, self.checks = probes, checks
+        self.watching = bool(probes or checks)
+
+    @property
+    def state(self) -> SpaceState:
+        return self.folder.state()
 
     def reach(self, ts: int) -> None:
         """Settle every probe and check before ``ts``: no event still to come is at or
@@ -123,6 +160,7 @@ class _Track:
         while self.checked < len(checks) and checks[self.checked].as_of < ts:
             self._check(checks[self.checked])
             self.checked += 1
+        self.watching = len(self.probed) < len(probes) or self.checked < len(checks)
 
     def _check(self, snapshot: Snapshot) -> None:
         folded = advance(self.space, self.state, snapshot.as_of)
@@ -134,22 +172,23 @@ class _Track:
         ):
             self.mismatches.append(Mismatch(self.space.id, snapshot.as_of, stored, folded))
 
-    def fold(self, event: Delta | Reset, head: Head) -> None:
-        if self.after is not None and event.ts <= self.after:
-            return  # folded into the snapshot this track started from
-        if self.probes or self.checks:
-            self.reach(event.ts)
+    def before(self, ts: int, head: Head) -> bool:
+        """Get ready to fold an event at ``ts``; False if it is already folded in."""
+        if ts <= self.after:
+            return False
+        if self.watching:
+            self.reach(ts)
         cadence = self.cadence
-        if cadence is not None and cadence.snapshot_before(self.state, event.ts):
-            self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
-        self.state = fold(self.space, self.state, event)
-        self.events += 1
         if cadence is not None:
+            if cadence.snapshot_before(self.folder.as_of, ts):
+                self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
             cadence.folded()
+        self.events += 1
+        return True
 
     def finish(self, head: Head) -> None:
-        self.reach(2**62)
-        if self.cadence is not None and self.cadence.snapshot_at_end(self.state):
+        self.reach(_AFTER_ALL)
+        if self.cadence is not None and self.cadence.snapshot_at_end(self.folder.as_of):
             self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
 
 
@@ -191,15 +230,14 @@ class Replay:
             for track in tracks.values():
                 base = await history.usable_snapshot(track.view, at_or_before=from_ts - 1)
                 if base is not None:
-                    track.state = base.state
-                    track.after = base.as_of
+                    track.start_from(base)
         generation = await self.store.begin_replay(digest, from_ts=from_ts, head=head)
         rows = await self._pass(tracks, head, generation=generation)
         await self.store.finish_replay(
             generation,
             [
                 ReplayedSpace(
-                    t.space.id, None if t.after is None else t.after + 1, t.events, t.written
+                    t.space.id, None if t.after == _BEFORE_ALL else t.after + 1, t.events, t.written
                 )
                 for t in tracks.values()
             ],
@@ -217,7 +255,7 @@ class Replay:
             found, marks, resets = await self.store.all_snapshots(
                 track.view.space_id, track.view.fingerprint, track.view.sources, head=head
             )
-            track.checks = [s for s in found if still_right(s, marks, resets)]
+            track.watch([], [s for s in found if still_right(s, marks, resets)])
         rows = await self._pass(tracks, head, generation=None)
         mismatches = [m for t in tracks.values() for m in t.mismatches]
         states = {space_id: t.state for space_id, t in tracks.items()}
@@ -234,7 +272,7 @@ class Replay:
         head = await self.store.head()
         tracks = self._tracks(lambda: None)
         for track in tracks.values():
-            track.probes = list(times)
+            track.watch(list(times), [])
         rows = await self._pass(tracks, head, generation=None)
         return self._summary(tracks, rows, started, None), {
             space_id: t.probed for space_id, t in tracks.items()
@@ -246,9 +284,8 @@ class Replay:
             space_id: _Track(
                 self.topology.space(space_id),
                 SpaceView.of(self.topology, space_id),
-                EMPTY,
                 cadence(),
-                sink=sink,
+                sink,
             )
             for space_id in self.space_ids
         }
@@ -256,15 +293,15 @@ class Replay:
     async def _pass(self, tracks: dict[str, _Track], head: Head, *, generation: int | None) -> int:
         """Stream the log once up to ``head`` and fold it into ``tracks``; writes snapshots
         as they come when ``generation`` is given. Returns how many rows were read."""
-        starts = [t.after for t in tracks.values()]
-        after = None if not starts or None in starts else min(s for s in starts if s is not None)
+        oldest = min((t.after for t in tracks.values()), default=_BEFORE_ALL)
+        after = None if oldest == _BEFORE_ALL else oldest
         dpus = self._dpus(tracks)
         sink = next(iter(tracks.values())).sink if tracks else []
         pending_resets = self._resets(await self.store.resets_up_to(head, after=after), tracks)
         links_at = self.topology.links_at
         rows = 0
         progress = self.progress
-        async for dpu_id, seq, ts, direction in self.store.scan_log(
+        async for dpu_id, _seq, ts, direction in self.store.scan_log(
             dpu_ids=dpus, after=after, head=head
         ):
             rows += 1
@@ -272,9 +309,8 @@ class Replay:
                 self._reset(tracks, pending_resets.pop(), head)
             for link in links_at(dpu_id, ts):
                 track = tracks.get(link.space_id)
-                if track is not None:
-                    toward = direction * link.sensor_placement > 0
-                    track.fold(Delta(ts, dpu_id, seq, 1 if toward else -1), head)
+                if track is not None and track.before(ts, head):
+                    track.folder.delta(ts, direction * link.sensor_placement)
             if rows % 10_000 == 0:
                 if progress is not None:
                     progress.update(rows)
@@ -305,9 +341,9 @@ class Replay:
 
     @staticmethod
     def _reset(tracks: dict[str, _Track], reset: StoredReset, head: Head) -> None:
-        tracks[reset.space_id].fold(
-            Reset(reset.space_id, reset.ts, reset.count, reset.source), head
-        )
+        track = tracks[reset.space_id]
+        if track.before(reset.ts, head):
+            track.folder.reset(reset.ts, reset.count)
 
     async def _flush(
         self, tracks: dict[str, _Track], sink: list[Snapshot], generation: int

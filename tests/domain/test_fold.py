@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from headcount.domain.events import Delta, Reset, SpaceEvent, fold_key
 from headcount.domain.fold import (
     EMPTY,
+    Folder,
     SpaceState,
     advance,
     daily_reset_instant,
@@ -141,3 +142,27 @@ def test_fold_resumes_from_any_intermediate_state(
     head = [e for e in events if e.ts <= cut]
     tail = [e for e in events if e.ts > cut]
     assert fold_all(space, fold_all(space, EMPTY, head), tail) == fold_all(space, EMPTY, events)
+
+
+@given(events=events, space=st.sampled_from([ROOM, SIGNED, NIGHTLY]), days=st.integers(0, 3))
+def test_folder_folds_as_fold_does(events: list[SpaceEvent], space: Space, days: int) -> None:
+    """The in-place folder a replay uses is the same rule, daily resets included."""
+    spread = [
+        Delta(e.ts * 3_600_000 * (days or 1), e.dpu_id, e.seq, e.delta)
+        if isinstance(e, Delta)
+        else Reset(e.space_id, e.ts * 3_600_000 * (days or 1), e.count)
+        for e in events
+    ]
+    folder = Folder(space)
+    for i, event in enumerate(spread, start=1):
+        if isinstance(event, Delta):
+            folder.delta(event.ts, event.delta)
+        else:
+            folder.reset(event.ts, event.count)
+        assert folder.state() == fold_all(space, EMPTY, spread[:i])
+
+
+def test_folder_refuses_an_event_out_of_order() -> None:
+    folder = Folder(ROOM, SpaceState(as_of=10, count=1))
+    with pytest.raises(ValueError, match="out of order"):
+        folder.delta(9, 1)

@@ -263,25 +263,12 @@ async def test_bad_payloads_are_quarantined_and_change_nothing(
 
 
 async def test_kill_9_mid_burst_loses_nothing_the_broker_accepted(
-    request: pytest.FixtureRequest,
     tmp_path: Path,
     site: Site,
     broker_url: str,
     mqtt_names: MqttNames,
     dpu: aiomqtt.Client,
 ) -> None:
-    if request.node.callspec.params.get("broker_url") == "amqtt":
-        # Not strict: how much amqtt loses depends on what is in flight at the kill.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="amqtt 0.12 drops QoS 1 messages whose PUBACK is pending when the"
-                " subscriber's connection drops, and those it queued for the offline session"
-                " time out after 5 s unacknowledged; durability needs Mosquitto (or another"
-                " broker that redelivers on session resume)",
-                raises=AssertionError,
-                strict=False,
-            )
-        )
     service = Service(tmp_path, site, broker_url, mqtt_names.client_id("service"))
     await service.start()
     t = now() - 3600 * SECOND

@@ -1,8 +1,10 @@
-"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop."""
+"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop; and
+``headcount broker``, the embedded broker in a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -10,7 +12,9 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import aiomqtt
 
+from headcount.ingest.mqtt import parse_broker_url
 from tests.test_e2e import free_port, wait_healthy
 
 
@@ -67,3 +71,32 @@ async def test_demo_serves_the_seed_and_stops_cleanly(tmp_path: Path) -> None:
         assert await process.wait() == 0, log
     assert "demo: imported 530 seed events" in log
     assert "Traceback" not in log
+
+
+async def test_broker_runs_alone_for_a_service_in_another_process(tmp_path: Path) -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "headcount", "broker", "--mqtt-port", str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "HEADCOUNT_BROKER_PASSWORD"},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+        address = parse_broker_url(url)
+        assert (address.host, address.port, address.username) == ("127.0.0.1", port, "headcount")
+        async with aiomqtt.Client(
+            address.host, address.port, username=address.username, password=address.password
+        ) as service:
+            await service.subscribe("dpus/+/traversals", qos=1)
+            async with aiomqtt.Client(address.host, address.port) as dpu:  # anonymous
+                await dpu.publish("dpus/7/traversals", b"x", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(service.messages))
+            assert (str(message.topic), message.payload) == ("dpus/7/traversals", b"x")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+        assert await process.wait() == 0, log
+    assert f"MQTT broker on 127.0.0.1:{port}" in log

@@ -32,6 +32,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from headcount.errors import HeadcountError
+from headcount.ingest import _amqtt_redelivery
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -105,8 +106,10 @@ class EmbeddedBroker:
     with ``password``, else ``$HEADCOUNT_BROKER_PASSWORD``, else a password generated for
     this object. The password file (an Argon2 hash) goes in ``data_dir`` or a temporary
     directory removed on exit. The broker keeps sessions in memory only: whatever it holds
-    is lost when the process stops. The object may be entered again after it exits (a
-    restart on the same port with the same credentials).
+    is lost when the process stops. While it runs, a QoS 1 message stays queued for a persistent
+    session until that session acknowledges it, across reconnections (amqtt 0.12 alone forgets
+    it after 5 s or when the connection drops: see ``_amqtt_redelivery``). The object may be
+    entered again after it exits (a restart on the same port with the same credentials).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class EmbeddedBroker:
     async def __aenter__(self) -> Self:
         try:
             config = await asyncio.to_thread(self._prepare)
+            _amqtt_redelivery.install()
             self._broker = Broker(config)
             await self._broker.start()
         except Exception as e:

@@ -145,15 +145,14 @@ async def test_one_new_store_opened_at_once_by_several_callers(store_url: str) -
 
 async def test_snapshots_of_a_first_release_store_stay_usable(store_url: str) -> None:
     """0001 -> 0002: existing snapshots become generation 0, which no replay superseded."""
-    async with await EventStore.open(store_url) as store:
-        async with store.engine.begin() as conn:
-            await conn.run_sync(lambda c: command.downgrade(migrate.alembic_config(c), "0001"))
-            await conn.execute(
-                text(
-                    "INSERT INTO snapshots (space_id, fingerprint, as_of, count, entrances,"
-                    " exits, position, reset_id, taken_at) VALUES ('A', 'f', 5, 2, 2, 0, 0, 0, 0)"
-                )
+    async with await EventStore.open(store_url) as store, store.engine.begin() as conn:
+        await conn.run_sync(lambda c: command.downgrade(migrate.alembic_config(c), "0001"))
+        await conn.execute(
+            text(
+                "INSERT INTO snapshots (space_id, fingerprint, as_of, count, entrances,"
+                " exits, position, reset_id, taken_at) VALUES ('A', 'f', 5, 2, 2, 0, 0, 0, 0)"
             )
+        )
 
     async with await EventStore.open(store_url) as store:
         found = await store.snapshots_before("A", "f", at_or_before=10, limit=5)

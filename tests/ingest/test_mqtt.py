@@ -62,13 +62,6 @@ async def publish_until_received(
     return receiving.result()
 
 
-def xfail_on_amqtt(request: pytest.FixtureRequest, reason: str) -> None:
-    """Expect the running test to time out (strictly) when its broker is amqtt."""
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("broker_url") == "amqtt":
-        request.applymarker(pytest.mark.xfail(reason=reason, raises=TimeoutError, strict=True))
-
-
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -152,13 +145,8 @@ async def test_receives_a_qos1_message(
 
 
 async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
-    broker_url: str, mqtt_client_id: str, mqtt_topic: str, request: pytest.FixtureRequest
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
 ) -> None:
-    xfail_on_amqtt(
-        request,
-        "amqtt 0.12 discards a QoS 1 message in flight when its subscriber disconnects"
-        " (and 5 s after sending it), instead of redelivering it",
-    )
     topic = mqtt_topic
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         await publish(broker_url, topic, b"a", b"b", b"c")
@@ -169,10 +157,32 @@ async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
         await sub.ack(c)  # held back: b, received before c, is not acknowledged
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         messages = sub.messages()
-        again = [await next_message(messages, timeout=2) for _ in range(2)]
+        again = [await next_message(messages, timeout=10) for _ in range(2)]
         assert [m.payload for m in again] == [b"b", b"c"]
         for message in again:
             await sub.ack(message)
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        with pytest.raises(TimeoutError):
+            await next_message(sub.messages(), timeout=0.5)
+
+
+async def test_a_message_acknowledged_late_is_kept_until_then(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str, request: pytest.FixtureRequest
+) -> None:
+    """MQTT sets no time limit on a PUBACK; amqtt alone forgets a message after 5 s without
+    one. With headcount's fix (``ingest._amqtt_redelivery``) a message held longer and then
+    dropped with the connection comes again. (Mosquitto needs no fix.)"""
+    if request.node.callspec.params["broker_url"] != "amqtt":
+        pytest.skip("tests headcount's fix of amqtt; Mosquitto keeps messages by itself")
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        await publish(broker_url, mqtt_topic, b"slow")
+        first = await next_message(sub.messages())
+        await asyncio.sleep(5.5)
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        messages = sub.messages()
+        again = await next_message(messages, timeout=3)
+        assert (first.payload, again.payload) == (b"slow", b"slow")
+        await sub.ack(again)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         with pytest.raises(TimeoutError):
             await next_message(sub.messages(), timeout=0.5)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from functools import lru_cache
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Table, and_, exists, func, or_, select, tuple_
+from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -339,20 +340,18 @@ class EventStore:
     ) -> AsyncIterator[tuple[Traversal, Source]]:
         """Traversals that reach a space through ``sources`` with ``after < ts <= until``, in
         fold order, each with the source it came through. Streams: memory stays bounded."""
-        where = _source_filter(sources, after=after, until=until)
-        if where is None:
+        sources = tuple(sources)
+        params = _source_params(sources, after=after, until=until)
+        if params is None:
             return
         by_dpu: dict[str, list[Source]] = {}
         for s in sources:
             by_dpu.setdefault(s.dpu_id, []).append(s)
-        stmt = select(
-            traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
-        ).where(where)
         if max_position is not None:
-            stmt = stmt.where(traversals.c.position <= max_position)
-        stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+            params["max_position"] = max_position
+        stmt = _traversals_through(sources, bounded=max_position is not None)
         async with translate_errors(), self.engine.connect() as conn:
-            result = await conn.stream(stmt.execution_options(yield_per=2000))
+            result = await conn.stream(stmt, params)
             async for dpu_id, seq, ts, direction in result:
                 yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
 
@@ -505,13 +504,12 @@ class EventStore:
     async def _late_marks(
         conn: AsyncConnection, sources: Sequence[Source], after_position: int, until: int
     ) -> list[LateMark]:
-        where = _source_filter(sources, after=None, until=until)
-        if where is None:
+        sources = tuple(sources)
+        params = _source_params(sources, after=None, until=until)
+        if params is None:
             return []
-        stmt = select(traversals.c.dpu_id, traversals.c.ts, traversals.c.position).where(
-            where, LATE, traversals.c.position > after_position
-        )
-        return [LateMark(*row) for row in await conn.execute(stmt)]
+        params["after_position"] = after_position
+        return [LateMark(*row) for row in await conn.execute(_late_through(sources), params)]
 
     async def add_snapshots(
         self, snapshots_: Sequence[Snapshot], sources: Sequence[Source]
@@ -665,13 +663,11 @@ class EventStore:
     ) -> int | None:
         """The earliest ``ts <= until`` of anything that reached the space after ``since``."""
         candidates: list[int] = []
-        where = _source_filter(sources, after=None, until=until)
-        if where is not None:
-            ts = await conn.scalar(
-                select(func.min(traversals.c.ts)).where(
-                    where, traversals.c.position > since.position
-                )
-            )
+        sources = tuple(sources)
+        params = _source_params(sources, after=None, until=until)
+        if params is not None:
+            params["after_position"] = since.position
+            ts = await conn.scalar(_first_arrival_through(sources), params)
             if ts is not None:
                 candidates.append(ts)
         ts = await conn.scalar(
@@ -686,21 +682,65 @@ class EventStore:
         return min(candidates, default=None)
 
 
-def _source_filter(sources: Sequence[Source], *, after: int | None, until: int) -> Any:
-    clauses = []
-    for s in sources:
+# Statements over a space's sources are on every answer's path. Building a SQLAlchemy
+# expression costs more than running the query on a small tail, so each is built once per set
+# of sources, with the times as bind parameters: ``lo{i}`` (each source's lower bound),
+# ``until``, and the statement's own.
+
+
+def _source_params(
+    sources: tuple[Source, ...], *, after: int | None, until: int
+) -> dict[str, int] | None:
+    """Bind parameters of :func:`_source_filter` for ``after < ts <= until``; ``None`` when
+    no source can have an event in that span."""
+    params = {"until": until}
+    open_ = False
+    for i, s in enumerate(sources):
         low = s.valid_from if after is None else max(s.valid_from, after + 1)
-        conds = [traversals.c.dpu_id == s.dpu_id, traversals.c.ts >= low, traversals.c.ts <= until]
+        params[f"lo{i}"] = low
+        open_ = open_ or (low <= until and (s.valid_until is None or low < s.valid_until))
+    return params if open_ else None
+
+
+def _source_filter(sources: tuple[Source, ...]) -> Any:
+    """Traversals of each source's DPU in its span, with ``ts`` from ``:lo{i}`` to ``:until``."""
+    ts = traversals.c.ts
+    clauses = []
+    for i, s in enumerate(sources):
+        conds = [
+            traversals.c.dpu_id == s.dpu_id,
+            ts >= bindparam(f"lo{i}"),
+            ts <= bindparam("until"),
+        ]
         if s.valid_until is not None:
-            if s.valid_until <= low:
-                continue
-            conds.append(traversals.c.ts < s.valid_until)
-        if low > until:
-            continue
+            conds.append(ts < s.valid_until)
         clauses.append(and_(*conds))
-    if not clauses:
-        return None
     return or_(*clauses)
+
+
+@lru_cache(maxsize=4096)
+def _traversals_through(sources: tuple[Source, ...], *, bounded: bool) -> Any:
+    stmt = select(
+        traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
+    ).where(_source_filter(sources))
+    if bounded:
+        stmt = stmt.where(traversals.c.position <= bindparam("max_position"))
+    stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+    return stmt.execution_options(yield_per=2000)
+
+
+@lru_cache(maxsize=4096)
+def _late_through(sources: tuple[Source, ...]) -> Any:
+    return select(traversals.c.dpu_id, traversals.c.ts, traversals.c.position).where(
+        _source_filter(sources), LATE, traversals.c.position > bindparam("after_position")
+    )
+
+
+@lru_cache(maxsize=4096)
+def _first_arrival_through(sources: tuple[Source, ...]) -> Any:
+    return select(func.min(traversals.c.ts)).where(
+        _source_filter(sources), traversals.c.position > bindparam("after_position")
+    )
 
 
 def _source_at(sources: list[Source], ts: int) -> Source:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from headcount.domain.fold import Folder, SpaceState, advance
+from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
 from headcount.eventstore.store import EventStore, now_ms
@@ -87,7 +88,7 @@ class Mismatch:
     def describe(self) -> str:
         s, f = self.stored, self.folded
         return (
-            f"space {self.space_id}: {self.what} at {self.at} says count={s.count}"
+            f"space {self.space_id}: {self.what} at {format_ms(self.at)} says count={s.count}"
             f" entrances={s.entrances} exits={s.exits}; the log folds to count={f.count}"
             f" entrances={f.entrances} exits={f.exits}"
         )

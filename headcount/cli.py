@@ -31,6 +31,7 @@ from headcount.history.replay import Mismatch, Replay
 from headcount.importer.csvfile import read_csv
 from headcount.importer.load import import_csv
 from headcount.progress import Progress
+from headcount.sim.command import add_command as add_simulate
 
 #: Exit codes: 1 the work failed, 2 the command was given something it cannot use.
 EXIT_FAILED = 1
@@ -183,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
         help="MQTT client id of the service's persistent session (default %(default)s)",
     )
     cmd.set_defaults(handler=_serve)
+
+    add_simulate(commands)
 
     cmd = commands.add_parser(
         "broker",

@@ -1,0 +1,134 @@
+"""``headcount serve`` in a subprocess on free ports, and ``headcount simulate`` in-process, for
+the simulator's end-to-end tests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from headcount.ingest import wire
+from headcount.ingest.broker import free_port
+from headcount.ingest.mqtt import parse_broker_url
+from headcount.sim.command import add_command
+
+
+def dpu_url(broker_url: str) -> str:
+    """The broker as DPUs reach it: anonymously, like real ones (amqtt would also check the
+    service's password with Argon2 on every connection, on the test's own event loop)."""
+    address = parse_broker_url(broker_url)
+    return f"mqtt://{address.host}:{address.port}"
+
+
+async def forget_status(broker_url: str, dpu_ids: Iterable[str]) -> None:
+    """Clear the retained status of these DPUs: the Mosquitto is shared across runs."""
+    address = parse_broker_url(broker_url)
+    async with aiomqtt.Client(
+        address.host, address.port, username=address.username, password=address.password
+    ) as client:
+        for dpu_id in dpu_ids:
+            await client.publish(wire.status_topic(dpu_id), b"", qos=1, retain=True)
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """What ``headcount simulate`` returned and printed."""
+
+    code: int
+    summary: dict[str, Any]
+    err: str
+
+
+def parse(*argv: str | Path) -> argparse.Namespace:
+    """``headcount simulate ARGV``'s parsed arguments (the command is not wired into
+    ``headcount``'s own parser here)."""
+    parser = argparse.ArgumentParser(prog="headcount")
+    add_command(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["simulate", *(str(arg) for arg in argv)])
+
+
+async def simulate(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> Simulated:
+    """``headcount simulate ARGV`` in this process and event loop."""
+    args = parse(*argv)
+    capsys.readouterr()
+    code = await args.handler(args)
+    out, err = capsys.readouterr()
+    return Simulated(code, json.loads(out), err)
+
+
+class Service:
+    """``headcount serve`` with its own store, HTTP on a free port, on the given broker."""
+
+    def __init__(self, tmp: Path, topology: Path, broker_url: str, client_id: str) -> None:
+        self.http = f"http://127.0.0.1:{free_port()}"
+        self.args = [
+            sys.executable, "-m", "headcount", "serve",
+            "--topology", str(topology),
+            "--store", f"sqlite+aiosqlite:///{tmp / 'store.db'}",
+            "--broker", broker_url,
+            "--client-id", client_id,
+            "--http-port", self.http.rsplit(":", 1)[1],
+        ]  # fmt: skip
+        self.log = tmp / "service.log"
+        self.process: asyncio.subprocess.Process | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Service:
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.args, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
+        self._session = aiohttp.ClientSession()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.returncode is None:
+            try:
+                async with self._session.get(f"{self.http}/healthz") as response:
+                    if response.status == 200:
+                        return self
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        await self.__aexit__()
+        raise AssertionError(f"service did not start:\n{self.log.read_text()}")
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.process.wait(), 30)
+
+    async def count(self, space_id: str, ts: str | None = None) -> int:
+        """``GET /spaces/{id}/count[?ts=]``'s count."""
+        assert self._session is not None
+        query = "" if ts is None else f"?ts={ts}"
+        async with self._session.get(f"{self.http}/spaces/{space_id}/count{query}") as response:
+            body = await response.json()
+            assert response.status == 200, body
+            count: int = body["count"]
+            return count
+
+    async def settle(self, expected: dict[str, int], timeout: float = 30.0) -> None:
+        """Wait until the live counts are ``expected`` (ingest has caught up)."""
+        live: dict[str, int] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                while live != expected:
+                    live = {space_id: await self.count(space_id) for space_id in expected}
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(
+                f"live counts {live}, expected {expected}\n{self.log.read_text()[-5000:]}"
+            ) from None

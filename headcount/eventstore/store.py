@@ -49,6 +49,8 @@ from headcount.eventstore.schema import (
 
 #: Rows per statement where a batch is split (bind-parameter limits, statement size).
 _CHUNK = 500
+#: Rows per page of a space's traversals: a tail after a snapshot fits in one.
+_TAIL_PAGE = 1_000
 
 
 def now_ms() -> int:
@@ -339,9 +341,64 @@ class EventStore:
         max_position: int | None = None,
     ) -> AsyncIterator[tuple[Traversal, Source]]:
         """Traversals that reach a space through ``sources`` with ``after < ts <= until``, in
-        fold order, each with the source it came through. Streams: memory stays bounded."""
-        sources = tuple(sources)
-        params = _source_params(sources, after=after, until=until)
+        fold order, each with the source it came through. Read in pages: memory stays
+        bounded."""
+        async with read_transaction(self.engine) as conn:
+            async for item in self._traversal_pages(
+                conn, tuple(sources), after=after, until=until, max_position=max_position
+            ):
+                yield item
+
+    async def space_log(
+        self,
+        space_id: str,
+        sources: Sequence[Source],
+        *,
+        after: int | None,
+        until: int,
+        head: Head | None = None,
+    ) -> AsyncIterator[StoredReset | tuple[Traversal, Source]]:
+        """Everything that reached a space with ``after < ts <= until`` (up to ``head`` in the
+        logs when given), in fold order: its resets, and the traversals through ``sources``
+        with the source each came through (as :meth:`stream_traversals`). One transaction,
+        and for a short tail one query each: this is on the path of every past answer."""
+        async with read_transaction(self.engine) as conn:
+            query = self._resets_query(
+                space_id,
+                after=after,
+                until=until,
+                max_id=None if head is None else head.reset_id,
+                after_id=None,
+            )
+            pending = [StoredReset(*row) for row in await conn.execute(query)]
+            pending.reverse()  # a stack, the earliest last
+            async for item in self._traversal_pages(
+                conn,
+                tuple(sources),
+                after=after,
+                until=until,
+                max_position=None if head is None else head.position,
+            ):
+                # A reset goes before the traversals of its millisecond (fold_key).
+                while pending and pending[-1].ts <= item[0].ts:
+                    yield pending.pop()
+                yield item
+            while pending:
+                yield pending.pop()
+
+    @staticmethod
+    async def _traversal_pages(
+        conn: AsyncConnection,
+        sources: tuple[Source, ...],
+        *,
+        after: int | None,
+        until: int,
+        max_position: int | None,
+    ) -> AsyncIterator[tuple[Traversal, Source]]:
+        """The first :data:`_TAIL_PAGE` rows by a plain query (a tail after a snapshot fits:
+        one round trip), the rest, if any, streamed after the last of them (a server-side
+        cursor: round trips of its own, but one sort however long the log)."""
+        params: dict[str, Any] | None = _source_params(sources, after=after, until=until)
         if params is None:
             return
         by_dpu: dict[str, list[Source]] = {}
@@ -349,11 +406,17 @@ class EventStore:
             by_dpu.setdefault(s.dpu_id, []).append(s)
         if max_position is not None:
             params["max_position"] = max_position
-        stmt = _traversals_through(sources, bounded=max_position is not None)
-        async with translate_errors(), self.engine.connect() as conn:
-            result = await conn.stream(stmt, params)
-            async for dpu_id, seq, ts, direction in result:
-                yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
+        bounded = max_position is not None
+        rows = (await conn.execute(_traversals_through(sources, bounded, False), params)).all()
+        for dpu_id, seq, ts, direction in rows:
+            yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
+        if len(rows) < _TAIL_PAGE:
+            return
+        last_dpu, last_seq, last_ts, _ = rows[-1]
+        params |= {"key_ts": last_ts, "key_dpu": last_dpu, "key_seq": last_seq}
+        rest = await conn.stream(_traversals_through(sources, bounded, True), params)
+        async for dpu_id, seq, ts, direction in rest:
+            yield Traversal(dpu_id, seq, ts, direction), _source_at(by_dpu[dpu_id], ts)
 
     async def scan_log(
         self, *, dpu_ids: Collection[str] | None = None, after: int | None, head: Head
@@ -722,14 +785,19 @@ def _source_filter(sources: tuple[Source, ...]) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _traversals_through(sources: tuple[Source, ...], *, bounded: bool) -> Any:
+def _traversals_through(sources: tuple[Source, ...], bounded: bool, rest: bool) -> Any:
+    """Traversals in fold order: the first page, or (``rest``) all after
+    ``(:key_ts, :key_dpu, :key_seq)``, streamed."""
+    key = (traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
     stmt = select(
         traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
     ).where(_source_filter(sources))
     if bounded:
         stmt = stmt.where(traversals.c.position <= bindparam("max_position"))
-    stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
-    return stmt.execution_options(yield_per=2000)
+    if not rest:
+        return stmt.order_by(*key).limit(_TAIL_PAGE)
+    last: tuple[Any, ...] = (bindparam("key_ts"), bindparam("key_dpu"), bindparam("key_seq"))
+    return stmt.where(tuple_(*key) > tuple_(*last)).order_by(*key).execution_options(yield_per=2000)
 
 
 @lru_cache(maxsize=4096)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from headcount.domain.events import Delta, Reset, SpaceEvent, fold_key
+from headcount.domain.events import Delta, Reset, SpaceEvent
 from headcount.domain.topology import Source, Topology
-from headcount.eventstore.records import Head
+from headcount.eventstore.records import Head, StoredReset
 from headcount.eventstore.store import EventStore
 
 
@@ -35,31 +35,16 @@ async def space_events(
 ) -> AsyncIterator[SpaceEvent]:
     """Every event touching the space with ``after < ts <= until`` (up to ``head`` in the logs
     when given), as deltas and resets in fold order."""
-    pending: list[Reset] = [
-        Reset(r.space_id, r.ts, r.count, r.source)
-        for r in await store.read_resets(
-            view.space_id,
-            after=after,
-            until=until,
-            max_id=None if head is None else head.reset_id,
-        )
-    ]
-    pending.sort(key=fold_key, reverse=True)
-    async for traversal, source in store.stream_traversals(
-        view.sources,
-        after=after,
-        until=until,
-        max_position=None if head is None else head.position,
+    async for item in store.space_log(
+        view.space_id, view.sources, after=after, until=until, head=head
     ):
-        delta = Delta(
+        if isinstance(item, StoredReset):
+            yield Reset(item.space_id, item.ts, item.count, item.source)
+            continue
+        traversal, source = item
+        yield Delta(
             traversal.ts,
             traversal.dpu_id,
             traversal.seq,
             1 if traversal.direction * source.sensor_placement > 0 else -1,
         )
-        key = fold_key(delta)
-        while pending and fold_key(pending[-1]) < key:
-            yield pending.pop()
-        yield delta
-    while pending:
-        yield pending.pop()

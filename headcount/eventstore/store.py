@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from functools import lru_cache
 from types import TracebackType
 from typing import Any, Self
@@ -305,6 +306,17 @@ class EventStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """One read transaction for several reads that belong together (an answer: choosing
+        its snapshot, then reading the tail). Pass it as ``within`` to the methods that take
+        one; they then check out no connection of their own."""
+        async with read_transaction(self.engine) as conn:
+            yield conn
+
+    def _within(self, within: AsyncConnection | None) -> AbstractAsyncContextManager[Any]:
+        return nullcontext(within) if within is not None else read_transaction(self.engine)
+
     async def head(self) -> Head:
         """The newest traversal position and reset id (0 when empty)."""
         async with read_transaction(self.engine) as conn:
@@ -357,12 +369,13 @@ class EventStore:
         after: int | None,
         until: int,
         head: Head | None = None,
+        within: AsyncConnection | None = None,
     ) -> AsyncIterator[StoredReset | tuple[Traversal, Source]]:
         """Everything that reached a space with ``after < ts <= until`` (up to ``head`` in the
         logs when given), in fold order: its resets, and the traversals through ``sources``
         with the source each came through (as :meth:`stream_traversals`). One transaction,
         and for a short tail one query each: this is on the path of every past answer."""
-        async with read_transaction(self.engine) as conn:
+        async with self._within(within) as conn:
             query = self._resets_query(
                 space_id,
                 after=after,
@@ -514,11 +527,12 @@ class EventStore:
         *,
         at_or_before: int,
         limit: int,
+        within: AsyncConnection | None = None,
     ) -> tuple[list[Snapshot], list[LateMark], list[StoredReset]]:
         """What deciding on a snapshot needs, read in one transaction: the candidates (as
         :meth:`snapshots_before`), and the late traversals and resets stored after the oldest
         candidate's head with a ``ts`` at or before the newest candidate."""
-        async with read_transaction(self.engine) as conn:
+        async with self._within(within) as conn:
             found = await self._snapshots_before(conn, space_id, fingerprint, at_or_before, limit)
             if not found:
                 return [], [], []

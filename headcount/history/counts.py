@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from headcount.domain.fold import EMPTY, SpaceState, advance, fold
 from headcount.domain.topology import Topology
 from headcount.eventstore.records import LateMark, Snapshot, StoredReset
@@ -105,22 +107,33 @@ class History:
         """The fold of every event touching the space with ``ts`` at or before ``ts``."""
         space = self.topology.space(space_id)
         view = SpaceView.of(self.topology, space_id)
-        base = await self.usable_snapshot(view, at_or_before=ts)
-        state = EMPTY if base is None else base.state
-        folded = 0
-        async for event in space_events(self.store, view, after=state.as_of, until=ts):
-            state = fold(space, state, event)
-            folded += 1
+        async with self.store.reading() as within:  # one connection for the whole answer
+            base = await self.usable_snapshot(view, at_or_before=ts, within=within)
+            state = EMPTY if base is None else base.state
+            folded = 0
+            async for event in space_events(
+                self.store, view, after=state.as_of, until=ts, within=within
+            ):
+                state = fold(space, state, event)
+                folded += 1
         snapshot = None if base is None else base.as_of
         return SpaceCount(space_id, ts, advance(space, state, ts), snapshot, folded)
 
-    async def usable_snapshot(self, view: SpaceView, *, at_or_before: int) -> Snapshot | None:
+    async def usable_snapshot(
+        self, view: SpaceView, *, at_or_before: int, within: AsyncConnection | None = None
+    ) -> Snapshot | None:
         """The newest snapshot of the space at or before a time that is still right: folded
-        under the current topology, and with no event stored after it that belongs before it."""
+        under the current topology, and with no event stored after it that belongs before it.
+        ``within``: a transaction of :meth:`EventStore.reading` to read in."""
         before = at_or_before
         while True:
             candidates, marks, resets = await self.store.snapshot_candidates(
-                view.space_id, view.fingerprint, view.sources, at_or_before=before, limit=_PAGE
+                view.space_id,
+                view.fingerprint,
+                view.sources,
+                at_or_before=before,
+                limit=_PAGE,
+                within=within,
             )
             if not candidates:
                 await self._note_other_topologies(view)

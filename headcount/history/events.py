@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from headcount.domain.events import Delta, Reset, SpaceEvent
 from headcount.domain.topology import Source, Topology
 from headcount.eventstore.records import Head, StoredReset
@@ -32,11 +34,13 @@ async def space_events(
     after: int | None,
     until: int,
     head: Head | None = None,
+    within: AsyncConnection | None = None,
 ) -> AsyncIterator[SpaceEvent]:
     """Every event touching the space with ``after < ts <= until`` (up to ``head`` in the logs
-    when given), as deltas and resets in fold order."""
+    when given), as deltas and resets in fold order; ``within`` a transaction of
+    :meth:`EventStore.reading`, if given."""
     async for item in store.space_log(
-        view.space_id, view.sources, after=after, until=until, head=head
+        view.space_id, view.sources, after=after, until=until, head=head, within=within
     ):
         if isinstance(item, StoredReset):
             yield Reset(item.space_id, item.ts, item.count, item.source)

@@ -63,19 +63,19 @@ class SpaceActor:
         full, so a slow actor slows ingest instead of growing memory."""
         await self.mailbox.put(event)
 
+    def checkpoint_for(self, newest: int | None) -> int:
+        """Where recovery settles the state, given the newest event time stored for the
+        space: one window behind it (never ahead of now: a DPU clock may be). With nothing
+        stored, nothing is settled: every event can still be placed in memory."""
+        return _BEFORE_ALL if newest is None else min(self._clock(), newest) - self.window_ms
+
     async def recover(self) -> None:
-        """Rebuild the live state from the store: the state at a checkpoint one window back
-        (snapshot + log), then every event after it. Events still in the mailbox that the store
-        already holds are recognised as duplicates when they are applied."""
-        topology = self.history.topology
-        space = topology.space(self.space_id)
-        view = SpaceView.of(topology, self.space_id)
+        """Rebuild the live state from the store: the state at the checkpoint (snapshot +
+        log), then every event after it. Events still in the mailbox that the store already
+        holds are recognised as duplicates when they are applied."""
+        view = SpaceView.of(self.history.topology, self.space_id)
         newest = await self.history.store.newest_ts(s.dpu_id for s in view.sources)
-        # One window behind the newest event stored (never ahead of now: a DPU clock may be).
-        # With nothing stored, nothing is settled: every event can still be placed in memory.
-        checkpoint = _BEFORE_ALL
-        if newest is not None:
-            checkpoint = min(self._clock(), newest) - self.window_ms
+        checkpoint = self.checkpoint_for(newest)
         settled = (await self.history.count_at(self.space_id, checkpoint)).state
         recent = [
             event
@@ -83,7 +83,13 @@ class SpaceActor:
                 self.history.store, view, after=checkpoint, until=_FAR_FUTURE
             )
         ]
-        self._live = LiveSpace(space, settled, checkpoint, recent)
+        self.restore(settled, checkpoint, recent)
+
+    def restore(self, settled: SpaceState, checkpoint: int, recent: list[SpaceEvent]) -> None:
+        """Start from a recovered state: ``settled`` at ``checkpoint``, ``recent`` after it."""
+        self._live = LiveSpace(
+            self.history.topology.space(self.space_id), settled, checkpoint, recent
+        )
 
     async def run(self) -> None:
         """Apply events from the mailbox until cancelled. Events too late to place in memory

@@ -344,6 +344,14 @@ class EventStore:
                     newest = ts
         return newest
 
+    async def newest_ts_by_dpu(self) -> dict[str, int]:
+        """The newest event time of every DPU that reported anything, in one query."""
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(traversals.c.dpu_id, func.max(traversals.c.ts)).group_by(traversals.c.dpu_id)
+            )
+            return {dpu_id: ts for dpu_id, ts in rows}
+
     async def stream_traversals(
         self,
         sources: Sequence[Source],

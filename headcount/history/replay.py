@@ -5,7 +5,7 @@ topology at its own time to the spaces it reaches, exactly as the live service d
 resets are merged in by time. Memory stays bounded by the number of spaces (plus the snapshots
 waiting to be written), however long the log is.
 
-Three uses share the pass:
+Four uses share the pass:
 
 - :meth:`Replay.run` writes the states as a new snapshot generation (the caller holds the
   store's lease alone). Once a space is finished, its older snapshots are superseded: still
@@ -14,14 +14,17 @@ Three uses share the pass:
   served from.
 - :meth:`Replay.states_at` folds without writing and reports each space's state at chosen
   times (``headcount replay --dry-run``).
+- :meth:`Replay.recover_at` gives each space its state at a checkpoint and the events after
+  it: how a service with many spaces starts its actors.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from headcount.domain.events import Delta, Reset, SpaceEvent
 from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
@@ -107,6 +110,8 @@ class _Track:
         "mismatches",
         "probed",
         "probes",
+        "recent",
+        "recent_after",
         "sink",
         "space",
         "view",
@@ -139,6 +144,9 @@ class _Track:
         self.checked = 0
         self.mismatches: list[Mismatch] = []
         self.watching = False
+        #: ``recover_at``: the events after this time, kept as they are folded.
+        self.recent_after = _AFTER_ALL
+        self.recent: list[SpaceEvent] = []
 
     def start_from(self, snapshot: Snapshot) -> None:
         self.folder = Folder(self.space, snapshot.state)
@@ -279,6 +287,22 @@ class Replay:
             space_id: t.probed for space_id, t in tracks.items()
         }
 
+    async def recover_at(
+        self, checkpoints: Mapping[str, int]
+    ) -> tuple[ReplaySummary, dict[str, tuple[SpaceState, list[SpaceEvent]]]]:
+        """For each space, its state at its checkpoint and every event after it, in fold
+        order, folded from scratch without writing anything: what a service's actors start
+        from (see ``ActorSystem.recover``)."""
+        started = time.monotonic()
+        head = await self.store.head()
+        tracks = self._tracks(lambda: None)
+        for space_id, track in tracks.items():
+            track.watch([checkpoints[space_id]], [])
+            track.recent_after = checkpoints[space_id]
+        rows = await self._pass(tracks, head, generation=None)
+        found = {space_id: (t.probed[0], t.recent) for space_id, t in tracks.items()}
+        return self._summary(tracks, rows, started, None), found
+
     def _tracks(self, cadence: Callable[[], Cadence | None]) -> dict[str, _Track]:
         sink: list[Snapshot] = []
         return {
@@ -302,7 +326,7 @@ class Replay:
         links_at = self.topology.links_at
         rows = 0
         progress = self.progress
-        async for dpu_id, _seq, ts, direction in self.store.scan_log(
+        async for dpu_id, seq, ts, direction in self.store.scan_log(
             dpu_ids=dpus, after=after, head=head
         ):
             rows += 1
@@ -311,7 +335,10 @@ class Replay:
             for link in links_at(dpu_id, ts):
                 track = tracks.get(link.space_id)
                 if track is not None and track.before(ts, head):
-                    track.folder.delta(ts, direction * link.sensor_placement)
+                    delta = direction * link.sensor_placement
+                    track.folder.delta(ts, delta)
+                    if ts > track.recent_after:
+                        track.recent.append(Delta(ts, dpu_id, seq, 1 if delta > 0 else -1))
             if rows % 10_000 == 0:
                 if progress is not None:
                     progress.update(rows)
@@ -345,6 +372,8 @@ class Replay:
         track = tracks[reset.space_id]
         if track.before(reset.ts, head):
             track.folder.reset(reset.ts, reset.count)
+            if reset.ts > track.recent_after:
+                track.recent.append(Reset(reset.space_id, reset.ts, reset.count, reset.source))
 
     async def _flush(
         self, tracks: dict[str, _Track], sink: list[Snapshot], generation: int

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,3 +220,24 @@ async def test_both_ways_of_recovering_start_from_the_same_state(
     finally:
         task.cancel()
         await asyncio.wait([task])
+
+
+async def test_stopping_snapshots_only_the_spaces_that_folded_events(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many spaces, asking every one for snapshots at shutdown took minutes; only those
+    that folded something since their last snapshot have anything to write."""
+    history = History(store, seed, snapshot_every=1_000, snapshot_lag_ms=0)
+    refreshed: list[list[str]] = []
+    refresh = history.refresh_snapshots
+
+    async def spy(space_ids: Iterable[str] | None = None, **kwargs: Any) -> int:
+        refreshed.append(list(space_ids or []))
+        return await refresh(space_ids, **kwargs)
+
+    monkeypatch.setattr(history, "refresh_snapshots", spy)
+    async with ActorSystem(history, clock=clock).running() as system:
+        await system.route(await stored(store, [Traversal("283", 1, NOW - MINUTE, 1)]))
+        await system.drain()
+
+    assert refreshed == [["A"]]  # DPU 283's doorway X leads into A only

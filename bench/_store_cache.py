@@ -67,3 +67,68 @@ def working_copy(kept: Path, workdir: Path) -> str:
     copy = workdir / kept.name
     shutil.copyfile(kept, copy)
     return f"sqlite+aiosqlite:///{copy}"
+
+
+#: Where PostgreSQL benchmark stores live; each is a database of its own on this server.
+POSTGRES_ENV = "HEADCOUNT_BENCH_POSTGRES_URL"
+DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+async def cached_postgres(
+    name: str, params: dict[str, object], build: Callable[[str], Awaitable[None]]
+) -> str:
+    """The URL of the PostgreSQL store ``name`` built by ``build(url)`` from ``params``, kept
+    as a database of its own (``hc_bench_<name>_<params>_<schema>``) until the schema or the
+    parameters change. A database whose build did not finish is built again."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin = make_url(os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES))
+    wanted = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    prefix = f"hc_bench_{name}_{wanted}_"
+    database = f"{prefix}{schema_digest()[:10]}"
+    url = admin.set(database=database).render_as_string(hide_password=False)
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            existing = set((await conn.execute(text("SELECT datname FROM pg_database"))).scalars())
+            if database in existing and await _finished(url):
+                print(f"store: reusing PostgreSQL database {database}", flush=True)
+                return url
+            for stale in existing:
+                if stale.startswith(prefix):  # this store, unfinished or an older schema
+                    await conn.execute(text(f'DROP DATABASE "{stale}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{database}"'))
+    finally:
+        await engine.dispose()
+    print(f"store: building PostgreSQL database {database} ({params})", flush=True)
+    started = time.perf_counter()
+    await build(url)
+    await _mark_finished(url)
+    print(f"store: built in {time.perf_counter() - started:.0f}s", flush=True)
+    return url
+
+
+async def _finished(url: str) -> bool:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return bool(await conn.scalar(text("SELECT to_regclass('bench_finished') IS NOT NULL")))
+    finally:
+        await engine.dispose()
+
+
+async def _mark_finished(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE bench_finished (at TIMESTAMPTZ DEFAULT now())"))
+    finally:
+        await engine.dispose()

@@ -79,9 +79,9 @@ async def _count(request: web.Request) -> tuple[int, SpaceState]:
 
 async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
     actors = app[ACTORS]
-    actors.topology.space(space_id)  # unknown: 404
     actor = actors.actors.get(space_id)
     if actor is None:
+        actors.topology.space(space_id)  # unknown: 404
         # Served by another shard: the shared log answers, exactly, a little slower.
         now = now_ms()
         return now, (await app[HISTORY].count_at(space_id, now)).state
@@ -95,6 +95,8 @@ async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
 
 
 def _ts_param(request: web.Request) -> int | None:
+    if not request.query_string:  # the live count: no query to parse
+        return None
     given = request.query.getall("ts", [])
     if not given:
         return None

@@ -10,7 +10,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -44,9 +44,15 @@ def topology_toml(dpus: int, spaces: int = 1) -> str:
 
 @contextlib.asynccontextmanager
 async def service(
-    workdir: Path, topology: str, *, broker_url: str | None, mqtt_port: int | None = None
+    workdir: Path,
+    topology: str,
+    *,
+    broker_url: str | None,
+    mqtt_port: int | None = None,
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[str]:
-    """``headcount serve`` in a subprocess on free ports; yields its HTTP base URL."""
+    """``headcount serve`` in a subprocess on free ports (``extra``: more of its flags);
+    yields its HTTP base URL."""
     (workdir / "topology.toml").write_text(topology)
     http = free_port()
     args = [
@@ -60,6 +66,7 @@ async def service(
         args += ["--broker", broker_url]
     else:
         args += ["--mqtt-port", str(mqtt_port or free_port())]
+    args += extra
     log = (workdir / "service.log").open("wb")
     process = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{http}"

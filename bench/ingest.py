@@ -120,13 +120,22 @@ async def headcount(url: str, broker: str, events: int, batch: int) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
+    parser.add_argument(
+        "--snapshot-every", type=int, help="the service's --snapshot-every (default: its own)"
+    )
+    parser.add_argument(
+        "--broker",
+        action="append",
+        choices=["amqtt-in-process", "amqtt-own-process", "mosquitto"],
+        help="only this broker (repeat for several; default: all)",
+    )
     args = parser.parse_args()
+    extra = [] if args.snapshot_every is None else ["--snapshot-every", str(args.snapshot_every)]
     sizes = {"single": (2_000 if args.quick else 20_000, 1),
              "batch100": (10_000 if args.quick else 200_000, 100)}  # fmt: skip
-    brokers = ["amqtt-in-process", "amqtt-own-process"]
-    if shutil.which("mosquitto"):
-        brokers.append("mosquitto")
-    else:
+    brokers = args.broker or ["amqtt-in-process", "amqtt-own-process", "mosquitto"]
+    if "mosquitto" in brokers and not shutil.which("mosquitto"):
+        brokers.remove("mosquitto")
         print("mosquitto: not installed, skipped")
     topology = topology_toml(DPUS, spaces=DPUS)
     print(f"{'broker':<18} {'messages':<9} {'events':>8} {'baseline/s':>11} "
@@ -144,12 +153,14 @@ async def main() -> None:
                     if broker_kind == "amqtt-in-process":
                         port = free_port()
                         url = await stack.enter_async_context(
-                            service(Path(tmp), topology, broker_url=None, mqtt_port=port)
+                            service(
+                                Path(tmp), topology, broker_url=None, mqtt_port=port, extra=extra
+                            )
                         )
                         target = f"mqtt://127.0.0.1:{port}"
                     else:
                         url = await stack.enter_async_context(
-                            service(Path(tmp), topology, broker_url=broker)
+                            service(Path(tmp), topology, broker_url=broker, extra=extra)
                         )
                         target = broker
                     rate = await headcount(url, target, events, batch)

@@ -241,3 +241,25 @@ async def test_stopping_snapshots_only_the_spaces_that_folded_events(
         await system.drain()
 
     assert refreshed == [["A"]]  # DPU 283's doorway X leads into A only
+
+
+async def test_an_actor_gets_its_mailbox_and_task_with_its_first_event(
+    store: EventStore, seed: Topology
+) -> None:
+    """Idle spaces cost only their live state: with 100,000 spaces, empty queues and waiting
+    tasks were a third of the service's memory (bench/scale.py)."""
+    async with ActorSystem(History(store, seed), clock=clock).running() as system:
+        await asyncio.sleep(0)
+        assert not system.actor("A").has_mailbox
+        assert not system.actor("B").has_mailbox
+        assert system.live("B").count == 0  # answers without a mailbox or task
+
+        await system.route(await stored(store, [Traversal("283", 1, NOW - MINUTE, 1)]))
+        await system.drain()
+
+        assert system.live("A").count == 1
+        assert system.actor("A").has_mailbox
+        assert not system.actor("B").has_mailbox
+        names = {t.get_name() for t in asyncio.all_tasks()}
+        assert "actor:A" in names
+        assert "actor:B" not in names

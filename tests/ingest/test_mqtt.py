@@ -166,14 +166,13 @@ async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
             await next_message(sub.messages(), timeout=0.5)
 
 
+@pytest.mark.parametrize("broker_url", ["amqtt"], indirect=True)
 async def test_a_message_acknowledged_late_is_kept_until_then(
-    broker_url: str, mqtt_client_id: str, mqtt_topic: str, request: pytest.FixtureRequest
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
 ) -> None:
     """MQTT sets no time limit on a PUBACK; amqtt alone forgets a message after 5 s without
     one. With headcount's fix (``ingest._amqtt_redelivery``) a message held longer and then
     dropped with the connection comes again. (Mosquitto needs no fix.)"""
-    if request.node.callspec.params["broker_url"] != "amqtt":
-        pytest.skip("tests headcount's fix of amqtt; Mosquitto keeps messages by itself")
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         await publish(broker_url, mqtt_topic, b"slow")
         first = await next_message(sub.messages())

@@ -82,15 +82,7 @@ def expected_counts(
     """The fold of ``events`` (duplicates once) for ``space_id`` at each of ``times``
     (ascending), daily resets included."""
     space = topology.space(space_id)
-    deltas = sorted(
-        (
-            Delta(e.ts, e.dpu_id, e.seq, 1 if e.direction == link.sensor_placement else -1)
-            for e in set(events)
-            for link in topology.links_at(e.dpu_id, e.ts)
-            if link.space_id == space_id
-        ),
-        key=fold_key,
-    )
+    deltas = _deltas(topology, events, space_id)
     state, folded, counts = EMPTY, 0, []
     for ts in times:
         while folded < len(deltas) and deltas[folded].ts <= ts:
@@ -107,15 +99,7 @@ def fold_steps(
     """The fold of ``events`` for ``space_id`` after each millisecond that has events:
     ``(ts, count)`` in time order (daily resets between events are not applied)."""
     space = topology.space(space_id)
-    deltas = sorted(
-        (
-            Delta(e.ts, e.dpu_id, e.seq, 1 if e.direction == link.sensor_placement else -1)
-            for e in set(events)
-            for link in topology.links_at(e.dpu_id, e.ts)
-            if link.space_id == space_id
-        ),
-        key=fold_key,
-    )
+    deltas = _deltas(topology, events, space_id)
     state = EMPTY
     found: list[tuple[int, int]] = []
     for delta in deltas:
@@ -162,4 +146,17 @@ def plan_run(
     )
     return Run(
         schedule.topology, floor, steps, schedule, true_counts(floor, topology, steps, start)
+    )
+
+
+def _deltas(topology: Topology, events: Iterable[Traversal], space_id: str) -> list[Delta]:
+    """What ``events`` (duplicates once) do to ``space_id``, in fold order."""
+    return sorted(
+        (
+            Delta(e.ts, e.dpu_id, e.seq, 1 if e.direction == link.sensor_placement else -1)
+            for e in set(events)
+            for link in topology.links_at(e.dpu_id, e.ts)
+            if link.space_id == space_id
+        ),
+        key=fold_key,
     )

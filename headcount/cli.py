@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headcount.argtypes import at_least_one
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     snapshots = argparse.ArgumentParser(add_help=False)
     snapshots.add_argument(
         "--snapshot-every",
-        type=_at_least_one,
+        type=at_least_one,
         default=DEFAULT_SNAPSHOT_EVERY,
         metavar="N",
         help="snapshot each space every N events (default %(default)s)",
@@ -265,16 +266,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.set_defaults(handler=_migrate)
     return parser
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small: it must be at least 1")
-    return value
 
 
 @dataclass(frozen=True, slots=True)

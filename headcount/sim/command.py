@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from headcount.argtypes import at_least_one, non_negative
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
 from headcount.errors import InvalidTimestampError
@@ -81,13 +82,13 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     where.add_argument(
         "--spaces",
-        type=_at_least_one,
+        type=at_least_one,
         metavar="N",
         help=f"generate a topology of N spaces, in buildings of rooms (default {DEFAULT_SPACES})",
     )
     where.add_argument(
         "--dpus",
-        type=_at_least_one,
+        type=at_least_one,
         metavar="N",
         help="generate N doorways with a DPU each (default: one per space)",
     )
@@ -155,13 +156,13 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     when.add_argument(
         "--people",
-        type=_non_negative,
+        type=non_negative,
         metavar="N",
         help=f"people (default {PEOPLE_PER_SPACE} per space people can reach)",
     )
     when.add_argument(
         "--connections",
-        type=_at_least_one,
+        type=at_least_one,
         default=DEFAULT_CONNECTIONS,
         metavar="N",
         help="MQTT connections the DPUs share (default %(default)s; one per DPU when there"
@@ -200,7 +201,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     faults.add_argument(
         "--reorder-window",
-        type=_at_least_one,
+        type=at_least_one,
         default=5,
         metavar="N",
         help="a reordered event is overtaken by 1 to N later events (default %(default)s)",
@@ -221,7 +222,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     faults.add_argument(
         "--clock-skew",
-        type=_non_negative,
+        type=non_negative,
         default=0,
         metavar="MS",
         help="each DPU's clock is off by a fixed amount up to MS milliseconds either way",
@@ -235,7 +236,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     faults.add_argument(
         "--move-dpu",
-        type=_non_negative,
+        type=non_negative,
         default=0,
         metavar="N",
         help="N times mid-run, the DPUs of two doorways trade places; the assignment"
@@ -508,25 +509,8 @@ def _positive(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} cannot be negative")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small: it must be at least 1")
-    return value
-
-
 def _batch(text: str) -> int:
-    value = _at_least_one(text)
+    value = at_least_one(text)
     if value > wire.DEFAULT_MAX_BATCH:
         raise argparse.ArgumentTypeError(
             f"{value} is too large: the service takes at most {wire.DEFAULT_MAX_BATCH} per payload"

@@ -47,7 +47,7 @@ class UsageError(HeadcountError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``headcount`` console script."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``headcount`` command line's parser; each command's handler is ``args.handler``."""
     parser = argparse.ArgumentParser(
         prog="headcount",
         description="Exact people counts for every space, now and at any past moment.",

@@ -5,17 +5,12 @@ service) and a real Mosquitto."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import aiomqtt
 import msgpack
 import pytest
@@ -25,15 +20,9 @@ from headcount.domain.timefmt import format_ms
 from headcount.ingest import wire
 from headcount.ingest.mqtt import parse_broker_url
 from tests.mqtt_fixtures import MqttNames
+from tests.serve_process import ServeProcess
 
 SECOND = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -85,62 +74,13 @@ valid_from = "2018-01-01T00:00:00Z"
         return counts
 
 
-async def wait_healthy(
-    url: str, process: asyncio.subprocess.Process, *, timeout_s: float = 30
-) -> bool:
-    """Wait until the service at ``url`` says it is healthy (True), or its process ended or
-    the time ran out (False)."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline and process.returncode is None:
-            try:
-                async with http.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return True
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    return False
-
-
-class Service:
-    """``headcount serve`` in a subprocess."""
+class Service(ServeProcess):
+    """``headcount serve`` in a subprocess, on a test's own :class:`Site`."""
 
     def __init__(self, tmp: Path, site: Site, broker_url: str, client_id: str) -> None:
         topology = tmp / "topology.toml"
         topology.write_text(site.toml())
-        self.http = f"http://127.0.0.1:{free_port()}"
-        self.args = [
-            sys.executable, "-m", "headcount", "serve",
-            "--topology", str(topology),
-            "--store", f"sqlite+aiosqlite:///{tmp / 'store.db'}",
-            "--broker", broker_url,
-            "--client-id", client_id,
-            "--http-port", self.http.rsplit(":", 1)[1],
-        ]  # fmt: skip
-        self.log = tmp / "service.log"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.args, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
-        if not await wait_healthy(self.http, self.process):
-            raise AssertionError(f"service did not start:\n{self.log.read_text()}")
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        return await asyncio.wait_for(self.process.wait(), 30)
-
-    async def get(self, path: str) -> tuple[int, object]:
-        async with aiohttp.ClientSession() as http, http.get(self.http + path) as response:
-            body = await response.text()
-            if response.content_type == "application/json":
-                return response.status, json.loads(body)
-            return response.status, body
+        super().__init__(tmp, topology, broker_url, client_id)
 
     async def counts(self) -> dict[str, int]:
         result = {}

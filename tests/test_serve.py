@@ -14,8 +14,9 @@ from pathlib import Path
 import aiohttp
 import aiomqtt
 
+from headcount.ingest.broker import free_port
 from headcount.ingest.mqtt import parse_broker_url
-from tests.test_e2e import free_port, wait_healthy
+from tests.serve_process import wait_healthy
 
 
 def serve(*args: str, tmp: Path) -> list[str]:

@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +15,10 @@ import aiohttp
 import aiomqtt
 import pytest
 
+from headcount.cli import build_parser
 from headcount.ingest import wire
-from headcount.ingest.broker import free_port
 from headcount.ingest.mqtt import parse_broker_url
-from headcount.sim.command import add_command
+from tests.serve_process import ServeProcess
 
 
 def dpu_url(broker_url: str) -> str:
@@ -52,11 +48,8 @@ class Simulated:
 
 
 def parse(*argv: str | Path) -> argparse.Namespace:
-    """``headcount simulate ARGV``'s parsed arguments (the command is not wired into
-    ``headcount``'s own parser here)."""
-    parser = argparse.ArgumentParser(prog="headcount")
-    add_command(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["simulate", *(str(arg) for arg in argv)])
+    """``headcount simulate ARGV``'s arguments, parsed by ``headcount``'s own parser."""
+    return build_parser().parse_args(["simulate", *(str(arg) for arg in argv)])
 
 
 async def simulate(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> Simulated:
@@ -68,47 +61,23 @@ async def simulate(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> Sim
     return Simulated(code, json.loads(out), err)
 
 
-class Service:
-    """``headcount serve`` with its own store, HTTP on a free port, on the given broker."""
+class Service(ServeProcess):
+    """``headcount serve`` on a topology file, entered as a context, with one HTTP session
+    for the many counts a simulated day is checked with."""
 
     def __init__(self, tmp: Path, topology: Path, broker_url: str, client_id: str) -> None:
-        self.http = f"http://127.0.0.1:{free_port()}"
-        self.args = [
-            sys.executable, "-m", "headcount", "serve",
-            "--topology", str(topology),
-            "--store", f"sqlite+aiosqlite:///{tmp / 'store.db'}",
-            "--broker", broker_url,
-            "--client-id", client_id,
-            "--http-port", self.http.rsplit(":", 1)[1],
-        ]  # fmt: skip
-        self.log = tmp / "service.log"
-        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(tmp, topology, broker_url, client_id)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Service:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.args, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
+        await self.start()
         self._session = aiohttp.ClientSession()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.returncode is None:
-            try:
-                async with self._session.get(f"{self.http}/healthz") as response:
-                    if response.status == 200:
-                        return self
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        await self.__aexit__()
-        raise AssertionError(f"service did not start:\n{self.log.read_text()}")
+        return self
 
     async def __aexit__(self, *_: object) -> None:
         if self._session is not None:
             await self._session.close()
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(self.process.wait(), 30)
+        await self.stop()
 
     async def count(self, space_id: str, ts: str | None = None) -> int:
         """``GET /spaces/{id}/count[?ts=]``'s count."""

@@ -352,23 +352,6 @@ class EventStore:
             )
             return {dpu_id: ts for dpu_id, ts in rows}
 
-    async def stream_traversals(
-        self,
-        sources: Sequence[Source],
-        *,
-        after: int | None,
-        until: int,
-        max_position: int | None = None,
-    ) -> AsyncIterator[tuple[Traversal, Source]]:
-        """Traversals that reach a space through ``sources`` with ``after < ts <= until``, in
-        fold order, each with the source it came through. Read in pages: memory stays
-        bounded."""
-        async with read_transaction(self.engine) as conn:
-            async for item in self._traversal_pages(
-                conn, tuple(sources), after=after, until=until, max_position=max_position
-            ):
-                yield item
-
     async def space_log(
         self,
         space_id: str,
@@ -380,8 +363,8 @@ class EventStore:
         within: AsyncConnection | None = None,
     ) -> AsyncIterator[StoredReset | tuple[Traversal, Source]]:
         """Everything that reached a space with ``after < ts <= until`` (up to ``head`` in the
-        logs when given), in fold order: its resets, and the traversals through ``sources``
-        with the source each came through (as :meth:`stream_traversals`). One transaction,
+        logs when given), in fold order: its resets, and the traversals through ``sources``,
+        each with the source it came through. Memory stays bounded. One transaction,
         and for a short tail one query each: this is on the path of every past answer."""
         async with self._within(within) as conn:
             query = self._resets_query(

@@ -84,11 +84,11 @@ async def stream(
     until: int = 10**15,
     max_position: int | None = None,
 ) -> list[tuple[Traversal, Source]]:
+    head = None if max_position is None else Head(max_position, 0)
     return [
-        row
-        async for row in store.stream_traversals(
-            sources, after=after, until=until, max_position=max_position
-        )
+        item
+        async for item in store.space_log("no resets", sources, after=after, until=until, head=head)
+        if not isinstance(item, StoredReset)
     ]
 
 
@@ -469,7 +469,7 @@ async def test_read_resets_bounds(
     assert all(r.space_id == "A" and r.count == r.ts // 100 for r in found)
 
 
-# -- stream_traversals ---------------------------------------------------------------------
+# -- a space's traversals (space_log) -----------------------------------------------------
 
 
 async def test_stream_is_in_fold_order(store: EventStore) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -185,11 +184,11 @@ async def test_events_a_broker_never_took_are_counted_and_reported(
     assert summary["acknowledged"] == 0
 
 
-async def test_rate_paces_the_events_evenly(
+async def test_a_run_at_a_rate_delivers_every_event(
     capsys: pytest.CaptureFixture[str], broker_url: str, mqtt_names: MqttNames
 ) -> None:
+    """The pacing itself is in test_pace (no wall clock asserted here)."""
     rate = 400
-    began = time.monotonic()
     prefix = f"{mqtt_names.token}-"
     try:
         result = await simulate(
@@ -202,4 +201,3 @@ async def test_rate_paces_the_events_evenly(
     events = result.summary["events"]
     assert result.summary["rate"] == rate
     assert result.summary["acknowledged"] == events > 50
-    assert time.monotonic() - began >= events / rate

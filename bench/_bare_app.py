@@ -12,8 +12,8 @@ import signal
 
 from aiohttp import web
 
+from headcount.clock import now_ms
 from headcount.domain.timefmt import format_ms
-from headcount.eventstore.store import now_ms
 
 
 async def count(request: web.Request) -> web.Response:

@@ -80,11 +80,11 @@ def events(n: int, seed: int = 7) -> Iterator[list[Traversal]]:
 async def build(url: str, n: int, every: int) -> None:
     topology = Topology.from_toml(TOPOLOGY)
     async with await EventStore.open(url) as store:
-        await store.record_topology(TOPOLOGY, origin="bench/history.py")
+        await store.topologies.record(TOPOLOGY, origin="bench/history.py")
         stored = 0
         started = time.perf_counter()
         for chunk in events(n):
-            await store.append(chunk)
+            await store.log.append(chunk)
             stored += len(chunk)
             if stored % 1_000_000 == 0:
                 rate = stored / (time.perf_counter() - started)

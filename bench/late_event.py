@@ -33,10 +33,11 @@ from _harness import percentile, topology_toml
 from _service import Service, private_broker, serve
 from _store_cache import cached_sqlite, working_copy
 
+from headcount.clock import now_ms
 from headcount.domain.events import Direction, Traversal
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest import wire
 from headcount.ingest.mqtt import parse_broker_url
@@ -68,7 +69,7 @@ async def build(url: str, events: int) -> None:
     end = now_ms()
     document = topology()
     async with await EventStore.open(url) as store:
-        await store.record_topology(document, origin="bench/late_event.py")
+        await store.topologies.record(document, origin="bench/late_event.py")
         for space in range(SPACES):
             stamps = sorted(rng.randrange(end - YEAR, end) for _ in range(events // SPACES))
             batch = []
@@ -77,9 +78,9 @@ async def build(url: str, events: int) -> None:
                 direction: Direction = 1 if rng.random() < 0.52 else -1
                 batch.append(Traversal(dpu(space, k), i // DPUS_PER_SPACE, ts, direction))
                 if len(batch) == BATCH:
-                    await store.append(batch)
+                    await store.log.append(batch)
                     batch = []
-            await store.append(batch)
+            await store.log.append(batch)
         await History(store, Topology.from_toml(document)).refresh_snapshots(now=end)
 
 
@@ -87,7 +88,7 @@ async def newest_per_space(store_url: str) -> list[int]:
     async with await EventStore.open(store_url) as store:
         found = []
         for space in range(SPACES):
-            newest = await store.newest_ts(dpu(space, k) for k in range(DPUS_PER_SPACE))
+            newest = await store.log.newest_ts(dpu(space, k) for k in range(DPUS_PER_SPACE))
             assert newest is not None
             found.append(newest)
         return found

@@ -23,8 +23,9 @@ from pathlib import Path
 from _harness import ROOT, free_port, topology_toml
 from _service import load, serve
 
+from headcount.clock import now_ms
 from headcount.domain.events import Traversal
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 
 SPACES = 10
 DPUS = 20
@@ -53,7 +54,7 @@ async def fill(store_url: str) -> None:
         for i in range(SPACES * 300)
     ]
     async with await EventStore.open(store_url) as store:
-        await store.append(events)
+        await store.log.append(events)
 
 
 async def main() -> None:

@@ -40,9 +40,9 @@ async def build(url: str, n: int, topology: str) -> None:
     rng = random.Random(11)
     stamps = sorted(rng.randrange(T0, T0 + YEAR) for _ in range(n))
     async with await EventStore.open(url) as store:
-        await store.record_topology(topology, origin="bench/replay.py")
+        await store.topologies.record(topology, origin="bench/replay.py")
         for start in range(0, n, BATCH):
-            await store.append(
+            await store.log.append(
                 Traversal(f"dpu{i % DPUS}", i, stamps[i], 1 if rng.random() < 0.5 else -1)
                 for i in range(start, min(n, start + BATCH))
             )
@@ -51,10 +51,10 @@ async def build(url: str, n: int, topology: str) -> None:
 async def scan(url: str) -> tuple[int, float]:
     """Rows read and seconds taken by an ordered scan of the whole log."""
     async with await EventStore.open(url) as store:
-        head = await store.head()
+        head = await store.log.head()
         started = time.perf_counter()
         rows = 0
-        async for _ in store.scan_log(after=None, head=head):
+        async for _ in store.log.scan_log(after=None, head=head):
             rows += 1
         return rows, time.perf_counter() - started
 

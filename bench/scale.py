@@ -31,8 +31,9 @@ from _harness import topology_toml
 from _service import Service, load, memory_kib, serve
 from _store_cache import cached_sqlite, working_copy
 
+from headcount.clock import now_ms
 from headcount.domain.events import Direction, Traversal
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 
 EVENTS_PER_SPACE = 20
 DPUS_PER_SPACE = 2
@@ -67,7 +68,7 @@ def expected_count(space: int, spaces: int) -> int:
 async def build(url: str, spaces: int) -> None:
     end = now_ms()
     async with await EventStore.open(url) as store:
-        await store.record_topology(
+        await store.topologies.record(
             topology_toml(spaces * DPUS_PER_SPACE, spaces), origin="bench/scale.py"
         )
         batch: list[Traversal] = []
@@ -75,9 +76,9 @@ async def build(url: str, spaces: int) -> None:
             for offset, dpu, seq, direction in space_events(space, spaces):
                 batch.append(Traversal(dpu, seq, end - DAY + offset, direction))
             if len(batch) >= BATCH:
-                await store.append(batch)
+                await store.log.append(batch)
                 batch = []
-        await store.append(batch)
+        await store.log.append(batch)
 
 
 @dataclass

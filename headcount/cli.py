@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -15,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from headcount.argtypes import at_least_one
+from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
-from headcount.domain.topology import Topology
+from headcount.domain.topology import Topology, document_digest
 from headcount.errors import (
     HeadcountError,
     InvalidTimestampError,
@@ -26,7 +26,7 @@ from headcount.errors import (
 )
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.history.replay import Mismatch, Replay
 from headcount.importer.csvfile import read_csv
@@ -283,7 +283,7 @@ async def _choose_topology(
     ``topology.toml`` beside ``beside``. Nothing is recorded here: see :func:`_record`."""
     path: Path | None = args.topology
     if path is None:
-        current = await store.current_topology()
+        current = await store.topologies.current()
         if current is not None:
             document, origin = current
             source = f"{origin} (as recorded in the store)"
@@ -306,7 +306,7 @@ async def _choose_topology(
 async def _record(store: EventStore, choice: _TopologyChoice) -> None:
     """Make a topology read from a file the store's current one."""
     if choice.document is not None:
-        await store.record_topology(choice.document, origin=choice.origin)
+        await store.topologies.record(choice.document, origin=choice.origin)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -443,12 +443,10 @@ async def _replay(args: argparse.Namespace) -> int:
                 space_ids=args.space,
                 snapshot_every=args.snapshot_every,
                 progress=Progress(
-                    "replaying", total=None if from_ts else await store.count_traversals()
+                    "replaying", total=None if from_ts else await store.log.count_traversals()
                 ),
             )
-            summary = await replay.run(
-                from_ts=from_ts, digest=hashlib.sha256(document.encode()).hexdigest()
-            )
+            summary = await replay.run(from_ts=from_ts, digest=document_digest(document))
             await _record(store, choice)
     print(json.dumps({"topology": choice.origin, **summary.as_dict()}, indent=2))
     return 0
@@ -459,7 +457,7 @@ async def _replay_verify(args: argparse.Namespace, store: EventStore, topology: 
         store,
         topology,
         space_ids=args.space,
-        progress=Progress("verifying", total=await store.count_traversals()),
+        progress=Progress("verifying", total=await store.log.count_traversals()),
     )
     summary, mismatches, states = await replay.verify()
     if args.service:
@@ -511,7 +509,7 @@ async def _live_counts(http: Any, path: str) -> dict[str, int]:
 async def _replay_dry_run(args: argparse.Namespace, store: EventStore) -> int:
     if args.topology is None:
         raise UsageError("--dry-run needs --topology FILE: the corrected topology to compare")
-    recorded = await store.current_topology()
+    recorded = await store.topologies.current()
     if recorded is None:
         raise UsageError("--dry-run: the store has no topology recorded to compare against")
     before = Topology.from_toml(recorded[0], source=f"{recorded[1]} (as recorded in the store)")

@@ -106,10 +106,10 @@ def _store(settings: Settings) -> CleanupContext:
             lease(store, exclusive=False, holder="headcount serve"),
         ):
             if settings.topology_document is not None:
-                await store.record_topology(
+                await store.topologies.record(
                     settings.topology_document, origin=settings.topology_origin
                 )
-            if settings.demo and await store.count_traversals() == 0:
+            if settings.demo and await store.log.count_traversals() == 0:
                 _, csv = demo_files()
                 summary = await import_csv(store, settings.topology, csv)
                 log.info("demo: imported %d seed events from %s", summary.stored, csv.name)

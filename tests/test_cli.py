@@ -23,6 +23,7 @@ import pytest
 
 from headcount.cli import main
 from headcount.eventstore.store import EventStore
+from tests.store_readers import quarantined
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"
@@ -172,9 +173,9 @@ def write_csv(path: Path, *rows: str) -> Path:
 
 async def _store_contents(url: str) -> tuple[int, list[tuple[str, str, bytes]]]:
     async with await EventStore.open(url) as store:
-        quarantined = await store.quarantined()
-        return await store.count_traversals(), [
-            (q.origin, q.reason, q.payload) for q in quarantined
+        entries = await quarantined(store)
+        return await store.log.count_traversals(), [
+            (q.origin, q.reason, q.payload) for q in entries
         ]
 
 

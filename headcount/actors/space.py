@@ -7,9 +7,9 @@ import logging
 from collections.abc import Callable
 
 from headcount.actors.live import Applied, LiveSpace
+from headcount.clock import now_ms
 from headcount.domain.events import SpaceEvent
 from headcount.domain.fold import SpaceState
-from headcount.eventstore.store import now_ms
 from headcount.history import History, SpaceView, space_events
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class SpaceActor:
         log), then every event after it. Events still in the mailbox that the store already
         holds are recognised as duplicates when they are applied."""
         view = SpaceView.of(self.history.topology, self.space_id)
-        newest = await self.history.store.newest_ts(s.dpu_id for s in view.sources)
+        newest = await self.history.store.log.newest_ts(s.dpu_id for s in view.sources)
         checkpoint = self.checkpoint_for(newest)
         settled = (await self.history.count_at(self.space_id, checkpoint)).state
         recent = [

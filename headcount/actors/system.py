@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Self
 
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
-from headcount.domain.events import Delta, Direction, Reset, Traversal
+from headcount.clock import now_ms
+from headcount.domain.events import Delta, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState
 from headcount.errors import HeadcountError, UnknownSpaceError
-from headcount.eventstore.store import now_ms
 from headcount.history import History
 from headcount.history.replay import Replay
 
@@ -105,7 +105,7 @@ class ActorSystem:
         microseconds per event. Whichever should be cheaper is used."""
         started = time.monotonic()
         store = self.history.store
-        events = (await store.head()).position  # an upper bound, without counting
+        events = (await store.log.head()).position  # an upper bound, without counting
         if len(self.actors) * _PER_SPACE_COST_S > events * _PER_EVENT_COST_S:
             await self._recover_in_one_pass()
             how = f"in one pass over {events:,} events"
@@ -125,7 +125,7 @@ class ActorSystem:
         )
 
     async def _recover_in_one_pass(self) -> None:
-        newest = await self.history.store.newest_ts_by_dpu()
+        newest = await self.history.store.log.newest_ts_by_dpu()
         checkpoints = {}
         for space_id, actor in self.actors.items():
             times = [
@@ -217,7 +217,7 @@ class ActorSystem:
             for link in self.topology.links_at(t.dpu_id, t.ts):
                 actor = self.actors.get(link.space_id)
                 if actor is not None:
-                    delta: Direction = 1 if t.direction * link.sensor_placement > 0 else -1
+                    delta = space_delta(t.direction, link.sensor_placement)
                     self._wake(actor)
                     await actor.tell(Delta(t.ts, t.dpu_id, t.seq, delta))
                     delivered += 1

@@ -56,6 +56,13 @@ class Delta:
 SpaceEvent = Delta | Reset
 
 
+def space_delta(direction: int, sensor_placement: int) -> Direction:
+    """What a traversal in ``direction`` does to a space whose link to the doorway has
+    ``sensor_placement`` (+1: the DPU hangs inside the space): +1 in, -1 out. The one place
+    this product is taken."""
+    return 1 if direction * sensor_placement > 0 else -1
+
+
 def fold_key(event: SpaceEvent) -> tuple[int, int, str, int]:
     """The fixed order in which a space folds its events: time, then resets first, then
     ``(dpu_id, seq)``, so the result is a function of the set of events, not of arrival order."""

@@ -281,6 +281,12 @@ class Topology:
         )
 
 
+def document_digest(document: str) -> str:
+    """The digest that names a topology document (its exact text) in the store and in
+    replays: SHA-256 of its UTF-8 bytes, in hex."""
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
 def _fingerprint(space: Space, sources: tuple[Source, ...]) -> str:
     reset = None if space.daily_reset is None else space.daily_reset.strftime("%H:%M")
     payload = [

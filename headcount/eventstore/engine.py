@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -85,6 +86,11 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.05)
 
 
+def insert(engine: AsyncEngine, table: Table) -> Any:
+    """The backend's own INSERT for ``table``, which knows ``ON CONFLICT DO NOTHING``."""
+    return (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
 @asynccontextmanager
 async def write_transaction(
     engine: AsyncEngine, *, exclusive: bool = False, pg_lock: int = _PG_LOG_LOCK
@@ -110,6 +116,14 @@ async def read_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection
     """A read-only transaction with the store's errors translated."""
     async with translate_errors(), engine.connect() as conn, conn.begin():
         yield conn
+
+
+def within(
+    engine: AsyncEngine, conn: AsyncConnection | None
+) -> AbstractAsyncContextManager[AsyncConnection]:
+    """``conn`` when given (a transaction the caller holds for several reads that belong
+    together), else a new read transaction of ``engine``."""
+    return nullcontext(conn) if conn is not None else read_transaction(engine)
 
 
 @asynccontextmanager

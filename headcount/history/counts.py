@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from headcount.clock import now_ms
 from headcount.domain.fold import EMPTY, SpaceState, advance, fold
 from headcount.domain.topology import Topology
-from headcount.eventstore.records import LateMark, Snapshot, StoredReset
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.records import Snapshot
+from headcount.eventstore.store import EventStore
 from headcount.history.events import SpaceView, space_events
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ DEFAULT_SNAPSHOT_EVERY = 100
 #: Snapshots stay this far behind the newest event of their space, so that reports arriving a
 #: little out of order (the normal case with many DPUs) never land before a snapshot.
 DEFAULT_SNAPSHOT_LAG_MS = 5 * 60 * 1000
-#: How many snapshot candidates to fetch per look-up page.
-_PAGE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +41,6 @@ class SpaceCount:
     @property
     def count(self) -> int:
         return self.state.count
-
-
-def still_right(
-    snapshot: Snapshot, marks: Iterable[LateMark], resets: Iterable[StoredReset]
-) -> bool:
-    """Whether no traversal (``marks``) or reset stored after the snapshot was written
-    belongs at or before its time: otherwise it misses that event and must not be used."""
-    return not any(
-        m.ts <= snapshot.as_of and m.position > snapshot.head.position for m in marks
-    ) and not any(r.ts <= snapshot.as_of and r.id > snapshot.head.reset_id for r in resets)
 
 
 class Cadence:
@@ -107,7 +96,7 @@ class History:
         """The fold of every event touching the space with ``ts`` at or before ``ts``."""
         space = self.topology.space(space_id)
         view = SpaceView.of(self.topology, space_id)
-        async with self.store.reading() as within:  # one connection for the whole answer
+        async with self.store.log.reading() as within:  # one connection for the whole answer
             base = await self.usable_snapshot(view, at_or_before=ts, within=within)
             state = EMPTY if base is None else base.state
             folded = 0
@@ -122,28 +111,15 @@ class History:
     async def usable_snapshot(
         self, view: SpaceView, *, at_or_before: int, within: AsyncConnection | None = None
     ) -> Snapshot | None:
-        """The newest snapshot of the space at or before a time that is still right: folded
-        under the current topology, and with no event stored after it that belongs before it.
-        ``within``: a transaction of :meth:`EventStore.reading` to read in."""
-        before = at_or_before
-        while True:
-            candidates, marks, resets = await self.store.snapshot_candidates(
-                view.space_id,
-                view.fingerprint,
-                view.sources,
-                at_or_before=before,
-                limit=_PAGE,
-                within=within,
-            )
-            if not candidates:
-                await self._note_other_topologies(view)
-                return None
-            for candidate in candidates:
-                if still_right(candidate, marks, resets):
-                    return candidate
-            if len(candidates) < _PAGE:
-                return None
-            before = candidates[-1].as_of - 1
+        """The newest snapshot of the space at or before a time that may be used (see
+        ``eventstore.snapshots``). ``within``: a transaction of ``EventLog.reading`` to read
+        in."""
+        found = await self.store.snapshots.newest_usable(
+            view.space_id, view.fingerprint, view.sources, at_or_before=at_or_before, within=within
+        )
+        if found is None:
+            await self._note_other_topologies(view)
+        return found
 
     async def _note_other_topologies(self, view: SpaceView) -> None:
         """Say once per space when its snapshots were all folded under another topology, so
@@ -151,7 +127,7 @@ class History:
         if view.space_id in self._noted:
             return
         self._noted.add(view.space_id)
-        if await self.store.has_snapshots_under_other_topologies(view.space_id, view.fingerprint):
+        if await self.store.snapshots.under_other_topologies(view.space_id, view.fingerprint):
             log.warning(
                 "space %s: its snapshots were folded under another topology and are not used;"
                 " answering from the log. Run 'headcount replay' to write snapshots for the"
@@ -180,11 +156,11 @@ class History:
     async def _refresh_space(self, space_id: str, now: int) -> int:
         space = self.topology.space(space_id)
         view = SpaceView.of(self.topology, space_id)
-        newest = await self.store.newest_ts(s.dpu_id for s in view.sources)
+        newest = await self.store.log.newest_ts(s.dpu_id for s in view.sources)
         if newest is None:
             return 0
         horizon = min(newest, now) - self.snapshot_lag_ms
-        head = await self.store.head()
+        head = await self.store.log.head()
         base = await self.usable_snapshot(view, at_or_before=horizon)
         state = EMPTY if base is None else base.state
         pending: list[Snapshot] = []
@@ -198,7 +174,7 @@ class History:
             cadence.folded()
         if cadence.snapshot_at_end(state.as_of):
             pending.append(Snapshot(space_id, view.fingerprint, state, head))
-        stored = await self.store.add_snapshots(pending, view.sources)
+        stored = await self.store.snapshots.add(pending, view.sources)
         if len(stored) < len(pending):
             log.info(
                 "space %s: %d of %d snapshots skipped, events arrived while folding",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from headcount.domain.events import Delta, Reset, SpaceEvent
+from headcount.domain.events import Delta, Reset, SpaceEvent, space_delta
 from headcount.domain.topology import Source, Topology
 from headcount.eventstore.records import Head, StoredReset
 from headcount.eventstore.store import EventStore
@@ -38,8 +38,8 @@ async def space_events(
 ) -> AsyncIterator[SpaceEvent]:
     """Every event touching the space with ``after < ts <= until`` (up to ``head`` in the logs
     when given), as deltas and resets in fold order; ``within`` a transaction of
-    :meth:`EventStore.reading`, if given."""
-    async for item in store.space_log(
+    ``EventLog.reading``, if given."""
+    async for item in store.log.space_log(
         view.space_id, view.sources, after=after, until=until, head=head, within=within
     ):
         if isinstance(item, StoredReset):
@@ -50,5 +50,5 @@ async def space_events(
             traversal.ts,
             traversal.dpu_id,
             traversal.seq,
-            1 if traversal.direction * source.sensor_placement > 0 else -1,
+            space_delta(traversal.direction, source.sensor_placement),
         )

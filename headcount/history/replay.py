@@ -24,18 +24,19 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from headcount.domain.events import Delta, Reset, SpaceEvent
+from headcount.clock import now_ms
+from headcount.domain.events import Delta, Reset, SpaceEvent, space_delta
 from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
+from headcount.eventstore.log import interleave_resets
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 from headcount.history.counts import (
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_SNAPSHOT_LAG_MS,
     Cadence,
     History,
-    still_right,
 )
 from headcount.history.events import SpaceView
 from headcount.progress import Progress
@@ -45,7 +46,12 @@ _FLUSH_EVERY = 5_000
 #: Up to this many DPUs are filtered in the query; more are filtered while streaming.
 _SQL_DPU_FILTER = 500
 _BEFORE_ALL = -(2**62)
+
 _AFTER_ALL = 2**62
+
+
+def _row_ts(row: tuple[str, int, int, int]) -> int:
+    return row[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,7 @@ class Replay:
         this topology), when it has one. The caller must hold the store's lease exclusively.
         """
         started = time.monotonic()
-        head = await self.store.head()
+        head = await self.store.log.head()
         horizon = now_ms() - self.snapshot_lag_ms
         tracks = self._tracks(lambda: Cadence(self.snapshot_every, horizon))
         if from_ts is not None:
@@ -240,9 +246,9 @@ class Replay:
                 base = await history.usable_snapshot(track.view, at_or_before=from_ts - 1)
                 if base is not None:
                     track.start_from(base)
-        generation = await self.store.begin_replay(digest, from_ts=from_ts, head=head)
+        generation = await self.store.replays.begin(digest, from_ts=from_ts, head=head)
         rows = await self._pass(tracks, head, generation=generation)
-        await self.store.finish_replay(
+        await self.store.replays.finish(
             generation,
             [
                 ReplayedSpace(
@@ -258,13 +264,13 @@ class Replay:
         from (under this topology, not superseded, not made unusable by a late event). Returns
         the summary, the mismatches and each space's folded state at the end of the log."""
         started = time.monotonic()
-        head = await self.store.head()
+        head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
         for track in tracks.values():
-            found, marks, resets = await self.store.all_snapshots(
+            usable = await self.store.snapshots.usable(
                 track.view.space_id, track.view.fingerprint, track.view.sources, head=head
             )
-            track.watch([], [s for s in found if still_right(s, marks, resets)])
+            track.watch([], usable)
         rows = await self._pass(tracks, head, generation=None)
         mismatches = [m for t in tracks.values() for m in t.mismatches]
         states = {space_id: t.state for space_id, t in tracks.items()}
@@ -278,7 +284,7 @@ class Replay:
         if list(times) != sorted(times):
             raise ValueError("times must be in ascending order")
         started = time.monotonic()
-        head = await self.store.head()
+        head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
         for track in tracks.values():
             track.watch(list(times), [])
@@ -294,7 +300,7 @@ class Replay:
         order, folded from scratch without writing anything: what a service's actors start
         from (see ``ActorSystem.recover``)."""
         started = time.monotonic()
-        head = await self.store.head()
+        head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
         for space_id, track in tracks.items():
             track.watch([checkpoints[space_id]], [])
@@ -322,37 +328,36 @@ class Replay:
         after = None if oldest == _BEFORE_ALL else oldest
         dpus = self._dpus(tracks)
         sink = next(iter(tracks.values())).sink if tracks else []
-        pending_resets = self._resets(await self.store.resets_up_to(head, after=after), tracks)
+        found = self._resets(await self.store.log.resets_up_to(head, after=after), tracks)
+        rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head)
         links_at = self.topology.links_at
-        rows = 0
+        read = 0
         progress = self.progress
-        async for dpu_id, seq, ts, direction in self.store.scan_log(
-            dpu_ids=dpus, after=after, head=head
-        ):
-            rows += 1
-            while pending_resets and pending_resets[-1].ts <= ts:
-                self._reset(tracks, pending_resets.pop(), head)
+        async for item in interleave_resets(found, rows, _row_ts):
+            if isinstance(item, StoredReset):
+                self._reset(tracks, item, head)
+                continue
+            dpu_id, seq, ts, direction = item
+            read += 1
             for link in links_at(dpu_id, ts):
                 track = tracks.get(link.space_id)
                 if track is not None and track.before(ts, head):
-                    delta = direction * link.sensor_placement
+                    delta = space_delta(direction, link.sensor_placement)
                     track.folder.delta(ts, delta)
                     if ts > track.recent_after:
-                        track.recent.append(Delta(ts, dpu_id, seq, 1 if delta > 0 else -1))
-            if rows % 10_000 == 0:
+                        track.recent.append(Delta(ts, dpu_id, seq, delta))
+            if read % 10_000 == 0:
                 if progress is not None:
-                    progress.update(rows)
+                    progress.update(read)
                 if generation is not None and len(sink) >= _FLUSH_EVERY:
                     await self._flush(tracks, sink, generation)
-        while pending_resets:
-            self._reset(tracks, pending_resets.pop(), head)
         for track in tracks.values():
             track.finish(head)
         if generation is not None:
             await self._flush(tracks, sink, generation)
         if progress is not None:
-            progress.finish(rows)
-        return rows
+            progress.finish(read)
+        return read
 
     def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:
         """The DPUs to read: those that reach the tracked spaces when they are few enough to
@@ -364,8 +369,8 @@ class Replay:
 
     @staticmethod
     def _resets(found: Sequence[StoredReset], tracks: Collection[str]) -> list[StoredReset]:
-        """The resets of tracked spaces, newest last-popped first (a stack in time order)."""
-        return [r for r in reversed(found) if r.space_id in tracks]
+        """The resets of tracked spaces, in time order."""
+        return [r for r in found if r.space_id in tracks]
 
     @staticmethod
     def _reset(tracks: dict[str, _Track], reset: StoredReset, head: Head) -> None:
@@ -378,7 +383,7 @@ class Replay:
     async def _flush(
         self, tracks: dict[str, _Track], sink: list[Snapshot], generation: int
     ) -> None:
-        await self.store.add_replay_snapshots(generation, sink)
+        await self.store.replays.add_snapshots(generation, sink)
         for snapshot in sink:
             tracks[snapshot.space_id].written += 1
         sink.clear()

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
+from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
-from headcount.eventstore.store import now_ms
 from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS
 from headcount.http.openapi import document

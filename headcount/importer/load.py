@@ -65,9 +65,9 @@ async def _append(
     unassigned: list[Traversal] = []
     for t in batch.traversals:
         (assigned if topology.assignment_at(t.dpu_id, t.ts) else unassigned).append(t)
-    result = await store.append(assigned)
-    await store.quarantine(
-        [
+    result = await store.log.append(
+        assigned,
+        quarantine=[
             QuarantineEntry(
                 origin=f"csv:{path}",
                 reason=f"DPU {t.dpu_id!r} has no doorway at {format_ms(t.ts)} in the topology;"
@@ -77,7 +77,7 @@ async def _append(
                 ).encode(),
             )
             for t in unassigned
-        ]
+        ],
     )
     summary.rows += batch.rows
     summary.stored += len(result.new)

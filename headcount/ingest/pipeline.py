@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from headcount.actors import ActorSystem
+from headcount.clock import now_ms
 from headcount.domain.events import Traversal
 from headcount.errors import StoreError
 from headcount.eventstore.records import QuarantineEntry
-from headcount.eventstore.store import EventStore, now_ms
+from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
@@ -168,8 +169,7 @@ class Ingest(Generic[M]):
         while True:
             try:
                 started = time.perf_counter()
-                result = await self.store.append(batch.traversals)
-                await self.store.quarantine(batch.quarantine)
+                result = await self.store.log.append(batch.traversals, quarantine=batch.quarantine)
                 break
             except StoreError as e:
                 # Nothing is acknowledged: retry the same batch until the store is back.

@@ -33,7 +33,7 @@ def clock() -> int:
 
 async def stored(store: EventStore, events: list[Traversal]) -> list[Traversal]:
     """Append like ingest does and return what is new, for routing."""
-    return list((await store.append(events)).new)
+    return list((await store.log.append(events)).new)
 
 
 async def expect_live_equals_history(system: ActorSystem, history: History) -> None:
@@ -45,7 +45,7 @@ async def expect_live_equals_history(system: ActorSystem, history: History) -> N
 async def test_recovery_then_live_events_in_any_order(store: EventStore, seed: Topology) -> None:
     history = History(store, seed, snapshot_every=3, snapshot_lag_ms=0)
     # Before start: a morning of traffic, some of it old enough to be settled at recovery.
-    await store.append(
+    await store.log.append(
         [Traversal("283", i, NOW - (60 - i) * MINUTE, 1 if i % 3 else -1) for i in range(40)]
     )
     await history.refresh_snapshots(now=NOW)
@@ -85,7 +85,7 @@ async def test_resets_reach_their_space(store: EventStore, seed: Topology) -> No
     async with system.running():
         await system.route(await stored(store, [Traversal("283", 1, NOW - 2000, 1)]))
         reset = Reset("A", NOW - 1000, 7)
-        await store.append_reset(reset)
+        await store.log.append_reset(reset)
         await system.route_reset(reset)
         await expect_live_equals_history(system, history)
         assert system.live("A").count == 7
@@ -166,7 +166,7 @@ async def test_a_backlog_too_late_for_memory_costs_one_reload(
     store: EventStore, seed: Topology
 ) -> None:
     history = History(store, seed)
-    await store.append([Traversal("283", 1000, NOW - 1000, 1)])
+    await store.log.append([Traversal("283", 1000, NOW - 1000, 1)])
     system = ActorSystem(history, window_ms=5 * MINUTE, clock=clock)
     async with system.running():
         # A DPU back from an hour offline uploads its backlog in one payload.
@@ -186,11 +186,11 @@ async def test_both_ways_of_recovering_start_from_the_same_state(
     and goes on the same way (here: an event out of order in the window, one too late)."""
     monkeypatch.setattr(system_module, "_PER_SPACE_COST_S", 1.0 if one_pass else 0.0)
     history = History(store, seed, snapshot_every=4, snapshot_lag_ms=0)
-    await store.append(
+    await store.log.append(
         [Traversal("283", i, NOW - (60 - i) * MINUTE, 1 if i % 4 else -1) for i in range(58)]
         + [Traversal("423", i, NOW - (30 - i) * MINUTE, -1 if i % 3 else 1) for i in range(29)]
     )
-    await store.append_reset(Reset("B", NOW - 3 * MINUTE, 7))
+    await store.log.append_reset(Reset("B", NOW - 3 * MINUTE, 7))
     await history.refresh_snapshots(now=NOW)
     system = ActorSystem(history, window_ms=5 * MINUTE, clock=clock)
 

@@ -20,6 +20,7 @@ from headcount.errors import StoreError
 from headcount.eventstore import migrate
 from headcount.eventstore.schema import metadata
 from headcount.eventstore.store import EventStore
+from tests.store_readers import snapshots_before
 
 TABLES = {
     "traversals",
@@ -46,15 +47,15 @@ async def test_open_brings_the_store_to_the_head_revision(store_url: str) -> Non
 async def test_opening_twice_is_harmless(store_url: str) -> None:
     event = Traversal("283", 1, 1_000, 1)
     async with await EventStore.open(store_url) as store:
-        await store.append([event])
+        await store.log.append([event])
 
     async with await EventStore.open(store_url) as store:
         assert await migrate.current_revision(store.engine) == migrate.head_revision()
-        assert await store.count_traversals() == 1
-        assert (await store.append([event])).duplicates == 1
+        assert await store.log.count_traversals() == 1
+        assert (await store.log.append([event])).duplicates == 1
 
     async with await EventStore.open(store_url, upgrade=False) as store:
-        assert await store.count_traversals() == 1
+        assert await store.log.count_traversals() == 1
 
 
 async def test_migrated_schema_matches_the_metadata(store: EventStore) -> None:
@@ -81,7 +82,7 @@ async def test_open_without_upgrade_refuses_an_empty_store(store_url: str) -> No
 
 async def test_a_downgraded_store_is_upgraded_on_open(store_url: str) -> None:
     async with await EventStore.open(store_url) as store:
-        await store.append([Traversal("283", 1, 1_000, 1)])
+        await store.log.append([Traversal("283", 1, 1_000, 1)])
         async with store.engine.begin() as conn:
             await conn.run_sync(lambda c: command.downgrade(migrate.alembic_config(c), "base"))
         assert await migrate.current_revision(store.engine) is None
@@ -93,8 +94,8 @@ async def test_a_downgraded_store_is_upgraded_on_open(store_url: str) -> None:
     async with await EventStore.open(store_url) as store:
         assert await migrate.current_revision(store.engine) == migrate.head_revision()
         assert await table_names(store) >= TABLES
-        assert await store.count_traversals() == 0
-        assert (await store.append([Traversal("283", 1, 1_000, 1)])).positions != ()
+        assert await store.log.count_traversals() == 0
+        assert (await store.log.append([Traversal("283", 1, 1_000, 1)])).positions != ()
 
 
 async def test_sqlite_open_waits_for_another_writer(tmp_path: Path) -> None:
@@ -136,8 +137,8 @@ async def test_one_new_store_opened_at_once_by_several_callers(store_url: str) -
     try:
         revisions = [await migrate.current_revision(s.engine) for s in opened]
         assert revisions == [migrate.head_revision()] * 3
-        await opened[0].append([Traversal("283", 1, 1_000, 1)])
-        assert [await s.count_traversals() for s in opened] == [1, 1, 1]
+        await opened[0].log.append([Traversal("283", 1, 1_000, 1)])
+        assert [await s.log.count_traversals() for s in opened] == [1, 1, 1]
     finally:
         for store in opened:
             await store.close()
@@ -155,5 +156,5 @@ async def test_snapshots_of_a_first_release_store_stay_usable(store_url: str) ->
         )
 
     async with await EventStore.open(store_url) as store:
-        found = await store.snapshots_before("A", "f", at_or_before=10, limit=5)
+        found = await snapshots_before(store, "A", "f", at_or_before=10, limit=5)
         assert [(s.as_of, s.state.count, s.generation) for s in found] == [(5, 2, 0)]

@@ -28,6 +28,7 @@ from headcount.eventstore.records import (
 )
 from headcount.eventstore.schema import traversals
 from headcount.eventstore.store import EventStore
+from tests.store_readers import late_marks, quarantined, read_resets, snapshots_before
 
 FP = "f" * 64
 OTHER_FP = "e" * 64
@@ -87,7 +88,9 @@ async def stream(
     head = None if max_position is None else Head(max_position, 0)
     return [
         item
-        async for item in store.space_log("no resets", sources, after=after, until=until, head=head)
+        async for item in store.log.space_log(
+            "no resets", sources, after=after, until=until, head=head
+        )
         if not isinstance(item, StoredReset)
     ]
 
@@ -95,7 +98,7 @@ async def stream(
 async def warm_pool(store: EventStore) -> None:
     """Open several connections first, so that concurrent calls start together rather than
     one connection set-up after another."""
-    await asyncio.gather(*(store.head() for _ in range(5)))
+    await asyncio.gather(*(store.log.head() for _ in range(5)))
 
 
 # -- append --------------------------------------------------------------------------------
@@ -104,7 +107,7 @@ async def warm_pool(store: EventStore) -> None:
 async def test_append_stores_new_events_once(store: EventStore) -> None:
     batch = [ev("283", 1, 1_000), ev("283", 2, 2_000, -1), ev("423", 7, 1_500)]
 
-    first = await store.append(batch, received_at=42)
+    first = await store.log.append(batch, received_at=42)
 
     assert sorted(first.new, key=lambda t: t.key) == batch
     assert len(first.positions) == 3
@@ -118,35 +121,35 @@ async def test_append_stores_new_events_once(store: EventStore) -> None:
     }
     assert [rows[t.key][2] for t in first.new] == list(first.positions)
 
-    again = await store.append(batch)
+    again = await store.log.append(batch)
 
     assert again == AppendResult(new=(), positions=(), duplicates=3, conflicts=())
-    assert await store.count_traversals() == 3
-    assert await store.head() == Head(position=max(first.positions), reset_id=0)
+    assert await store.log.count_traversals() == 3
+    assert await store.log.head() == Head(position=max(first.positions), reset_id=0)
 
 
 async def test_duplicates_inside_one_batch_count_once(store: EventStore) -> None:
     a, b, c = ev("d1", 1, 100), ev("d1", 2, 200), ev("d2", 1, 150)
 
-    result = await store.append([a, b, a, c, a, b])
+    result = await store.log.append([a, b, a, c, a, b])
 
     assert sorted(result.new, key=lambda t: t.key) == [a, b, c]
     assert result.duplicates == 3
     assert result.conflicts == ()
-    assert await store.count_traversals() == 3
+    assert await store.log.count_traversals() == 3
 
 
 async def test_duplicates_across_batches_count_once(store: EventStore) -> None:
     a, b, c = ev("d1", 1, 100), ev("d1", 2, 200), ev("d2", 1, 150)
-    first = await store.append([a, b])
+    first = await store.log.append([a, b])
 
-    second = await store.append([b, c, b, a])
+    second = await store.log.append([b, c, b, a])
 
     assert second.new == (c,)
     assert second.duplicates == 3
     assert second.conflicts == ()
     assert second.positions[0] > max(first.positions)
-    assert await store.count_traversals() == 3
+    assert await store.log.count_traversals() == 3
 
 
 CLASHES = [
@@ -160,12 +163,12 @@ CLASHES = [
 async def test_clash_inside_one_batch_is_quarantined(store: EventStore, clash: Traversal) -> None:
     kept = ev("423", 9, 5_000)
 
-    result = await store.append([kept, clash, ev("423", 10, 6_000)], received_at=77)
+    result = await store.log.append([kept, clash, ev("423", 10, 6_000)], received_at=77)
 
     assert sorted(result.new, key=lambda t: t.key) == [kept, ev("423", 10, 6_000)]
     assert result.duplicates == 0
     assert result.conflicts == (Conflict(reported=clash, stored=kept),)
-    (entry,) = await store.quarantined()
+    (entry,) = await quarantined(store)
     assert "DPU '423' seq 9" in entry.reason
     assert f"ts={clash.ts} direction={clash.direction}" in entry.reason
     assert entry.received_at == 77
@@ -177,15 +180,15 @@ async def test_clash_with_a_stored_event_is_quarantined(
     store: EventStore, clash: Traversal
 ) -> None:
     kept = ev("423", 9, 5_000)
-    await store.append([kept])
+    await store.log.append([kept])
     position_before = (await stored_rows(store))[("423", 9)][2]
 
-    result = await store.append([clash, ev("283", 1, 5_000)])
+    result = await store.log.append([clash, ev("283", 1, 5_000)])
 
     assert result.new == (ev("283", 1, 5_000),)
     assert result.duplicates == 0
     assert result.conflicts == (Conflict(reported=clash, stored=kept),)
-    (entry,) = await store.quarantined()
+    (entry,) = await quarantined(store)
     assert "DPU '423' seq 9" in entry.reason
     assert "already stored as ts=5000 direction=1" in entry.reason
     assert entry.origin.endswith("423")
@@ -193,33 +196,33 @@ async def test_clash_with_a_stored_event_is_quarantined(
     assert (await stored_rows(store))[("423", 9)] == (5_000, 1, position_before, False)
 
     # The same clash again is quarantined again: nothing that arrives is silently dropped.
-    again = await store.append([clash])
+    again = await store.log.append([clash])
     assert again.conflicts == (Conflict(reported=clash, stored=kept),)
-    assert len(await store.quarantined()) == 2
-    assert await store.count_traversals() == 2
+    assert len(await quarantined(store)) == 2
+    assert await store.log.count_traversals() == 2
 
 
 async def test_redelivery_next_to_a_clash_is_a_duplicate(store: EventStore) -> None:
     """A clash and an exact redelivery in one batch: each report is judged against the
     stored row, not against the batch's first report of the key."""
     stored = ev("283", 5, 1_000)
-    await store.append([stored])
+    await store.log.append([stored])
     clash = ev("283", 5, 2_000)
 
-    result = await store.append([clash, stored])
+    result = await store.log.append([clash, stored])
 
     assert result.conflicts == (Conflict(reported=clash, stored=stored),)
     assert result.duplicates == 1
-    reasons = [q.reason for q in await store.quarantined()]
+    reasons = [q.reason for q in await quarantined(store)]
     assert all("already stored as ts=1000 direction=1" in r for r in reasons), reasons
 
 
 async def test_positions_increase_in_append_order(store: EventStore) -> None:
     batch = [ev("d2", 3, 900), ev("d1", 9, 100), ev("d2", 1, 500), ev("d1", 2, 700)]
 
-    first = await store.append(batch)
-    second = await store.append([ev("d0", 1, 1), ev("d1", 9, 100)])
-    third = await store.append([ev("d9", 1, 5), ev("d0", 2, 2)])
+    first = await store.log.append(batch)
+    second = await store.log.append([ev("d0", 1, 1), ev("d1", 9, 100)])
+    third = await store.log.append([ev("d9", 1, 5), ev("d0", 2, 2)])
 
     # ``new`` lists what was stored in log order, whatever order the batch had.
     assert set(first.new) == set(batch)
@@ -235,14 +238,16 @@ async def test_positions_increase_in_append_order(store: EventStore) -> None:
         *second.positions,
         *third.positions,
     ]
-    assert await store.head() == Head(max(third.positions), 0)
+    assert await store.log.head() == Head(max(third.positions), 0)
 
 
 async def test_empty_batch_changes_nothing(store: EventStore) -> None:
-    assert await store.append([]) == AppendResult(new=(), positions=(), duplicates=0, conflicts=())
-    assert await store.append(iter(())) == AppendResult((), (), 0, ())
-    assert await store.head() == Head(0, 0)
-    assert await store.count_traversals() == 0
+    assert await store.log.append([]) == AppendResult(
+        new=(), positions=(), duplicates=0, conflicts=()
+    )
+    assert await store.log.append(iter(())) == AppendResult((), (), 0, ())
+    assert await store.log.head() == Head(0, 0)
+    assert await store.log.count_traversals() == 0
 
 
 async def test_batch_larger_than_a_chunk(store: EventStore) -> None:
@@ -250,26 +255,26 @@ async def test_batch_larger_than_a_chunk(store: EventStore) -> None:
     # Repeats of events from the first chunk, placed in the third.
     repeated = [*batch, *batch[:100]]
 
-    result = await store.append(repeated)
+    result = await store.log.append(repeated)
 
     assert sorted(result.new, key=lambda t: t.seq) == batch
     assert result.duplicates == 100
     assert list(result.positions) == sorted(set(result.positions))
     rows = await stored_rows(store)
     assert [rows[t.key][2] for t in result.new] == list(result.positions)
-    assert await store.count_traversals() == 1_234
+    assert await store.log.count_traversals() == 1_234
 
     # Re-send everything with ten changed events spread over the chunks.
     changed = {3, 499, 500, 501, 999, 1_000, 1_001, 1_100, 1_232, 1_233}
     resent = [ev(t.dpu_id, t.seq, t.ts + 1) if t.seq in changed else t for t in batch]
-    again = await store.append(resent)
+    again = await store.log.append(resent)
 
     assert again.new == ()
     assert again.duplicates == 1_224
     assert sorted(c.reported.seq for c in again.conflicts) == sorted(changed)
     assert all(c.stored == batch[c.reported.seq] for c in again.conflicts)
-    assert len(await store.quarantined(limit=50)) == 10
-    assert await store.count_traversals() == 1_234
+    assert len(await quarantined(store, limit=50)) == 10
+    assert await store.log.count_traversals() == 1_234
 
 
 # -- concurrency ---------------------------------------------------------------------------
@@ -312,7 +317,7 @@ def check_concurrent(
 async def test_concurrent_overlapping_appends_store_each_event_once(store: EventStore) -> None:
     events, batches = overlapping_batches(600, 250, 6, seed=1, shuffled=False)
 
-    results = await asyncio.gather(*(store.append(b) for b in batches))
+    results = await asyncio.gather(*(store.log.append(b) for b in batches))
 
     check_concurrent(events, batches, results)
     rows = await stored_rows(store)
@@ -325,7 +330,7 @@ async def test_concurrent_overlapping_appends_store_each_event_once(store: Event
 async def test_concurrent_clashing_appends_keep_one_version(store: EventStore) -> None:
     versions = [[ev("d1", seq, 1_000 * k + seq) for seq in range(50)] for k in range(1, 5)]
 
-    results = await asyncio.gather(*(store.append(v) for v in versions))
+    results = await asyncio.gather(*(store.log.append(v) for v in versions))
 
     rows = await stored_rows(store)
     assert len(rows) == 50
@@ -334,7 +339,7 @@ async def test_concurrent_clashing_appends_keep_one_version(store: EventStore) -
     for r in results:
         for c in r.conflicts:
             assert (c.stored.ts, c.stored.direction) == rows[c.stored.key][:2]
-    assert len(await store.quarantined(limit=1_000)) == 150
+    assert len(await quarantined(store, limit=1_000)) == 150
 
 
 async def test_concurrent_appends_in_different_orders(store: EventStore) -> None:
@@ -342,7 +347,7 @@ async def test_concurrent_appends_in_different_orders(store: EventStore) -> None
     for seed in range(4):
         events, batches = overlapping_batches(1_000, 300, 6, seed=seed + 10, shuffled=True)
 
-        results = await asyncio.gather(*(store.append(b) for b in batches))
+        results = await asyncio.gather(*(store.log.append(b) for b in batches))
 
         check_concurrent(events, batches, results)
 
@@ -351,21 +356,21 @@ async def test_concurrent_appends_in_different_orders(store: EventStore) -> None
 
 
 async def test_nothing_is_late_without_snapshots(store: EventStore) -> None:
-    await store.append([ev("d1", 1, 5_000), ev("d1", 2, 1)])
-    await store.append([ev("d2", 1, 0)])
+    await store.log.append([ev("d1", 1, 5_000), ev("d1", 2, 1)])
+    await store.log.append([ev("d2", 1, 0)])
 
     rows = await stored_rows(store)
     assert [row[3] for row in rows.values()] == [False, False, False]
 
 
 async def test_late_means_at_or_before_the_newest_snapshot(store: EventStore) -> None:
-    head = await store.head()
-    await store.add_snapshots([snap("A", 500, head), snap("A", 1_000, head)], [src("d1")])
-    await store.add_snapshots([snap("B", 700, head)], [src("d2")])
+    head = await store.log.head()
+    await store.snapshots.add([snap("A", 500, head), snap("A", 1_000, head)], [src("d1")])
+    await store.snapshots.add([snap("B", 700, head)], [src("d2")])
 
-    await store.append([ev("d1", 1, 999), ev("d1", 2, 1_000), ev("d1", 3, 1_001)])
+    await store.log.append([ev("d1", 1, 999), ev("d1", 2, 1_000), ev("d1", 3, 1_001)])
     # Late against the store's newest snapshot, whichever space it is of.
-    await store.append([ev("d9", 1, 800), ev("d9", 2, 5_000)])
+    await store.log.append([ev("d9", 1, 800), ev("d9", 2, 5_000)])
 
     late = {key: row[3] for key, row in (await stored_rows(store)).items()}
     assert late == {
@@ -378,10 +383,10 @@ async def test_late_means_at_or_before_the_newest_snapshot(store: EventStore) ->
 
 
 async def test_late_flag_is_decided_once(store: EventStore) -> None:
-    await store.append([ev("d1", 1, 100)])
-    await store.add_snapshots([snap("A", 1_000, await store.head())], [src("d1")])
+    await store.log.append([ev("d1", 1, 100)])
+    await store.snapshots.add([snap("A", 1_000, await store.log.head())], [src("d1")])
 
-    await store.append([ev("d1", 1, 100), ev("d1", 2, 100)])
+    await store.log.append([ev("d1", 1, 100), ev("d1", 2, 100)])
 
     late = {key: row[3] for key, row in (await stored_rows(store)).items()}
     assert late == {("d1", 1): False, ("d1", 2): True}
@@ -391,36 +396,38 @@ async def test_late_flag_is_decided_once(store: EventStore) -> None:
 
 
 async def test_append_reset_stores_once(store: EventStore) -> None:
-    stored = await store.append_reset(Reset("A", 1_000, 12))
+    stored = await store.log.append_reset(Reset("A", 1_000, 12))
 
     assert stored == StoredReset(stored.id, "A", 1_000, 12, "manual")
     assert stored.id > 0
-    assert await store.append_reset(Reset("A", 1_000, 12)) == stored
+    assert await store.log.append_reset(Reset("A", 1_000, 12)) == stored
     # Same count, other source: the stored reset stands.
-    assert await store.append_reset(Reset("A", 1_000, 12, source="daily")) == stored
-    assert await store.head() == Head(0, stored.id)
-    assert await store.read_resets("A", after=None, until=10**15) == [stored]
+    assert await store.log.append_reset(Reset("A", 1_000, 12, source="daily")) == stored
+    assert await store.log.head() == Head(0, stored.id)
+    assert await read_resets(store, "A", after=None, until=10**15) == [stored]
 
 
 async def test_reset_with_another_count_at_the_same_time_conflicts(store: EventStore) -> None:
-    stored = await store.append_reset(Reset("A", 1_000, 12, source="count by hand"))
+    stored = await store.log.append_reset(Reset("A", 1_000, 12, source="count by hand"))
 
     with pytest.raises(ConflictError, match=r"space 'A' already has a reset to 12"):
-        await store.append_reset(Reset("A", 1_000, 13))
+        await store.log.append_reset(Reset("A", 1_000, 13))
 
-    other_space = await store.append_reset(Reset("B", 1_000, 13))
-    other_time = await store.append_reset(Reset("A", 1_001, 13))
+    other_space = await store.log.append_reset(Reset("B", 1_000, 13))
+    other_time = await store.log.append_reset(Reset("A", 1_001, 13))
     assert len({stored.id, other_space.id, other_time.id}) == 3
-    assert await store.read_resets("A", after=None, until=10**15) == [stored, other_time]
+    assert await read_resets(store, "A", after=None, until=10**15) == [stored, other_time]
 
 
 async def test_identical_resets_appended_at_once(store: EventStore) -> None:
     await warm_pool(store)
     for ts in range(1_000, 1_010):
-        stored = await asyncio.gather(*(store.append_reset(Reset("A", ts, 3)) for _ in range(6)))
+        stored = await asyncio.gather(
+            *(store.log.append_reset(Reset("A", ts, 3)) for _ in range(6))
+        )
 
         assert len({s.id for s in stored}) == 1
-    assert len(await store.read_resets("A", after=None, until=10**15)) == 10
+    assert len(await read_resets(store, "A", after=None, until=10**15)) == 10
 
 
 @pytest.fixture
@@ -428,8 +435,8 @@ async def resets(store: EventStore) -> dict[int, StoredReset]:
     """Resets of space A by ts, appended out of time order, with resets of B between them."""
     found = {}
     for ts in (300, 100, 400, 200):
-        found[ts] = await store.append_reset(Reset("A", ts, ts // 100))
-        await store.append_reset(Reset("B", ts, 7))
+        found[ts] = await store.log.append_reset(Reset("A", ts, ts // 100))
+        await store.log.append_reset(Reset("B", ts, 7))
     return found
 
 
@@ -457,7 +464,8 @@ async def test_read_resets_bounds(
 ) -> None:
     """``after_id`` and ``max_id`` name a reset of A by its ts (ids are only known once
     stored). A's resets were appended in the ts order 300, 100, 400, 200."""
-    found = await store.read_resets(
+    found = await read_resets(
+        store,
         "A",
         after=after,
         until=until,
@@ -484,7 +492,7 @@ async def test_stream_is_in_fold_order(store: EventStore) -> None:
     ]
     random.Random(3).shuffle(events)
     for event in events:
-        await store.append([event])
+        await store.log.append([event])
     sources = [src("c", doorway="Z", placement=-1), src("a"), src("b", doorway="Y")]
 
     rows = await stream(store, sources)
@@ -499,7 +507,7 @@ async def test_a_long_stream_continues_past_the_first_page_in_fold_order(
     """Past the first page the rest streams from the last row's key: rows that share its
     millisecond must be neither lost nor repeated."""
     events = [ev(dpu, seq, 1_000 + seq // 7) for seq in range(900) for dpu in ("a", "b", "c")]
-    await store.append(events)
+    await store.log.append(events)
 
     rows = await stream(store, [src("a"), src("b", doorway="Y"), src("c", doorway="Z")])
 
@@ -530,7 +538,7 @@ async def test_a_long_stream_continues_past_the_first_page_in_fold_order(
 async def test_stream_time_bounds(
     store: EventStore, after: int | None, until: int, expected: list[int]
 ) -> None:
-    await store.append([ev("d1", i, 100 * i) for i in (4, 2, 1, 3)])
+    await store.log.append([ev("d1", i, 100 * i) for i in (4, 2, 1, 3)])
 
     rows = await stream(store, [src("d1")], after=after, until=until)
 
@@ -541,9 +549,9 @@ async def test_stream_honours_validity_intervals(store: EventStore) -> None:
     # d1 served doorway X until 200, then doorway Y; d2 counts for [150, 250) only.
     x, y = src("d1", 100, 200, doorway="X"), src("d1", 200, None, doorway="Y", placement=-1)
     z = src("d2", 150, 250, doorway="Z")
-    await store.append([ev("d1", i, ts) for i, ts in enumerate((99, 100, 199, 200, 300))])
-    await store.append([ev("d2", i, ts) for i, ts in enumerate((149, 150, 249, 250))])
-    await store.append([ev("d3", 1, 150)])
+    await store.log.append([ev("d1", i, ts) for i, ts in enumerate((99, 100, 199, 200, 300))])
+    await store.log.append([ev("d2", i, ts) for i, ts in enumerate((149, 150, 249, 250))])
+    await store.log.append([ev("d3", 1, 150)])
 
     rows = await stream(store, [y, z, x])
 
@@ -560,8 +568,8 @@ async def test_stream_honours_validity_intervals(store: EventStore) -> None:
 
 
 async def test_stream_up_to_a_log_position(store: EventStore) -> None:
-    first = await store.append([ev("d1", 1, 500), ev("d1", 2, 100)])
-    await store.append([ev("d1", 3, 50), ev("d1", 4, 700)])
+    first = await store.log.append([ev("d1", 1, 500), ev("d1", 2, 100)])
+    await store.log.append([ev("d1", 3, 50), ev("d1", 4, 700)])
 
     rows = await stream(store, [src("d1")], max_position=max(first.positions))
     everything = await stream(store, [src("d1")])
@@ -581,7 +589,7 @@ async def test_stream_up_to_a_log_position(store: EventStore) -> None:
     ],
 )
 async def test_stream_with_no_rows(store: EventStore, sources: list[Source]) -> None:
-    await store.append([ev("d1", 1, 100), ev("d1", 2, 200)])
+    await store.log.append([ev("d1", 1, 100), ev("d1", 2, 200)])
 
     assert await stream(store, sources, until=5_000) == []
 
@@ -590,8 +598,8 @@ async def test_stream_with_no_rows(store: EventStore, sources: list[Source]) -> 
 
 
 async def test_snapshots_before_is_newest_first_within_a_fingerprint(store: EventStore) -> None:
-    head = await store.head()
-    stored = await store.add_snapshots(
+    head = await store.log.head()
+    stored = await store.snapshots.add(
         [
             snap("A", 100, head, count=1),
             snap("A", 300, head, count=3),
@@ -599,91 +607,93 @@ async def test_snapshots_before_is_newest_first_within_a_fingerprint(store: Even
         ],
         [src("d1")],
     )
-    await store.add_snapshots([snap("A", 250, head, fingerprint=OTHER_FP)], [src("d1")])
-    await store.add_snapshots([snap("B", 150, head)], [src("d2")])
+    await store.snapshots.add([snap("A", 250, head, fingerprint=OTHER_FP)], [src("d1")])
+    await store.snapshots.add([snap("B", 150, head)], [src("d2")])
 
     assert [s.as_of for s in stored] == [100, 300, 200]
-    found = await store.snapshots_before("A", FP, at_or_before=250, limit=10)
+    found = await snapshots_before(store, "A", FP, at_or_before=250, limit=10)
     assert [(s.as_of, s.state.count) for s in found] == [(200, 2), (100, 1)]
     assert [essence(s) for s in found] == [essence(stored[2]), essence(stored[0])]
-    newest = await store.snapshots_before("A", FP, at_or_before=10**15, limit=2)
+    newest = await snapshots_before(store, "A", FP, at_or_before=10**15, limit=2)
     assert [s.as_of for s in newest] == [300, 200]
-    assert [s.as_of for s in await store.snapshots_before("A", FP, at_or_before=300, limit=10)] == [
+    assert [
+        s.as_of for s in await snapshots_before(store, "A", FP, at_or_before=300, limit=10)
+    ] == [
         300,
         200,
         100,
     ]
-    assert await store.snapshots_before("A", FP, at_or_before=99, limit=10) == []
-    other = await store.snapshots_before("A", OTHER_FP, at_or_before=10**15, limit=10)
+    assert await snapshots_before(store, "A", FP, at_or_before=99, limit=10) == []
+    other = await snapshots_before(store, "A", OTHER_FP, at_or_before=10**15, limit=10)
     assert [(s.space_id, s.fingerprint, s.as_of) for s in other] == [("A", OTHER_FP, 250)]
-    assert await store.snapshots_before("C", FP, at_or_before=10**15, limit=10) == []
+    assert await snapshots_before(store, "C", FP, at_or_before=10**15, limit=10) == []
 
 
 async def test_stored_snapshots_carry_the_head_at_writing_time(store: EventStore) -> None:
-    old = await store.head()
+    old = await store.log.head()
     # Events after the snapshot's head that cannot touch A before its time.
-    await store.append([ev("d2", 1, 50)])  # another DPU
-    await store.append([ev("d1", 1, 900)])  # after the snapshot's time
-    await store.append_reset(Reset("B", 50, 4))  # another space
-    now = await store.head()
+    await store.log.append([ev("d2", 1, 50)])  # another DPU
+    await store.log.append([ev("d1", 1, 900)])  # after the snapshot's time
+    await store.log.append_reset(Reset("B", 50, 4))  # another space
+    now = await store.log.head()
 
-    stored = await store.add_snapshots([snap("A", 500, old)], [src("d1")])
+    stored = await store.snapshots.add([snap("A", 500, old)], [src("d1")])
 
     assert now != old
     assert [essence(s) for s in stored] == [("A", FP, SpaceState(500, 1, 1, 0), now)]
     assert stored[0].taken_at > 0
-    (read,) = await store.snapshots_before("A", FP, at_or_before=500, limit=1)
+    (read,) = await snapshots_before(store, "A", FP, at_or_before=500, limit=1)
     assert read == stored[0]
 
 
 async def test_add_snapshots_drops_those_a_later_traversal_lands_before(store: EventStore) -> None:
-    await store.append([ev("d1", 1, 150)])  # covered by the snapshots' head: harmless
-    head = await store.head()
-    await store.append([ev("d1", 2, 250)])  # after the head, at 250
-    await store.append([ev("d1", 3, 120)])  # outside the source's interval: harmless
-    await store.append([ev("d2", 1, 50)])  # another DPU: harmless
+    await store.log.append([ev("d1", 1, 150)])  # covered by the snapshots' head: harmless
+    head = await store.log.head()
+    await store.log.append([ev("d1", 2, 250)])  # after the head, at 250
+    await store.log.append([ev("d1", 3, 120)])  # outside the source's interval: harmless
+    await store.log.append([ev("d2", 1, 50)])  # another DPU: harmless
     candidates = [snap("A", t, head) for t in (100, 200, 249, 250, 300)]
 
-    stored = await store.add_snapshots(candidates, [src("d1", 130)])
+    stored = await store.snapshots.add(candidates, [src("d1", 130)])
 
     assert [s.as_of for s in stored] == [100, 200, 249]
-    found = await store.snapshots_before("A", FP, at_or_before=10**15, limit=10)
+    found = await snapshots_before(store, "A", FP, at_or_before=10**15, limit=10)
     assert [s.as_of for s in found] == [249, 200, 100]
-    assert {s.head for s in found} == {await store.head()}
+    assert {s.head for s in found} == {await store.log.head()}
 
 
 async def test_add_snapshots_drops_those_a_later_reset_lands_before(store: EventStore) -> None:
-    await store.append_reset(Reset("A", 50, 9))  # covered by the head
-    head = await store.head()
-    await store.append_reset(Reset("A", 200, 1))
-    await store.append_reset(Reset("B", 100, 1))  # another space
+    await store.log.append_reset(Reset("A", 50, 9))  # covered by the head
+    head = await store.log.head()
+    await store.log.append_reset(Reset("A", 200, 1))
+    await store.log.append_reset(Reset("B", 100, 1))  # another space
 
-    stored = await store.add_snapshots(
+    stored = await store.snapshots.add(
         [snap("A", t, head) for t in (100, 199, 200, 300)], [src("d1")]
     )
 
     assert [s.as_of for s in stored] == [100, 199]
-    assert [s.as_of for s in await store.snapshots_before("A", FP, at_or_before=999, limit=9)] == [
+    assert [s.as_of for s in await snapshots_before(store, "A", FP, at_or_before=999, limit=9)] == [
         199,
         100,
     ]
 
 
 async def test_add_snapshots_edge_cases(store: EventStore) -> None:
-    assert await store.add_snapshots([], [src("d1")]) == []
-    head = await store.head()
+    assert await store.snapshots.add([], [src("d1")]) == []
+    head = await store.log.head()
     with pytest.raises(ValueError, match="one space"):
-        await store.add_snapshots([snap("A", 1, head), snap("B", 1, head)], [src("d1")])
+        await store.snapshots.add([snap("A", 1, head), snap("B", 1, head)], [src("d1")])
     # A snapshot of a space nothing reaches is kept.
-    stored = await store.add_snapshots([snap("A", 1, head)], [])
+    stored = await store.snapshots.add([snap("A", 1, head)], [])
     assert [s.as_of for s in stored] == [1]
 
 
 async def test_late_marks_are_late_traversals_through_the_sources(store: EventStore) -> None:
-    await store.append([ev("d1", 1, 100)])  # before any snapshot: not late
-    await store.add_snapshots([snap("A", 1_000, await store.head())], [src("d1")])
-    first = await store.append([ev("d1", 2, 500), ev("d2", 1, 600), ev("d1", 3, 1_500)])
-    second = await store.append([ev("d1", 4, 800), ev("d1", 5, 50)])
+    await store.log.append([ev("d1", 1, 100)])  # before any snapshot: not late
+    await store.snapshots.add([snap("A", 1_000, await store.log.head())], [src("d1")])
+    first = await store.log.append([ev("d1", 2, 500), ev("d2", 1, 600), ev("d1", 3, 1_500)])
+    second = await store.log.append([ev("d1", 4, 800), ev("d1", 5, 50)])
     pos = dict(
         zip(
             [t.key for t in [*first.new, *second.new]],
@@ -693,9 +703,9 @@ async def test_late_marks_are_late_traversals_through_the_sources(store: EventSt
     )
     sources = [src("d1", 60)]
 
-    marks = await store.late_marks(sources, after_position=0, until=2_000)
-    later = await store.late_marks(sources, after_position=pos[("d1", 2)], until=2_000)
-    early = await store.late_marks(sources, after_position=0, until=700)
+    marks = await late_marks(store, sources, after_position=0, until=2_000)
+    later = await late_marks(store, sources, after_position=pos[("d1", 2)], until=2_000)
+    early = await late_marks(store, sources, after_position=0, until=700)
 
     assert sorted(marks, key=lambda m: m.position) == [
         LateMark("d1", 500, pos[("d1", 2)]),
@@ -703,8 +713,8 @@ async def test_late_marks_are_late_traversals_through_the_sources(store: EventSt
     ]
     assert later == [LateMark("d1", 800, pos[("d1", 4)])]
     assert early == [LateMark("d1", 500, pos[("d1", 2)])]
-    assert await store.late_marks([], after_position=0, until=2_000) == []
-    both = await store.late_marks([*sources, src("d2")], after_position=0, until=2_000)
+    assert await late_marks(store, [], after_position=0, until=2_000) == []
+    both = await late_marks(store, [*sources, src("d2")], after_position=0, until=2_000)
     assert len(both) == 3
 
 
@@ -715,18 +725,18 @@ CHANGED = TOPOLOGY + '\n[[spaces]]\nid = "B"\nname = "B"\n'
 
 
 async def test_record_topology_only_records_changes(store: EventStore) -> None:
-    assert await store.current_topology() is None
+    assert await store.topologies.current() is None
 
-    assert await store.record_topology(TOPOLOGY, origin="site.toml") is True
-    assert await store.record_topology(TOPOLOGY, origin="other.toml") is False
-    assert await store.current_topology() == (TOPOLOGY, "site.toml")
+    assert await store.topologies.record(TOPOLOGY, origin="site.toml") is True
+    assert await store.topologies.record(TOPOLOGY, origin="other.toml") is False
+    assert await store.topologies.current() == (TOPOLOGY, "site.toml")
 
-    assert await store.record_topology(CHANGED, origin="site-v2.toml") is True
-    assert await store.current_topology() == (CHANGED, "site-v2.toml")
+    assert await store.topologies.record(CHANGED, origin="site-v2.toml") is True
+    assert await store.topologies.current() == (CHANGED, "site-v2.toml")
 
     # Going back to the first document is a change again.
-    assert await store.record_topology(TOPOLOGY, origin="rollback.toml") is True
-    assert await store.current_topology() == (TOPOLOGY, "rollback.toml")
+    assert await store.topologies.record(TOPOLOGY, origin="rollback.toml") is True
+    assert await store.topologies.current() == (TOPOLOGY, "rollback.toml")
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
+from tests.store_readers import snapshots_before
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 T = 1_600_000_000_000  # any time after the seed assignments start
@@ -31,13 +32,13 @@ def leave(seq: int, ts: int, dpu: str = "283") -> Traversal:
 
 async def snapshot_times(store: EventStore, topology: Topology, space: str) -> list[int]:
     view = SpaceView.of(topology, space)
-    found = await store.snapshots_before(space, view.fingerprint, at_or_before=FAR, limit=100)
+    found = await snapshots_before(store, space, view.fingerprint, at_or_before=FAR, limit=100)
     return sorted(s.as_of for s in found)
 
 
 async def test_snapshot_never_splits_a_millisecond(store: EventStore, seed: Topology) -> None:
     # Three of five events share T+2; a snapshot is due after the second, and after the fourth.
-    await store.append(
+    await store.log.append(
         [enter(1, T + 1), enter(2, T + 2), enter(3, T + 2), enter(4, T + 2), enter(5, T + 3)]
     )
     history = History(store, seed, snapshot_every=2, snapshot_lag_ms=0)
@@ -50,12 +51,12 @@ async def test_snapshot_never_splits_a_millisecond(store: EventStore, seed: Topo
 async def test_late_event_at_a_snapshots_time_makes_it_unusable(
     store: EventStore, seed: Topology
 ) -> None:
-    await store.append([enter(1, T + 1), enter(2, T + 2)])
+    await store.log.append([enter(1, T + 1), enter(2, T + 2)])
     history = History(store, seed, snapshot_every=2, snapshot_lag_ms=0)
     await history.refresh_snapshots(now=FAR)
     assert (await history.count_at("A", T + 5)).snapshot == T + 2
 
-    await store.append([enter(10, T + 2, dpu="423")])  # arrives late, same millisecond
+    await store.log.append([enter(10, T + 2, dpu="423")])  # arrives late, same millisecond
     answer = await history.count_at("A", T + 5)
     assert answer.count == 3
     assert answer.snapshot is None
@@ -66,15 +67,15 @@ async def test_late_event_before_snapshot_refolds_through_the_floor(
 ) -> None:
     # Folded alone: leave (floored at 0), enter -> 1. The late entry at T+0 comes first in
     # time: enter, leave, enter -> 1 as well, but the floor no longer swallows the leave.
-    await store.append([leave(2, T + 10), enter(3, T + 20), enter(4, T + 30)])
+    await store.log.append([leave(2, T + 10), enter(3, T + 20), enter(4, T + 30)])
     history = History(store, seed, snapshot_every=1, snapshot_lag_ms=0)
     await history.refresh_snapshots(now=FAR)
     assert (await history.count_at("A", T + 30)).count == 2
 
-    await store.append([enter(1, T + 0)])
+    await store.log.append([enter(1, T + 0)])
     assert (await history.count_at("A", T + 10)).count == 0
     assert (await history.count_at("A", T + 30)).count == 2
-    await store.append([leave(5, T + 5)])
+    await store.log.append([leave(5, T + 5)])
     assert (await history.count_at("A", T + 30)).count == 2
     assert (await history.count_at("A", T + 5)).count == 0
 
@@ -86,10 +87,10 @@ async def test_late_event_before_snapshot_refolds_through_the_floor(
 
 
 async def test_late_reset_makes_later_snapshots_unusable(store: EventStore, seed: Topology) -> None:
-    await store.append([enter(1, T + 1), enter(2, T + 2), enter(3, T + 3)])
+    await store.log.append([enter(1, T + 1), enter(2, T + 2), enter(3, T + 3)])
     history = History(store, seed, snapshot_every=1, snapshot_lag_ms=0)
     await history.refresh_snapshots(now=FAR)
-    await store.append_reset(Reset("A", T + 2, 10))
+    await store.log.append_reset(Reset("A", T + 2, 10))
     assert (await history.count_at("A", T + 1)).count == 1
     # The reset comes first in its millisecond: 10, then the entries at T+2 and T+3.
     answer = await history.count_at("A", T + 3)
@@ -99,7 +100,7 @@ async def test_late_reset_makes_later_snapshots_unusable(store: EventStore, seed
 async def test_snapshots_of_another_topology_are_not_used(
     store: EventStore, seed: Topology
 ) -> None:
-    await store.append([enter(1, T + 1), enter(2, T + 2)])
+    await store.log.append([enter(1, T + 1), enter(2, T + 2)])
     await History(store, seed, snapshot_every=1, snapshot_lag_ms=0).refresh_snapshots(now=FAR)
     flipped = Topology.from_toml(
         SEED_TOPOLOGY.read_text().replace(
@@ -118,7 +119,7 @@ async def test_no_snapshot_within_the_lag_of_the_newest_event(
     store: EventStore, seed: Topology
 ) -> None:
     minute = 60_000
-    await store.append([enter(i, T + i * minute) for i in range(10)])
+    await store.log.append([enter(i, T + i * minute) for i in range(10)])
     history = History(store, seed, snapshot_every=1, snapshot_lag_ms=3 * minute)
     await history.refresh_snapshots(now=FAR)
     assert await snapshot_times(store, seed, "A") == [T + i * minute for i in range(7)]
@@ -139,5 +140,5 @@ async def test_events_of_a_dpu_before_its_assignment_do_not_count(
     store: EventStore, seed: Topology
 ) -> None:
     before_2018 = 1_500_000_000_000
-    await store.append([enter(1, before_2018), enter(2, T)])
+    await store.log.append([enter(1, before_2018), enter(2, T)])
     assert (await History(store, seed).count_at("A", FAR)).count == 1

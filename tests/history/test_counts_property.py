@@ -224,10 +224,10 @@ async def test_count_at_equals_reference_fold(store: EventStore, scenario: Scena
         if kind == "append":
             assert isinstance(arg, list)
             batch = [e for e in arg if isinstance(e, Traversal)]
-            await store.append(batch)
+            await store.log.append(batch)
             stored.update(batch)
             for reset in (e for e in arg if isinstance(e, Reset)):
-                await store.append_reset(reset)
+                await store.log.append_reset(reset)
                 stored_resets.add(reset)
         elif kind == "snapshot":
             assert isinstance(arg, int)

@@ -20,6 +20,7 @@ from headcount.eventstore.schema import snapshots
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
 from headcount.history.replay import Replay
+from tests.store_readers import snapshots_before
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 T = 1_600_000_000_000
@@ -70,13 +71,13 @@ def walk(dpu: str, n: int, start: int) -> list[Traversal]:
 
 async def snapshot_times(store: EventStore, topology: Topology, space: str) -> list[int]:
     view = SpaceView.of(topology, space)
-    found = await store.snapshots_before(space, view.fingerprint, at_or_before=FAR, limit=1000)
+    found = await snapshots_before(store, space, view.fingerprint, at_or_before=FAR, limit=1000)
     return sorted(s.as_of for s in found)
 
 
 async def test_replay_writes_a_generation_that_supersedes_the_old(store: EventStore) -> None:
     topology = seed()
-    await store.append(walk("283", 10, 0) + walk("423", 10, 100))
+    await store.log.append(walk("283", 10, 0) + walk("423", 10, 100))
     await History(store, topology, snapshot_every=3, snapshot_lag_ms=0).refresh_snapshots(now=FAR)
     old = await snapshot_times(store, topology, "A")
     assert len(old) == 6
@@ -91,18 +92,18 @@ async def test_replay_writes_a_generation_that_supersedes_the_old(store: EventSt
     answer = await History(store, topology).count_at("A", FAR)
     assert (answer.count, answer.snapshot) == (20, new[-1])
     # Snapshots written later by the service belong with the newest generation.
-    await store.append(walk("283", 20, 10))
+    await store.log.append(walk("283", 20, 10))
     written = await History(store, topology, snapshot_every=5, snapshot_lag_ms=0)._refresh_space(
         "A", FAR
     )
     assert written > 0
-    found = await store.snapshots_before("A", topology.fingerprint("A"), at_or_before=FAR, limit=1)
+    found = await snapshots_before(store, "A", topology.fingerprint("A"), at_or_before=FAR, limit=1)
     assert found[0].generation == 1
 
 
 async def test_replay_from_a_time_keeps_the_snapshots_before_it(store: EventStore) -> None:
     topology = seed()
-    await store.append(walk("283", 30, 0))
+    await store.log.append(walk("283", 30, 0))
     history = History(store, topology, snapshot_every=5, snapshot_lag_ms=0)
     await history.refresh_snapshots(now=FAR)
     before = await snapshot_times(store, topology, "A")
@@ -125,7 +126,7 @@ async def test_a_corrected_placement_is_folded_from_the_log_until_replayed(
     """DPU 423 was mounted backwards: flipping Z's links and replaying corrects every
     answer; until the replay, nothing is served from snapshots of the old topology."""
     wrong, right = seed(), seed(z_placement_in_a=-1)
-    await store.append(walk("283", 5, 0) + walk("423", 3, 100))
+    await store.log.append(walk("283", 5, 0) + walk("423", 3, 100))
     await History(store, wrong, snapshot_every=2, snapshot_lag_ms=0).refresh_snapshots(now=FAR)
     assert (await History(store, wrong).count_at("A", FAR)).count == 8
 
@@ -147,7 +148,7 @@ async def test_a_corrected_placement_is_folded_from_the_log_until_replayed(
 
 async def test_a_recorded_move_reattributes_events_by_time(store: EventStore) -> None:
     moved_at = T + 50_000
-    await store.append(walk("283", 10, 45))  # T+45s .. T+54s: five before the move
+    await store.log.append(walk("283", 10, 45))  # T+45s .. T+54s: five before the move
     before, after = seed(), seed(move_283_at=moved_at)
     await Replay(store, before, snapshot_lag_ms=0).run()
     assert (await History(store, before).count_at("B", FAR)).count == 0
@@ -163,8 +164,8 @@ async def test_a_recorded_move_reattributes_events_by_time(store: EventStore) ->
 
 async def test_resets_are_folded_in_time_order(store: EventStore) -> None:
     topology = seed()
-    await store.append(walk("283", 6, 0))
-    await store.append_reset(Reset("A", T + 2_500, 10))
+    await store.log.append(walk("283", 6, 0))
+    await store.log.append_reset(Reset("A", T + 2_500, 10))
 
     _, states = await Replay(store, topology).states_at([T + 2_000, T + 2_500, T + 5_000])
 
@@ -174,14 +175,14 @@ async def test_resets_are_folded_in_time_order(store: EventStore) -> None:
 
 async def test_verify_finds_a_snapshot_that_differs_from_the_log(store: EventStore) -> None:
     topology = seed()
-    await store.append(walk("283", 10, 0))
+    await store.log.append(walk("283", 10, 0))
     await Replay(store, topology, snapshot_every=4, snapshot_lag_ms=0).run()
     summary, mismatches, states = await Replay(store, topology).verify()
     assert mismatches == []
     assert summary.rows == 10
     assert states["A"].count == 10
 
-    head = await store.head()
+    head = await store.log.head()
     async with store.engine.begin() as conn:
         await conn.execute(
             insert(snapshots).values(
@@ -207,7 +208,7 @@ async def test_verify_finds_a_snapshot_that_differs_from_the_log(store: EventSto
 
 async def test_a_subset_of_spaces_is_replayed_alone(store: EventStore) -> None:
     topology = seed()
-    await store.append(walk("283", 4, 0) + walk("423", 4, 100))
+    await store.log.append(walk("283", 4, 0) + walk("423", 4, 100))
     await History(store, topology, snapshot_every=2, snapshot_lag_ms=0).refresh_snapshots(now=FAR)
     b_before = await snapshot_times(store, topology, "B")
 

@@ -134,7 +134,7 @@ async def client(
         app[DPUS], app[METRICS] = DpuRegistry(), Metrics()
         async with system.running():
             events = [Traversal("283", 1, NOW - 60_000, 1), Traversal("423", 1, NOW - 1000, -1)]
-            await system.route((await store.append(events)).new)
+            await system.route((await store.log.append(events)).new)
             await system.drain()
             app[DPUS].seen("283", NOW, 1)
             yield

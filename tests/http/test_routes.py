@@ -53,7 +53,7 @@ class Service:
 
     async def feed(self, events: Iterable[Traversal]) -> None:
         """Store, route and wait for the actors, as ingest does."""
-        result = await self.store.append(events)
+        result = await self.store.log.append(events)
         await self.actors.route(result.new)
         await self.actors.drain()
 
@@ -322,7 +322,7 @@ async def test_recovering_actors_are_503_but_the_past_is_answered(
     store: EventStore, aiohttp_client: AiohttpClient
 ) -> None:
     service = await start(store, aiohttp_client, run=False)
-    await service.store.append(MORNING)
+    await service.store.log.append(MORNING)
     health = await service.get("/healthz", 503)
     assert health == {"detail": "2 of 2 spaces are still recovering: A, B"}
     assert "still recovering" in (await service.get("/space/A/count", 503))["detail"]

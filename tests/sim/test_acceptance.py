@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from headcount.clock import now_ms
 from headcount.domain.events import Traversal
 from headcount.domain.fold import daily_reset_instant
 from headcount.domain.timefmt import format_ms, from_ms
 from headcount.domain.topology import Topology
-from headcount.eventstore.store import now_ms
 from headcount.sim.truth import Truth
 from tests.mqtt_fixtures import MqttNames
 from tests.sim.harness import Service, Simulated, dpu_url, forget_status, simulate

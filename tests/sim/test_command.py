@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from headcount.clock import now_ms
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
-from headcount.eventstore.store import now_ms
 from headcount.ingest.broker import free_port
 from headcount.sim.command import run
 from headcount.sim.errors import SimulatorError

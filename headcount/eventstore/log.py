@@ -1,0 +1,366 @@
+"""The event log: traversals and resets, appended once and read back in fold order.
+
+This is the truth every answer is folded from. Rows are only ever inserted;
+``UNIQUE(dpu_id, seq)`` makes a redelivered traversal harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from headcount.clock import Clock, now_ms
+from headcount.domain.events import Reset, Traversal
+from headcount.domain.topology import Source
+from headcount.errors import ConflictError
+from headcount.eventstore import quarantine as quarantine_rows
+from headcount.eventstore.engine import (
+    insert,
+    read_transaction,
+    translate_errors,
+    write_transaction,
+)
+from headcount.eventstore.engine import within as reading_in
+from headcount.eventstore.records import (
+    AppendResult,
+    Conflict,
+    Head,
+    QuarantineEntry,
+    StoredReset,
+)
+from headcount.eventstore.schema import resets, snapshots, traversals
+from headcount.eventstore.statements import (
+    CHUNK,
+    TAIL_PAGE,
+    resets_query,
+    source_at,
+    source_params,
+    traversals_through,
+)
+
+__all__ = ["EventLog", "interleave_resets", "read_head"]
+
+_R = TypeVar("_R")
+
+
+class EventLog:
+    """The traversal and reset logs of an open store (``EventStore.log``)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = now_ms) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._insert_traversals = (
+            insert(engine, traversals)
+            .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
+            .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
+        )
+
+    # -- appending -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        batch: Iterable[Traversal],
+        *,
+        received_at: int | None = None,
+        quarantine: Sequence[QuarantineEntry] = (),
+    ) -> AppendResult:
+        """Store each traversal of ``batch`` once, and the ``quarantine`` entries, in one
+        transaction: either all of it is durable or none of it is.
+
+        A traversal already stored (or repeated in the batch) is a duplicate: counted, not
+        stored again, never an error. One that reuses a stored ``(dpu_id, seq)`` with other
+        content is a conflict: it goes to quarantine with its reason in the same transaction.
+        """
+        received_at = self._clock() if received_at is None else received_at
+        first: dict[tuple[str, int], Traversal] = {}
+        repeats: list[Traversal] = []  # later reports of a key already in the batch
+        for t in batch:
+            if t.key in first:
+                repeats.append(t)
+            else:
+                first[t.key] = t
+        if not first and not quarantine:
+            return AppendResult((), (), 0, ())
+
+        duplicates = 0
+        conflicts: list[Conflict] = []
+        inserted: dict[tuple[str, int], int] = {}
+        async with write_transaction(self.engine) as conn:
+            if first:
+                newest_snapshot = await conn.scalar(select(func.max(snapshots.c.as_of)))
+                inserted = await self._insert_new(
+                    conn, list(first.values()), received_at, newest_snapshot
+                )
+                # What is stored now for every key of the batch: the truth each report is
+                # judged by.
+                truth = {k: t for k, t in first.items() if k in inserted}
+                truth |= await self._stored(conn, [k for k in first if k not in inserted])
+                for t in [*(t for k, t in first.items() if k not in inserted), *repeats]:
+                    if truth[t.key] == t:
+                        duplicates += 1
+                    else:
+                        conflicts.append(Conflict(reported=t, stored=truth[t.key]))
+            refused = [
+                *quarantine,
+                *(
+                    QuarantineEntry(
+                        origin=f"append:dpu/{c.reported.dpu_id}",
+                        reason=c.reason,
+                        payload=repr(c.reported).encode(),
+                        received_at=received_at,
+                    )
+                    for c in conflicts
+                ),
+            ]
+            await quarantine_rows.insert_entries(conn, refused, now=received_at)
+        new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
+        return AppendResult(
+            new=tuple(t for _, t in new),
+            positions=tuple(pos for pos, _ in new),
+            duplicates=duplicates,
+            conflicts=tuple(conflicts),
+        )
+
+    async def _insert_new(
+        self,
+        conn: AsyncConnection,
+        batch: list[Traversal],
+        received_at: int,
+        newest_snapshot: int | None,
+    ) -> dict[tuple[str, int], int]:
+        inserted: dict[tuple[str, int], int] = {}
+        # Rows in key order: concurrent appends of overlapping batches then take the unique
+        # index's locks in the same order and cannot deadlock (PostgreSQL).
+        batch = sorted(batch, key=lambda t: t.key)
+        rows = [
+            {
+                "dpu_id": t.dpu_id,
+                "seq": t.seq,
+                "ts": t.ts,
+                "direction": t.direction,
+                "received_at": received_at,
+                "late": newest_snapshot is not None and t.ts <= newest_snapshot,
+            }
+            for t in batch
+        ]
+        # One compiled statement, executed for many rows: SQLAlchemy batches it into multi-row
+        # INSERTs with RETURNING ("insertmanyvalues") on both backends.
+        result = await conn.execute(self._insert_traversals, rows)
+        for position, dpu_id, seq in result:
+            inserted[(dpu_id, seq)] = position
+        return inserted
+
+    @staticmethod
+    async def _stored(
+        conn: AsyncConnection, keys: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], Traversal]:
+        found: dict[tuple[str, int], Traversal] = {}
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
+            rows = await conn.execute(
+                select(
+                    traversals.c.dpu_id,
+                    traversals.c.seq,
+                    traversals.c.ts,
+                    traversals.c.direction,
+                ).where(tuple_(traversals.c.dpu_id, traversals.c.seq).in_(chunk))
+            )
+            for dpu_id, seq, ts, direction in rows:
+                found[(dpu_id, seq)] = Traversal(dpu_id, seq, ts, direction)
+        return found
+
+    async def append_reset(self, reset: Reset) -> StoredReset:
+        """Store a reset. The same reset again is harmless; another count for the same space
+        and millisecond raises :class:`ConflictError`."""
+        async with write_transaction(self.engine) as conn:
+            reset_id = await conn.scalar(
+                insert(self.engine, resets)
+                .values(
+                    space_id=reset.space_id,
+                    ts=reset.ts,
+                    count=reset.count,
+                    source=reset.source,
+                    recorded_at=self._clock(),
+                )
+                .on_conflict_do_nothing(index_elements=["space_id", "ts"])
+                .returning(resets.c.id)
+            )
+            if reset_id is not None:
+                return StoredReset(reset_id, reset.space_id, reset.ts, reset.count, reset.source)
+            row = (
+                await conn.execute(
+                    select(resets.c.id, resets.c.count, resets.c.source).where(
+                        resets.c.space_id == reset.space_id, resets.c.ts == reset.ts
+                    )
+                )
+            ).one()
+        stored_id, stored_count, stored_source = row
+        if stored_count != reset.count:
+            raise ConflictError(
+                f"space {reset.space_id!r} already has a reset to {stored_count} at this"
+                f" millisecond ({reset.ts}); resets are never edited: use another time"
+            )
+        return StoredReset(stored_id, reset.space_id, reset.ts, stored_count, stored_source)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """One read transaction for several reads that belong together (an answer: choosing
+        its snapshot, then reading the tail). Pass it as ``within`` to the methods that take
+        one; they then check out no connection of their own."""
+        async with read_transaction(self.engine) as conn:
+            yield conn
+
+    async def head(self) -> Head:
+        """The newest traversal position and reset id (0 when empty)."""
+        async with read_transaction(self.engine) as conn:
+            return await read_head(conn)
+
+    async def count_traversals(self) -> int:
+        async with read_transaction(self.engine) as conn:
+            return int(await conn.scalar(select(func.count()).select_from(traversals)) or 0)
+
+    async def newest_ts(self, dpu_ids: Iterable[str]) -> int | None:
+        """The newest event time reported by any of ``dpu_ids``."""
+        newest: int | None = None
+        async with read_transaction(self.engine) as conn:
+            for dpu_id in sorted(set(dpu_ids)):
+                ts = await conn.scalar(
+                    select(func.max(traversals.c.ts)).where(traversals.c.dpu_id == dpu_id)
+                )
+                if ts is not None and (newest is None or ts > newest):
+                    newest = ts
+        return newest
+
+    async def newest_ts_by_dpu(self) -> dict[str, int]:
+        """The newest event time of every DPU that reported anything, in one query."""
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(traversals.c.dpu_id, func.max(traversals.c.ts)).group_by(traversals.c.dpu_id)
+            )
+            return {dpu_id: ts for dpu_id, ts in rows}
+
+    async def space_log(
+        self,
+        space_id: str,
+        sources: Sequence[Source],
+        *,
+        after: int | None,
+        until: int,
+        head: Head | None = None,
+        within: AsyncConnection | None = None,
+    ) -> AsyncIterator[StoredReset | tuple[Traversal, Source]]:
+        """Everything that reached a space with ``after < ts <= until`` (up to ``head`` in the
+        logs when given), in fold order: its resets, and the traversals through ``sources``,
+        each with the source it came through. Memory stays bounded. One transaction,
+        and for a short tail one query each: this is on the path of every past answer."""
+        async with reading_in(self.engine, within) as conn:
+            query = resets_query(
+                space_id,
+                after=after,
+                until=until,
+                max_id=None if head is None else head.reset_id,
+                after_id=None,
+            )
+            found = [StoredReset(*row) for row in await conn.execute(query)]
+            pages = _traversal_pages(
+                conn,
+                tuple(sources),
+                after=after,
+                until=until,
+                max_position=None if head is None else head.position,
+            )
+            async for item in interleave_resets(found, pages, lambda item: item[0].ts):
+                yield item
+
+    async def scan_log(
+        self, *, dpu_ids: Collection[str] | None = None, after: int | None, head: Head
+    ) -> AsyncIterator[tuple[str, int, int, int]]:
+        """Every traversal up to log position ``head.position`` with ``ts > after``, as rows
+        ``(dpu_id, seq, ts, direction)`` in fold order, optionally only from ``dpu_ids``.
+        Streams, so memory stays bounded however long the log is."""
+        stmt = select(
+            traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
+        ).where(traversals.c.position <= head.position)
+        if after is not None:
+            stmt = stmt.where(traversals.c.ts > after)
+        if dpu_ids is not None:
+            stmt = stmt.where(traversals.c.dpu_id.in_(sorted(dpu_ids)))
+        stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+        async with translate_errors(), self.engine.connect() as conn:
+            result = await conn.stream(stmt.execution_options(yield_per=5000))
+            async for partition in result.partitions():
+                for row in partition:
+                    yield row
+
+    async def resets_up_to(self, head: Head, *, after: int | None) -> list[StoredReset]:
+        """Every reset up to ``head.reset_id`` with ``ts > after``, in time order. Resets are
+        set by hand: few next to traversals, so they are read at once."""
+        stmt = select(
+            resets.c.id, resets.c.space_id, resets.c.ts, resets.c.count, resets.c.source
+        ).where(resets.c.id <= head.reset_id)
+        if after is not None:
+            stmt = stmt.where(resets.c.ts > after)
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(stmt.order_by(resets.c.ts, resets.c.space_id))
+            return [StoredReset(*row) for row in rows]
+
+
+async def interleave_resets(
+    found: Sequence[StoredReset], rows: AsyncIterable[_R], ts_of: Callable[[_R], int]
+) -> AsyncIterator[StoredReset | _R]:
+    """Merge resets (in time order) into traversal rows (in fold order) by time, a reset
+    before the traversals of its millisecond (see ``domain.events.fold_key``): the one place
+    the two logs are put in fold order together."""
+    pending = list(reversed(found))  # a stack, the earliest last
+    async for row in rows:
+        ts = ts_of(row)
+        while pending and pending[-1].ts <= ts:
+            yield pending.pop()
+        yield row
+    while pending:
+        yield pending.pop()
+
+
+async def read_head(conn: AsyncConnection) -> Head:
+    """How far the logs go, read in ``conn``'s transaction."""
+    position = await conn.scalar(select(func.max(traversals.c.position)))
+    reset_id = await conn.scalar(select(func.max(resets.c.id)))
+    return Head(position or 0, reset_id or 0)
+
+
+async def _traversal_pages(
+    conn: AsyncConnection,
+    sources: tuple[Source, ...],
+    *,
+    after: int | None,
+    until: int,
+    max_position: int | None,
+) -> AsyncIterator[tuple[Traversal, Source]]:
+    """The first :data:`TAIL_PAGE` rows by a plain query (a tail after a snapshot fits: one
+    round trip), the rest, if any, streamed after the last of them (a server-side cursor:
+    round trips of its own, but one sort however long the log)."""
+    params: dict[str, Any] | None = source_params(sources, after=after, until=until)
+    if params is None:
+        return
+    by_dpu: dict[str, list[Source]] = {}
+    for s in sources:
+        by_dpu.setdefault(s.dpu_id, []).append(s)
+    if max_position is not None:
+        params["max_position"] = max_position
+    bounded = max_position is not None
+    rows = (await conn.execute(traversals_through(sources, bounded, False), params)).all()
+    for dpu_id, seq, ts, direction in rows:
+        yield Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts)
+    if len(rows) < TAIL_PAGE:
+        return
+    last_dpu, last_seq, last_ts, _ = rows[-1]
+    params |= {"key_ts": last_ts, "key_dpu": last_dpu, "key_seq": last_seq}
+    rest = await conn.stream(traversals_through(sources, bounded, True), params)
+    async for dpu_id, seq, ts, direction in rest:
+        yield Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts)

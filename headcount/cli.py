@@ -19,6 +19,7 @@ from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology, document_digest
 from headcount.errors import (
+    ConfigError,
     HeadcountError,
     InvalidTimestampError,
     PortTakenError,
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except (UsageError, UnknownSpaceError, PortTakenError) as e:
+    except (UsageError, UnknownSpaceError, ConfigError) as e:
         print(f"headcount {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except HeadcountError as e:
@@ -310,22 +311,31 @@ async def _record(store: EventStore, choice: _TopologyChoice) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from headcount.service import serve  # the service's imports stay out of offline commands
+    # The service's imports stay out of the offline commands.
+    from headcount.service import Settings, TopologyChoice, demo_files, preflight, serve
 
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     for noisy in ("amqtt", "transitions", "alembic"):  # one line per connection or migration
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    settings = Settings(
+        store_url=args.store,
+        broker_url=args.broker,
+        host=args.host,
+        http_port=args.http_port,
+        mqtt_port=args.mqtt_port,
+        broker_config=args.broker_config,
+        client_id=args.client_id,
+        snapshot_every=args.snapshot_every,
+        demo=args.demo,
+    )
+    preflight(settings)  # configuration problems are reported before the store is touched
     if args.demo and args.topology is None:
-        from headcount.service import demo_files
-
         document, _ = demo_files()
-        choice = _TopologyChoice(
-            Topology.from_toml(document, source="seed topology"), document, "seed topology"
-        )
-    else:
-        async with await EventStore.open(args.store) as store:
-            choice = await _choose_topology(args, store)
-    return await serve(args, choice.topology, choice.document, choice.origin)
+        topology = Topology.from_toml(document, source="seed topology")
+        return await serve(settings, TopologyChoice(topology, document, "seed topology"))
+    async with await EventStore.open(args.store) as store:
+        choice = await _choose_topology(args, store)
+    return await serve(settings, TopologyChoice(choice.topology, choice.document, choice.origin))
 
 
 async def _broker(args: argparse.Namespace) -> int:

@@ -36,7 +36,12 @@ class ConflictError(StoreError):
     """An append that clashes with what is stored (same key, different content)."""
 
 
-class PortTakenError(HeadcountError):
+class ConfigError(HeadcountError):
+    """The service's configuration cannot be used; the message names the cause and the flag
+    (or file) to change."""
+
+
+class PortTakenError(ConfigError):
     """A port the service must listen on is taken; the message names the flag to change."""
 
 

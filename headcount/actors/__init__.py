@@ -1,6 +1,7 @@
 """Per-space actors: live state folded from events as they are stored, supervised."""
 
 from headcount.actors.live import Applied, LiveSpace
+from headcount.actors.reading import LiveCounts, Readiness, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.actors.system import ActorSystem, RestartBudget, SupervisorError
 
@@ -8,8 +9,11 @@ __all__ = [
     "DEFAULT_WINDOW_MS",
     "ActorSystem",
     "Applied",
+    "LiveCounts",
     "LiveSpace",
+    "Readiness",
     "RestartBudget",
     "SpaceActor",
+    "SpaceRecoveringError",
     "SupervisorError",
 ]

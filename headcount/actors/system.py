@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Self
 
+from headcount.actors.reading import Readiness, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState
 from headcount.errors import HeadcountError, UnknownSpaceError
+from headcount.eventstore.records import StoredReset
 from headcount.history import History
 from headcount.history.replay import Replay
 
@@ -190,22 +192,33 @@ class ActorSystem:
             log.warning("stopping with %d events not applied (they are in the store)", left)
 
     async def _supervise(self, actor: SpaceActor) -> None:
+        """Run the actor; when it crashes, recover it from the store and run it again. A
+        crash and a failed recovery (the store down, say) each spend the restart budget, with
+        a growing pause before each retry; past the budget, :class:`SupervisorError`."""
         budget = self._budget()
+        recovering = False
+        pause = 0.05
         while True:
             try:
+                if recovering:
+                    await actor.recover()
+                    recovering, pause = False, 0.05
+                    self.restarts += 1
+                    log.warning("actor for space %s restarted from the store", actor.space_id)
                 await actor.run()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.exception("actor for space %s crashed", actor.space_id)
+                what = "could not recover" if recovering else "crashed"
+                log.exception("actor for space %s %s", actor.space_id, what)
                 if not budget.spend():
                     raise SupervisorError(
-                        f"the actor for space {actor.space_id!r} crashed more than"
+                        f"the actor for space {actor.space_id!r} failed more than"
                         f" {budget.max_restarts} times in {budget.over_s:.0f}s: {e}"
                     ) from e
-                await actor.recover()
-                self.restarts += 1
-                log.warning("actor for space %s restarted from the store", actor.space_id)
+                recovering = True
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -222,6 +235,15 @@ class ActorSystem:
                     await actor.tell(Delta(t.ts, t.dpu_id, t.seq, delta))
                     delivered += 1
         return delivered
+
+    async def reset(self, reset: Reset) -> StoredReset:
+        """Store a manual reset and hand it to its space's actor: the one call that a reset
+        made through the service needs. A reset older than the space's newest event is a late
+        event like any other."""
+        self.topology.space(reset.space_id)  # raises UnknownSpaceError
+        stored = await self.history.store.log.append_reset(reset)
+        await self.route_reset(Reset(stored.space_id, stored.ts, stored.count, stored.source))
+        return stored
 
     async def route_reset(self, reset: Reset) -> None:
         """Hand a stored reset to its space's actor."""
@@ -241,6 +263,21 @@ class ActorSystem:
     def live(self, space_id: str) -> SpaceState:
         """A space's live state, from memory."""
         return self.actor(space_id).live()
+
+    def live_state(self, space_id: str) -> SpaceState | None:
+        """The space's live state now, ``None`` when no actor here serves it (see
+        :class:`~headcount.actors.reading.LiveCounts`)."""
+        actor = self.actors.get(space_id)
+        if actor is None:
+            self.topology.space(space_id)  # raises UnknownSpaceError
+            return None
+        if not actor.ready:
+            raise SpaceRecoveringError(space_id)
+        return actor.live()
+
+    def readiness(self) -> Readiness:
+        recovering = tuple(space_id for space_id, a in self.actors.items() if not a.ready)
+        return Readiness(len(self.actors), recovering, self.restarts)
 
     def mailbox_depth(self) -> int:
         return sum(a.mailbox.qsize() for a in self.actors.values() if a.has_mailbox)

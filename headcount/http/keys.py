@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from headcount.actors import ActorSystem
+from headcount.actors import LiveCounts
+from headcount.clock import Clock
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest.dpus import DpuRegistry
@@ -12,6 +13,9 @@ from headcount.metrics import Metrics
 
 STORE = web.AppKey("store", EventStore)
 HISTORY = web.AppKey("history", History)
-ACTORS = web.AppKey("actors", ActorSystem)
+#: The live state of the spaces: the local actors, through their narrow read interface.
+ACTORS = web.AppKey[LiveCounts]("actors")
 DPUS = web.AppKey("dpus", DpuRegistry)
 METRICS = web.AppKey("metrics", Metrics)
+#: The clock live answers are timed with (``headcount.clock.now_ms`` when not set).
+CLOCK = web.AppKey[Clock]("clock")

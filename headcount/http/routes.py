@@ -10,13 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
+from headcount.actors import SpaceRecoveringError
 from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
 from headcount.http.errors import NOT_FOUND, error, json_errors
-from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, METRICS
 from headcount.http.openapi import document
 from headcount.ingest.dpus import DpuRegistry
 
@@ -78,20 +79,17 @@ async def _count(request: web.Request) -> tuple[int, SpaceState]:
 
 
 async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
-    actors = app[ACTORS]
-    actor = actors.actors.get(space_id)
-    if actor is None:
-        actors.topology.space(space_id)  # unknown: 404
+    """The live state, timed at the answer (never at the newest event, which a DPU's clock
+    may have put ahead of ours)."""
+    now = app.get(CLOCK, now_ms)()
+    try:
+        state = app[ACTORS].live_state(space_id)
+    except SpaceRecoveringError as e:
+        raise error(web.HTTPServiceUnavailable, str(e)) from None
+    if state is None:
         # Served by another shard: the shared log answers, exactly, a little slower.
-        now = now_ms()
         return now, (await app[HISTORY].count_at(space_id, now)).state
-    if not actor.ready:
-        raise error(
-            web.HTTPServiceUnavailable,
-            f"space {space_id!r} is still recovering from the store; try again shortly",
-        )
-    state = actor.live()
-    return (now_ms() if state.as_of is None else state.as_of), state
+    return now, state
 
 
 def _ts_param(request: web.Request) -> int | None:
@@ -238,16 +236,16 @@ def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[s
 
 async def healthz(request: web.Request) -> web.Response:
     """200 when every space's actor is serving; 503 while any is still recovering."""
-    actors = request.app[ACTORS]
-    waiting = [space_id for space_id, actor in actors.actors.items() if not actor.ready]
-    if waiting:
+    readiness = request.app[ACTORS].readiness()
+    if not readiness.ready:
+        waiting = readiness.recovering
         shown = ", ".join(waiting[:10]) + (", ..." if len(waiting) > 10 else "")
         raise error(
             web.HTTPServiceUnavailable,
-            f"{len(waiting)} of {len(actors.actors)} spaces are still recovering: {shown}",
+            f"{len(waiting)} of {readiness.spaces} spaces are still recovering: {shown}",
         )
     return web.json_response(
-        {"status": "ok", "spaces": len(actors.actors), "actor_restarts": actors.restarts}
+        {"status": "ok", "spaces": readiness.spaces, "actor_restarts": readiness.restarts}
     )
 
 

@@ -14,8 +14,10 @@ from headcount.actors import system as system_module
 from headcount.actors.space import SpaceActor
 from headcount.domain.events import Reset, SpaceEvent, Traversal
 from headcount.domain.topology import Topology
+from headcount.errors import StoreError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
+from tests.polling import eventually
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -117,10 +119,7 @@ async def test_crashed_actor_restarts_from_the_store(
         await system.route(await stored(store, [Traversal("283", 1, NOW - 1000, 1)]))
         await system.drain()
         # The event that crashed the actor was stored: the restart folds it from the log.
-        for _ in range(100):
-            if system.restarts and actor.ready:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: system.restarts == 1 and actor.ready, what="the restart")
         assert system.restarts == 1
         assert system.live("A").count == 1
 
@@ -136,11 +135,73 @@ async def test_restart_budget_exhausted_stops_the_system(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(actor, "_apply", always)
-    with pytest.raises(SupervisorError, match="crashed more than 1 times"):  # noqa: PT012
+    with pytest.raises(SupervisorError, match="failed more than 1 times"):  # noqa: PT012
         async with system.running():
             for seq in range(3):
                 await system.route(await stored(store, [Traversal("283", seq, NOW - 1000, 1)]))
-            await asyncio.sleep(0.2)
+            task = system.task
+            assert task is not None
+            await eventually(task.done, what="the system stopping")
+
+
+async def test_a_store_error_while_restarting_spends_the_budget_and_retries(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store failing during a restart is one more failure within the budget: the
+    supervisor retries the recovery, it does not stop the whole system."""
+    history = History(store, seed)
+    system = ActorSystem(history, clock=clock, budget=lambda: RestartBudget(3, 60))
+    actor = system.actor("A")
+    original_apply, original_recover = actor._apply, actor.recover
+    crashes, recover_failures = 1, 1
+
+    def crash_once(live: object, event: SpaceEvent) -> bool:
+        nonlocal crashes
+        if crashes:
+            crashes -= 1
+            raise RuntimeError("boom")
+        return original_apply(live, event)  # type: ignore[arg-type]
+
+    async def recover_fails_once() -> None:
+        nonlocal recover_failures
+        if recover_failures:
+            recover_failures -= 1
+            raise StoreError("the event store failed: connection refused")
+        await original_recover()
+
+    async with system.running():
+        monkeypatch.setattr(actor, "_apply", crash_once)
+        monkeypatch.setattr(actor, "recover", recover_fails_once)
+        await system.route(await stored(store, [Traversal("283", 1, NOW - 1000, 1)]))
+        await eventually(lambda: system.restarts == 1 and actor.ready, what="the restart")
+        assert recover_failures == 0
+        assert system.live("A").count == 1
+        task = system.task
+        assert task is not None
+        assert not task.done()
+
+
+async def test_a_restart_that_keeps_failing_stops_the_system_within_the_budget(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = History(store, seed)
+    system = ActorSystem(history, clock=clock, budget=lambda: RestartBudget(2, 60))
+    actor = system.actor("A")
+
+    def always(live: object, event: SpaceEvent) -> bool:
+        raise RuntimeError("boom")
+
+    async def store_down() -> None:
+        raise StoreError("the event store failed: connection refused")
+
+    with pytest.raises(SupervisorError, match="failed more than 2 times"):  # noqa: PT012
+        async with system.running():
+            monkeypatch.setattr(actor, "_apply", always)
+            monkeypatch.setattr(actor, "recover", store_down)
+            await system.route(await stored(store, [Traversal("283", 1, NOW - 1000, 1)]))
+            task = system.task
+            assert task is not None
+            await eventually(task.done, what="the system stopping")
 
 
 def test_restart_budget_window() -> None:

@@ -19,7 +19,7 @@ from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, METRICS, STORE
 from headcount.http.routes import add_routes
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
@@ -41,6 +41,10 @@ MORNING = [
 
 def clock() -> int:
     return NOW
+
+
+#: The actor system behind ``ACTORS``, for feeding it events as ingest does.
+SYSTEM = web.AppKey[ActorSystem]("test_actor_system")
 
 
 @dataclass
@@ -76,6 +80,8 @@ def service_app(
         app[STORE] = store
         app[HISTORY] = history
         app[ACTORS] = system
+        app[SYSTEM] = system
+        app[CLOCK] = clock
         app[DPUS] = DpuRegistry()
         app[METRICS] = Metrics()
         if not run:
@@ -93,7 +99,7 @@ def service_app(
 async def start(store: EventStore, client: AiohttpClient, **options: Any) -> Service:
     app = service_app(store, **options)
     started = await client(app)
-    return Service(started, store, app[HISTORY], app[ACTORS], app[DPUS])
+    return Service(started, store, app[HISTORY], app[SYSTEM], app[DPUS])
 
 
 @pytest.fixture

@@ -46,6 +46,30 @@ def test_a_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
             assert flag in lines[0]
 
 
+def test_configuration_errors_name_their_own_flag_before_the_store_is_touched(
+    tmp_path: Path,
+) -> None:
+    """Each configuration problem names its own cause and flag, and is found before the
+    store is opened or the demo imported (no store file is made)."""
+    cases = {
+        "--broker-config": ["--broker-config", str(tmp_path / "missing.yaml")],
+        "--broker": ["--broker", "http://127.0.0.1:1883"],
+    }
+    for flag, args in cases.items():
+        result = subprocess.run(
+            serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert f"check {flag}" in lines[0]
+        assert "port" not in lines[0].replace("--mqtt-port", ""), lines[0]
+        assert not (tmp_path / "store.db").exists(), flag
+
+
 async def test_demo_serves_the_seed_and_stops_cleanly(tmp_path: Path) -> None:
     http = free_port()
     process = await asyncio.create_subprocess_exec(

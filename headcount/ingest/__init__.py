@@ -1,1 +1,9 @@
-"""Ingest: the MQTT wire format, decoding and validation of what DPUs publish."""
+"""Ingest: from what DPUs publish over MQTT to stored, routed events.
+
+Its public modules, each imported on its own so that the pure wire format costs no MQTT
+client or database: ``wire`` (the wire format, decoding and screening; pure), ``mqtt`` (the
+persistent, hand-acknowledged subscription), ``pipeline`` (decode, group commit, route, ack),
+``dpus`` (what each DPU last reported), ``broker`` (the embedded amqtt broker).
+"""
+
+__all__ = ["broker", "dpus", "mqtt", "pipeline", "wire"]

@@ -124,6 +124,18 @@ async def test_seed_count_now_is_the_live_count(service: Service) -> None:
     }
 
 
+async def test_the_live_answer_is_timed_at_the_answer_not_at_an_event_ahead(
+    service: Service,
+) -> None:
+    """A DPU whose clock runs 4 minutes ahead (within the accepted skew) must not move the
+    live answer's ``ts`` into the future."""
+    await service.feed([Traversal("283", 1, NOW + 4 * 60_000, 1)])
+    for path in ("/space/A/count", "/spaces/A/count"):
+        answer = await service.get(path)
+        assert answer["ts"] == format_ms(NOW), path
+        assert answer["count"] == 1, path
+
+
 @pytest.mark.parametrize(
     ("minutes_ago", "a", "b"),
     [

@@ -10,6 +10,8 @@ import copy
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from headcount.domain.timefmt import SUPPORTED_RANGE
+
 Schema = dict[str, Any]
 
 _TS_EXAMPLE = "2018-02-27T00:00:00.000Z"
@@ -125,7 +127,10 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 _ERRORS = {
-    "400": "The request cannot be read: `detail` says what was expected.",
+    "400": (
+        "The request cannot be read (a `ts` that is not an ISO-8601 time with an offset, or is"
+        f" outside {SUPPORTED_RANGE}): `detail` says what was expected."
+    ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
     "500": "The server failed; the error is logged, not shown.",
     "503": "Still recovering from the store; try again shortly.",
@@ -137,7 +142,7 @@ _TS_PARAM: Schema = {
     "required": False,
     "description": (
         "The moment to answer for, ISO-8601 with a UTC offset (`Z` or `+01:00`; a `+` must be"
-        " sent as `%2B`). Without it: now, from the live state."
+        f" sent as `%2B`), from {SUPPORTED_RANGE} (UTC). Without it: now, from the live state."
     ),
     "schema": {"type": "string", "format": "date-time", "examples": [_TS_EXAMPLE]},
 }

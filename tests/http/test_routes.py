@@ -192,6 +192,11 @@ EXAMPLE = "e.g. '2018-02-26T17:00:00Z'"
             id="plus-unencoded",
         ),
         pytest.param(
+            "ts=0001-01-01T00:00:00+14:00",
+            ["is not an ISO-8601 timestamp", "send the offset as %2B14:00"],
+            id="plus-unencoded-out-of-range",
+        ),
+        pytest.param(
             "ts=2018-02-27T00:00:00Z&ts=2018-02-28T00:00:00Z",
             ["give one timestamp, not 2"],
             id="twice",

@@ -30,6 +30,7 @@ from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
 from headcount.http.routes import add_routes
+from headcount.http.server import make_runner
 from headcount.importer.load import import_csv
 from headcount.ingest import wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker
@@ -198,7 +199,7 @@ async def serve(
     if settings.broker_url is None:
         _check_port(args.host, args.mqtt_port, "the embedded MQTT broker", "--mqtt-port")
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = make_runner(app, handle_signals=False, access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.http_port)

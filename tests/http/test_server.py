@@ -18,7 +18,9 @@ from aiohttp import web
 
 from headcount.eventstore.store import EventStore
 from headcount.http.errors import INTERNAL
+from headcount.http.openapi import document
 from headcount.http.server import UNREADABLE, make_runner
+from tests.http.test_openapi import problems, response_schema
 from tests.http.test_routes import service_app
 
 TOO_LONG = (
@@ -89,6 +91,8 @@ async def test_a_url_too_long_is_a_json_400_without_the_url_nor_an_error_logged(
     assert answer.headers["content-type"] == "application/json; charset=utf-8"
     assert answer.json() == {"detail": TOO_LONG}
     assert b"xxxx" not in answer.body
+    doc = document()
+    assert problems(doc, response_schema(doc, "/spaces/{space_id}", 400), answer.json()) == []
     no_errors_logged(caplog)
     [record] = [r for r in caplog.records if r.name == "headcount.http.server"]
     assert record.levelno == logging.DEBUG

@@ -232,7 +232,7 @@ async def _start_broker(settings: Settings, stack: AsyncExitStack) -> str:
 
 
 async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack) -> None:
-    runner = make_runner(app)
+    runner = make_runner(app, handle_signals=False, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     try:

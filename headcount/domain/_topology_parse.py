@@ -242,7 +242,7 @@ class Reader:
         value = table[key]
         if isinstance(value, str):
             try:
-                return parse_iso(value)
+                return parse_iso(value, any_year=True)
             except InvalidTimestampError as exc:
                 self.problem(where, f"{key} is not a timestamp: {exc}")
                 return None

@@ -10,6 +10,8 @@ import copy
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from headcount.domain.timefmt import SUPPORTED_RANGE
+
 Schema = dict[str, Any]
 
 _TS_EXAMPLE = "2018-02-27T00:00:00.000Z"
@@ -125,7 +127,11 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 _ERRORS = {
-    "400": "The request cannot be read: `detail` says what was expected.",
+    "400": (
+        "The request cannot be read: on any path, a request line or a header that is too long"
+        " or not HTTP; on the counts, a `ts` that is not ISO-8601 with an offset or is outside"
+        f" {SUPPORTED_RANGE}. `detail` says what was expected."
+    ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
     "500": "The server failed; the error is logged, not shown.",
     "503": "Still recovering from the store; try again shortly.",
@@ -137,10 +143,14 @@ _TS_PARAM: Schema = {
     "required": False,
     "description": (
         "The moment to answer for, ISO-8601 with a UTC offset (`Z` or `+01:00`; a `+` must be"
-        " sent as `%2B`). Without it: now, from the live state."
+        f" sent as `%2B`), from {SUPPORTED_RANGE} (UTC). Without it: now, from the live state."
     ),
     "schema": {"type": "string", "format": "date-time", "examples": [_TS_EXAMPLE]},
 }
+
+
+def _response(status: str) -> Schema:
+    return {"$ref": f"#/components/responses/{status}"}
 
 
 def _path_param(name: str, description: str) -> Schema:
@@ -167,8 +177,9 @@ def _get(
         content = {"application/json": {"schema": _ref(schema)}}
         ok = "OK."
     responses: Schema = {"200": {"description": ok, "content": content}}
-    for status in (*errors, "500"):
-        responses[status] = {"$ref": f"#/components/responses/{status}"}
+    # Any path may answer 400 (a request aiohttp cannot read, see headcount.http.server), 500.
+    for status in ("400", *errors, "500"):
+        responses[status] = _response(status)
     return {
         "get": {
             "summary": summary,
@@ -186,7 +197,7 @@ PATHS: dict[str, Schema] = {
         "A space's count, now or at `ts` (the seed service's endpoint).",
         "Count",
         parameters=(_SPACE, _TS_PARAM),
-        errors=("400", "404", "503"),
+        errors=("404", "503"),
     ),
     "/spaces": _get("Every space with its live count.", "SpaceList", errors=("503",)),
     "/spaces/{space_id}": _get(
@@ -199,7 +210,7 @@ PATHS: dict[str, Schema] = {
         "A space's count with its entrances and exits, now or at `ts`.",
         "CountDetail",
         parameters=(_SPACE, _TS_PARAM),
-        errors=("400", "404", "503"),
+        errors=("404", "503"),
     ),
     "/dpus": _get("Every DPU the topology knows.", "DpuList"),
     "/dpus/{dpu_id}": _get(
@@ -214,7 +225,9 @@ PATHS: dict[str, Schema] = {
                 "200": {
                     "description": "OpenAPI 3.1.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
-                }
+                },
+                "400": _response("400"),
+                "500": _response("500"),
             },
         }
     },

@@ -112,7 +112,7 @@ def _plus_hint(text: str) -> str:
     if not space:
         return ""
     try:
-        parse_iso(f"{head}+{offset}")
+        parse_iso(f"{head}+{offset}", any_year=True)  # out of range or not, the '+' is the news
     except InvalidTimestampError:
         return ""
     return f" (a '+' in a URL query means a space: send the offset as %2B{offset})"

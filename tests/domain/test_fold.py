@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from headcount.domain.events import Delta, Reset, SpaceEvent, fold_key
@@ -16,16 +16,18 @@ from headcount.domain.fold import (
     SpaceState,
     advance,
     daily_reset_instant,
+    daily_reset_window,
     fold,
     fold_all,
     last_daily_reset,
 )
-from headcount.domain.timefmt import to_ms
+from headcount.domain.timefmt import EARLIEST_MS, LATEST_MS, to_ms
 from headcount.domain.topology import Space
 
 ROOM = Space("room", "Room")
 SIGNED = Space("signed", "Signed", allow_negative=True)
 NIGHTLY = Space("nightly", "Nightly", time_zone="America/New_York", daily_reset=time(4, 0))
+DAY = 86_400_000
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
@@ -166,3 +168,48 @@ def test_folder_refuses_an_event_out_of_order() -> None:
     folder = Folder(ROOM, SpaceState(as_of=10, count=1))
     with pytest.raises(ValueError, match="out of order"):
         folder.delta(9, 1)
+
+
+#: Zones at the ends of the offsets: +14 all year, -12 all year, one with DST, and the widest
+#: offsets tzdata has (local mean times before 1900: Manila -15:56, Metlakatla +15:13).
+EDGE_ZONES = [
+    "Pacific/Kiritimati",
+    "Etc/GMT+12",
+    "Etc/GMT-14",
+    "Europe/Berlin",
+    "Asia/Manila",
+    "America/Metlakatla",
+]
+
+
+@given(
+    ts=st.integers(EARLIEST_MS, LATEST_MS),
+    zone=st.sampled_from(EDGE_ZONES),
+    at=st.times().map(lambda t: t.replace(second=0, microsecond=0)),
+    before=st.integers(0, 3 * DAY),
+)
+@example(ts=EARLIEST_MS, zone="Etc/GMT+12", at=time(23, 59), before=0)
+@example(ts=EARLIEST_MS, zone="Pacific/Kiritimati", at=time(23, 59), before=0)
+@example(ts=EARLIEST_MS, zone="Asia/Manila", at=time(0, 0), before=0)
+@example(ts=LATEST_MS, zone="Etc/GMT+12", at=time(23, 59), before=3 * DAY)
+@example(ts=LATEST_MS, zone="Pacific/Kiritimati", at=time(0, 0), before=3 * DAY)
+@example(ts=LATEST_MS, zone="Etc/GMT-14", at=time(0, 0), before=0)
+def test_every_supported_time_folds_in_every_zone(
+    ts: int, zone: str, at: time, before: int
+) -> None:
+    """Near the ends of the supported range the daily reset looks at local days beyond them:
+    nothing overflows, and the reset window holds the time."""
+    space = Space("edge", "Edge", time_zone=zone, daily_reset=at)
+    last, upcoming = daily_reset_window(space, ts)
+    assert last <= ts < upcoming
+    assert last_daily_reset(space, ts) == last
+    first = max(EARLIEST_MS, ts - before)
+    events = [d(first, 1), d(first, 1, seq=1), d(ts, -1, seq=2)]
+    state = fold_all(space, EMPTY, events)
+    assert advance(space, state, ts) == state
+    folder = Folder(space)
+    for event in events:
+        folder.delta(event.ts, event.delta)
+    assert folder.state() == state
+    reset = last > first
+    assert state.count == (0 if reset else 1)

@@ -120,6 +120,24 @@ def test_toml_values_for_times_are_accepted() -> None:
     assert Topology.from_toml(topology.to_toml()) == topology
 
 
+def test_assignments_may_span_every_year_datetime_holds() -> None:
+    """Assignments are compared, never folded: their range is the years 1 to 9999, wider than
+    the times the service answers for, and to_toml (which writes strings) reads back."""
+    text = """
+        [[doorways]]
+        id = "X"
+        name = "X"
+        [[assignments]]
+        dpu = "1"
+        doorway = "X"
+        valid_from = "0001-01-01T00:00:00Z"
+        valid_until = "9999-12-31T23:59:59.999Z"
+        """
+    topology = Topology.from_toml(text)
+    assert topology.assignments == (Assignment("1", "X", -62_135_596_800_000, 253_402_300_799_999),)
+    assert Topology.from_toml(topology.to_toml()) == topology
+
+
 def test_mappings_are_read_only() -> None:
     topology = seed()
     with pytest.raises(TypeError):

@@ -14,6 +14,7 @@ from pytest_aiohttp import AiohttpClient
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
+from headcount.domain.timefmt import SUPPORTED_RANGE
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -113,6 +114,19 @@ def test_every_reference_resolves() -> None:
         assert resolve(doc, ref), ref["$ref"]
 
 
+def test_every_operation_documents_the_400_and_500_any_request_may_get() -> None:
+    """aiohttp refuses a request line or header it cannot read on any path (see
+    headcount.http.server); any handler may fail."""
+    for template, item in document()["paths"].items():
+        assert {"400", "500"} <= set(item["get"]["responses"]), template
+
+
+def test_the_ts_parameter_states_the_supported_range() -> None:
+    for template in ("/space/{space_id}/count", "/spaces/{space_id}/count"):
+        [ts] = [p for p in document()["paths"][template]["get"]["parameters"] if p["name"] == "ts"]
+        assert SUPPORTED_RANGE in ts["description"]
+
+
 def test_the_checker_notices_a_departure() -> None:
     doc = document()
     count = resolve(doc, {"$ref": "#/components/schemas/Count"})
@@ -164,6 +178,7 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         ("/space/{space_id}/count", "/space/A/count?ts=2023-11-14T22:00:00Z", 200),
         ("/space/{space_id}/count", "/space/Q/count", 404),
         ("/space/{space_id}/count", "/space/A/count?ts=noon", 400),
+        ("/spaces/{space_id}/count", "/spaces/A/count?ts=9999-12-31T23:59:59Z", 400),
         ("/spaces/{space_id}/count", "/spaces/B/count", 200),
         ("/spaces", "/spaces", 200),
         ("/spaces/{space_id}", "/spaces/A", 200),
@@ -178,6 +193,7 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         "seed-ts",
         "seed-404",
         "seed-400",
+        "count-400-range",
         "count",
         "spaces",
         "space",

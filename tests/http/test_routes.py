@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
-from headcount.domain.timefmt import format_ms
+from headcount.domain.timefmt import SUPPORTED_RANGE, format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -69,12 +69,18 @@ class Service:
 
 
 def service_app(
-    store: EventStore, *, spaces: list[str] | None = None, run: bool = True
+    store: EventStore,
+    *,
+    spaces: list[str] | None = None,
+    run: bool = True,
+    topology_text: str | None = None,
 ) -> web.Application:
-    """The API over the seed topology; ``run=False`` leaves the actors unrecovered."""
+    """The API over the seed topology, or ``topology_text``; ``run=False`` leaves the actors
+    unrecovered."""
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        topology = Topology.from_toml(SEED_TOPOLOGY.read_text(), source=str(SEED_TOPOLOGY))
+        text = SEED_TOPOLOGY.read_text() if topology_text is None else topology_text
+        topology = Topology.from_toml(text, source=str(SEED_TOPOLOGY))
         history = History(store, topology, snapshot_every=3, snapshot_lag_ms=0)
         system = ActorSystem(history, space_ids=spaces, clock=clock)
         app[STORE] = store
@@ -204,6 +210,11 @@ EXAMPLE = "e.g. '2018-02-26T17:00:00Z'"
             id="plus-unencoded",
         ),
         pytest.param(
+            "ts=0001-01-01T00:00:00+14:00",
+            ["is not an ISO-8601 timestamp", "send the offset as %2B14:00"],
+            id="plus-unencoded-out-of-range",
+        ),
+        pytest.param(
             "ts=2018-02-27T00:00:00Z&ts=2018-02-28T00:00:00Z",
             ["give one timestamp, not 2"],
             id="twice",
@@ -219,6 +230,62 @@ async def test_unreadable_ts_is_400(
     assert body["detail"].startswith("ts: ")
     for fragment in expected:
         assert fragment in body["detail"]
+
+
+#: The seed's topology with a daily reset at 04:00 in the zone 14 hours ahead of UTC.
+NIGHTLY_SEED = SEED_TOPOLOGY.read_text().replace(
+    'name = "Space A"\n',
+    'name = "Space A"\ntime_zone = "Pacific/Kiritimati"\ndaily_reset = "04:00"\n',
+)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "0001-01-01T00:00:00%2B14:00",
+        "9999-12-31T23:59:59-14:00",
+        "9999-12-31T23:59:59Z",
+        "0001-12-31T23:59:59.999Z",
+        "9999-01-01T00:00:00Z",
+    ],
+)
+@pytest.mark.parametrize("path", ["/space/A/count", "/spaces/A/count"], ids=["seed", "detail"])
+async def test_ts_outside_the_supported_range_is_400(
+    store: EventStore, aiohttp_client: AiohttpClient, path: str, ts: str
+) -> None:
+    """Times whose local day, or the day after, datetime cannot hold: a 400 naming the range,
+    not a 500 from deep in the daily reset."""
+    service = await start(store, aiohttp_client, topology_text=NIGHTLY_SEED)
+    await service.feed(MORNING)
+    body = await service.get(f"{path}?ts={ts}", 400)
+    assert list(body) == ["detail"]
+    assert body["detail"].startswith(f"ts: '{ts.replace('%2B', '+')}' is outside the supported")
+    assert SUPPORTED_RANGE in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("ts", "shown"),
+    [
+        ("0002-01-01T00:00:00Z", "0002-01-01T00:00:00.000Z"),
+        ("0002-01-01T14:00:00%2B14:00", "0002-01-01T00:00:00.000Z"),
+        ("9998-12-31T23:59:59.999Z", "9998-12-31T23:59:59.999Z"),
+        ("9998-12-31T09:59:59.999-14:00", "9998-12-31T23:59:59.999Z"),
+    ],
+)
+async def test_ts_at_the_ends_of_the_supported_range_is_answered(
+    store: EventStore, aiohttp_client: AiohttpClient, ts: str, shown: str
+) -> None:
+    service = await start(store, aiohttp_client, topology_text=NIGHTLY_SEED)
+    await service.feed(MORNING)
+    body = await service.get(f"/spaces/A/count?ts={ts}")
+    # Before the morning nothing has happened; long after it, a daily reset has emptied A.
+    assert body == {"space_id": "A", "ts": shown, "count": 0, **_totals(shown)}
+
+
+def _totals(shown: str) -> dict[str, int]:
+    return (
+        {"entrances": 0, "exits": 0} if shown.startswith("0002") else {"entrances": 4, "exits": 3}
+    )
 
 
 @pytest.mark.parametrize(

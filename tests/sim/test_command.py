@@ -25,7 +25,8 @@ SUMMARY_KEYS = {
     "duplicates", "retransmitted", "reconnections", "faults", "truth", "seconds",
 }  # fmt: skip
 #: Every run here starts at this Tuesday, so its volumes do not depend on today's weekday (a
-#: day ending now, on a Monday morning, was mostly a Sunday: few people come at weekends).
+#: day ending now, on a Monday morning, was mostly a Sunday: few people come at weekends);
+#: test_dates plans the runs below under frozen clocks.
 START = format_ms(TUESDAY)
 #: The real clock, frozen, for what checks the start against it: a day after START.
 NOW = TUESDAY + DAY

@@ -301,8 +301,11 @@ def prepare(args: argparse.Namespace, now: int) -> Plan:
     if args.start is not None:
         start = _start(args.start)
     else:
-        # The latest whole second at which no event is stamped ahead of the real clock.
-        lead = 0 if args.rate is not None else int(duration / (args.speed or 1.0))
+        # The latest whole second at which no event is stamped ahead of the real clock. Faster
+        # than real time the simulated clock gains on the real one: its end must not be ahead
+        # when due. Slower, it falls behind: its start must not be ahead (it starts now).
+        speed = args.speed or 1.0
+        lead = 0 if args.rate is not None else min(duration, int(duration / speed))
         start = now - duration + lead - skew
         start -= start % 1000
     end = start + duration

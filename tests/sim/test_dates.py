@@ -118,6 +118,7 @@ async def test_the_default_start_ends_the_simulated_day_when_the_run_ends(
     [
         pytest.param(["--speed", "1440"], id="speed-1440"),
         pytest.param([], id="real-time"),
+        pytest.param(["--speed", "0.5"], id="slow-motion"),
         pytest.param(["--rate", "400"], id="rate"),
     ],
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from headcount.argtypes import at_least_one, non_negative
+from headcount.clock import now_ms
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
 from headcount.errors import InvalidTimestampError
@@ -301,8 +302,11 @@ def prepare(args: argparse.Namespace, now: int) -> Plan:
     if args.start is not None:
         start = _start(args.start)
     else:
-        # The latest whole second at which no event is stamped ahead of the real clock.
-        lead = 0 if args.rate is not None else int(duration / (args.speed or 1.0))
+        # The latest whole second at which no event is stamped ahead of the real clock. Faster
+        # than real time the simulated clock gains on the real one: its end must not be ahead
+        # when due. Slower, it falls behind: its start must not be ahead (it starts now).
+        speed = args.speed or 1.0
+        lead = 0 if args.rate is not None else min(duration, int(duration / speed))
         start = now - duration + lead - skew
         start -= start % 1000
     end = start + duration
@@ -397,11 +401,6 @@ _PUBLISHED: Final = (
     "sent", "acknowledged", "buffered", "publishes", "batches", "duplicates", "retransmitted",
     "reconnections",
 )  # fmt: skip
-
-
-def now_ms() -> int:
-    """The real clock, in ms since the epoch."""
-    return time.time_ns() // 1_000_000
 
 
 def _topology(args: argparse.Namespace) -> tuple[Topology, str]:

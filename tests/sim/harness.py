@@ -16,6 +16,7 @@ import aiomqtt
 import pytest
 
 from headcount.cli import build_parser
+from headcount.domain.timefmt import format_ms
 from headcount.ingest import wire
 from headcount.ingest.mqtt import parse_broker_url
 from tests.serve_process import ServeProcess
@@ -89,15 +90,20 @@ class Service(ServeProcess):
             count: int = body["count"]
             return count
 
-    async def settle(self, expected: dict[str, int], timeout: float = 30.0) -> None:
-        """Wait until the live counts are ``expected`` (ingest has caught up)."""
-        live: dict[str, int] = {}
+    async def settle(
+        self, expected: dict[str, int], at: int | None = None, timeout: float = 30.0
+    ) -> None:
+        """Wait until the counts are ``expected`` (ingest has caught up): the live counts, or
+        with ``at`` (ms) the counts at that moment."""
+        ts = None if at is None else format_ms(at)
+        counts: dict[str, int] = {}
         try:
             async with asyncio.timeout(timeout):
-                while live != expected:
-                    live = {space_id: await self.count(space_id) for space_id in expected}
+                while counts != expected:
+                    counts = {space_id: await self.count(space_id, ts) for space_id in expected}
                     await asyncio.sleep(0.1)
         except TimeoutError:
+            when = "live" if ts is None else f"at {ts}"
             raise AssertionError(
-                f"live counts {live}, expected {expected}\n{self.log.read_text()[-5000:]}"
+                f"counts {when} {counts}, expected {expected}\n{self.log.read_text()[-5000:]}"
             ) from None

@@ -4,9 +4,15 @@ afterwards the service's counts are the simulator's truth.
 The simulation is planned twice with the same seed and start: once with ``--dry-run``, which
 writes the topology the events assume (the DPU moves included) for the service to start with,
 and once for real, which must write the very same topology and truth. The day runs 8640 times
-faster than real time (about ten seconds) and ends about now: the service refuses events stamped
-more than five minutes ahead of its clock, and a day that ends now leaves no daily reset between
-the last event and the live count.
+faster than real time (about ten seconds).
+
+The day is a fixed one, whatever today is: from Tuesday 2024-03-05 14:00 UTC to Wednesday
+14:00 (15:00 in Berlin), so the volumes asserted hold on any date (a day ending now was, on a
+Monday morning, mostly a Sunday, when few people come in). It ends while people are in, so the
+counts at its end are not all zero and waiting for them waits for ingest. Its events are all in
+the service's past, which the service takes like any late event (it refuses only events ahead
+of its clock, as ``future_ts``); but the daily resets since (03:00 in Berlin) have emptied,
+live, every space that has one.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import pytest
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
 from headcount.domain.fold import daily_reset_instant
-from headcount.domain.timefmt import format_ms, from_ms
+from headcount.domain.timefmt import format_ms, from_ms, parse_iso
 from headcount.domain.topology import Topology
 from headcount.sim.truth import Truth
 from tests.mqtt_fixtures import MqttNames
@@ -30,6 +36,9 @@ from tests.sim.harness import Service, Simulated, dpu_url, forget_status, simula
 from tests.sim.reference import DAY, MINUTE, expected_count, expected_counts, headquarters
 
 SEED = 20240305
+#: A Tuesday afternoon to a Wednesday afternoon: about 800 events (more than 500 are asserted),
+#: and people in at the end.
+START = "2024-03-05T14:00:00Z"
 SPEED = 8640
 SKEW_MS = 2000
 FAULTS = [
@@ -40,11 +49,16 @@ FAULTS = [
     "--clock-skew", str(SKEW_MS),
     "--move-dpu", "1",
 ]  # fmt: skip
-
-
-def a_day_ending_now() -> int:
-    start = now_ms() - DAY - MINUTE
-    return start - start % 1000
+#: The simulated run but for its topology file, broker and output files (test_dates plans it
+#: under frozen clocks).
+RUN = (
+    "--seed", str(SEED),
+    "--start", START,
+    "--duration", "1d",
+    "--people", "150",
+    "--speed", str(SPEED),
+    *FAULTS,
+)  # fmt: skip
 
 
 def samples(start: int) -> list[int]:
@@ -65,16 +79,11 @@ async def planned_and_run(
     (tmp_path / "hq.toml").write_text(headquarters(prefix=f"{names.token}-"))
     args: list[str | Path] = [
         "--topology", tmp_path / "hq.toml",
-        "--seed", str(SEED),
-        "--start", format_ms(a_day_ending_now()),
-        "--duration", "1d",
-        "--people", "150",
-        "--speed", str(SPEED),
+        *RUN,
         "--broker", dpu_url(broker_url),
         "--truth", tmp_path / "truth.csv",
         "--write-topology", tmp_path / "simulated.toml",
         "--out", tmp_path / "events.jsonl",
-        *FAULTS,
         *extra,
     ]  # fmt: skip
     planned = await simulate(capsys, *args, "--dry-run")
@@ -111,11 +120,16 @@ async def test_a_simulated_day_with_faults_ends_with_the_true_counts(
     moments skew cannot change: none of the space's passages within the largest skew of the
     moment (a skewed DPU stamps a passage up to that much early or late; the simulator keeps
     one person's passages further apart than twice the skew, so the floor at zero never makes
-    the service differ elsewhere). The live counts, after the day, must be the final truth."""
+    the service differ elsewhere). After the day, the counts must be the final truth: at its
+    end, and live but for the daily resets since."""
     run = planned_and_run(capsys, tmp_path, broker_url, mqtt_names)
-    async with run as (ran, service, _, truth):
+    async with run as (ran, service, topology, truth):
         assert ran.summary["faults"]["missed"] == 0
-        await service.settle({space_id: truth.final(space_id) for space_id in truth.spaces})
+        final = {space_id: truth.final(space_id) for space_id in truth.spaces}
+        await service.settle(final, at=after_the_day(ran))
+        await service.settle(
+            {s: 0 if topology.space(s).daily_reset else final[s] for s in truth.spaces}
+        )
         compared, occupied, skipped = 0, 0, 0
         for space_id in truth.spaces:
             passages = [ts for ts, _ in truth.changes(space_id)[1:]]
@@ -145,6 +159,10 @@ async def test_missed_detections_drift_from_the_truth_exactly_as_the_fold_says(
             for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
         ]
         assert len(set(sent)) == ran.summary["events"]
+        end = after_the_day(ran)
+        await service.settle(
+            {s: expected_count(topology, sent, s, end) for s in truth.spaces}, at=end
+        )
         now = now_ms()
         await service.settle({s: expected_count(topology, sent, s, now) for s in truth.spaces})
         drift = 0
@@ -161,6 +179,12 @@ async def test_missed_detections_drift_from_the_truth_exactly_as_the_fold_says(
         for space_id in ("HQ", "G", "L", "C", "F1", "O1", "M"):
             assert truth.count(space_id, reset) == 0  # nobody is in at 03:00
             assert await service.count(space_id, format_ms(reset)) == 0
+
+
+def after_the_day(ran: Simulated) -> int:
+    """The first moment after every event of the day, skewed stamps included: a count then
+    takes every event, and (people being in) waits for ingest to have stored them."""
+    return parse_iso(ran.summary["end"]) + SKEW_MS
 
 
 def _berlin_reset_within(start: int) -> int:

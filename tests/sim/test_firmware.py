@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from headcount.sim.pace import Speed
 from headcount.sim.schedule import Faults, Schedule
 from headcount.sim.synthetic import synthetic_topology
 from tests.mqtt_fixtures import MqttNames
-from tests.sim.reference import DAY, TUESDAY, plan_run
+from tests.sim.reference import DAY, HOUR, TUESDAY, plan_run
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 #: Small, so that a backlog takes several arrays.
@@ -53,6 +53,19 @@ class Wire:
 
     payloads: list[tuple[str, bytes]] = field(default_factory=list)
     statuses: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Every distinct event seen so far.
+    received: set[Traversal] = field(default_factory=set)
+    #: Set on every message; cleared by whoever waits for the next one.
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, topic: str, payload: bytes) -> None:
+        dpu_id, kind = wire.parse_topic(topic)
+        if kind == "status":
+            self.statuses[dpu_id].append(payload)
+        else:
+            self.payloads.append((topic, payload))
+            self.received.update(wire.decode(dpu_id, payload))
+        self.arrived.set()
 
     def events(self) -> dict[str, list[Traversal]]:
         """Each DPU's events in arrival order, repeats included."""
@@ -66,15 +79,30 @@ class Wire:
         """Payloads that were arrays of more than one event (backlog uploads)."""
         return sum(1 for _, p in self.payloads if isinstance(msgpack.unpackb(p), list))
 
-    async def until_all(self, schedule: Schedule, timeout: float = 10.0) -> None:
+    async def until(self, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+        """Wait until ``done()``, checked whenever a message arrives; fail after ``timeout``
+        seconds saying ``what`` was awaited."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done():
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"not within {timeout} s: {what} ({len(self.received)} events,"
+                f" {len(self.payloads)} payloads seen)"
+            ) from None
+
+    async def until_all(self, schedule: Schedule) -> None:
         """Wait until every event and every DPU's final "offline" arrived."""
         wanted = set(schedule.traversals())
-        async with asyncio.timeout(timeout):
-            while not (
-                wanted <= {e for events in self.events().values() for e in events}
+        await self.until(
+            lambda: (
+                wanted <= self.received
                 and all(self.statuses[d][-1:] == [b"offline"] for d in schedule.dpu_ids)
-            ):
-                await asyncio.sleep(0.05)
+            ),
+            f"all {len(wanted)} events and every DPU offline",
+        )
 
 
 @contextlib.asynccontextmanager
@@ -94,11 +122,7 @@ async def watching(url: str, dpu_ids: Sequence[str]) -> AsyncIterator[Wire]:
         async def collect() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                dpu_id, kind = wire.parse_topic(str(message.topic))
-                if kind == "status":
-                    seen.statuses[dpu_id].append(message.payload)
-                else:
-                    seen.payloads.append((str(message.topic), message.payload))
+                seen.add(str(message.topic), message.payload)
 
         collecting = asyncio.create_task(collect())
         try:
@@ -173,21 +197,28 @@ async def test_store_and_forward_loses_nothing_while_the_broker_is_unreachable(
     broker_url: str, mqtt_names: MqttNames
 ) -> None:
     schedule = schedule_for(mqtt_names, people=60)
+    pace = a_day_in(2.0)
     proxy = Proxy(anonymous(broker_url))  # not started: unreachable at first
 
     async def cut_and_restore() -> None:
-        await asyncio.sleep(0.8)
+        # The two outages are the point, and how long they last is what makes the backlogs:
+        # each is a sleep, measured on the simulated clock the firmware plays by.
+        # Unreachable through the morning until 09:00 (the site is in UTC), when about half
+        # the people have arrived: those events wait in the DPUs' buffers.
+        await asyncio.sleep(pace.offset(TUESDAY + 9 * HOUR))
         await proxy.start()
-        await asyncio.sleep(0.6)
+        # Reachable until the DPUs have uploaded a backlog, then cut again, and more piles up
+        # for three simulated hours, over lunch; the DPUs must connect again for the rest.
+        await seen.until(lambda: seen.arrays() >= 1, "a backlog uploaded as an array")
         await proxy.stop()
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(pace.offset(TUESDAY + 3 * HOUR))
         await proxy.start()
 
     async with watching(broker_url, schedule.dpu_ids) as seen:
         try:
             outages = asyncio.create_task(cut_and_restore())
             stats = await run_firmware(
-                schedule, proxy.address, a_day_in(3.0), connections=2, batch=BATCH, backoff=FAST
+                schedule, proxy.address, pace, connections=2, batch=BATCH, backoff=FAST
             )
             await outages
             await seen.until_all(schedule)

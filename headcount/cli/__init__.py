@@ -1,0 +1,61 @@
+"""``headcount``: the command line. ``headcount --help`` lists the commands.
+
+One module per command, each adding its parser with ``add_command`` and handling it with
+``run``; what they share is in :mod:`headcount.cli.common`. ``simulate`` comes from
+:mod:`headcount.sim.command`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from headcount.cli import broker, count, import_, migrate, replay, serve
+from headcount.cli.common import EXIT_FAILED, EXIT_USAGE, Handler, UsageError
+from headcount.errors import ConfigError, HeadcountError, UnknownSpaceError
+from headcount.sim.command import add_command as add_simulate
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``headcount`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except (UsageError, UnknownSpaceError, ConfigError) as e:
+        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except HeadcountError as e:
+        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"headcount {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``headcount`` command line's parser; each command's handler is ``args.handler``."""
+    parser = argparse.ArgumentParser(
+        prog="headcount",
+        description="Exact people counts for every space, now and at any past moment.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import_.add_command(commands)
+    count.add_command(commands)
+    serve.add_command(commands)
+    add_simulate(commands)
+    broker.add_command(commands)
+    replay.add_command(commands)
+    migrate.add_command(commands)
+    return parser

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from headcount.ingest.broker import free_port
+from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
 from tests.serve_process import wait_healthy
-from tests.test_cli import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
 
 #: Mounted backwards: DPU 423 hangs inside B, not A (Z's links flipped).
 FLIPPED = SEED_TOPOLOGY.read_text().replace(

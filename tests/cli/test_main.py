@@ -1,0 +1,105 @@
+"""The ``headcount`` command itself: help, no command, and the real console script in a
+subprocess (most other tests call :func:`headcount.cli.main` in-process: it runs its own event
+loop, so the tests are plain functions)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headcount.cli import main
+from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, ms
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("import", "count", "migrate"):
+        assert command in out
+
+
+def test_import_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["import", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--strict", "--snapshot-every", "--topology", "--store"):
+        assert option in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+# --- the real console script -----------------------------------------------------------------
+
+
+def _command() -> list[str]:
+    """The installed ``headcount`` script of this interpreter's environment, else the same entry
+    point through ``python -c``."""
+    script = shutil.which("headcount", path=str(Path(sys.executable).parent)) or shutil.which(
+        "headcount"
+    )
+    if script is not None:
+        return [script]
+    return [sys.executable, "-c", "from headcount.cli import main; raise SystemExit(main())"]
+
+
+def _subprocess(tmp_path: Path, *argv: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_command(), *(str(arg) for arg in argv)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_console_script_import_and_count(db: str, tmp_path: Path) -> None:
+    imported = _subprocess(tmp_path, "import", SEED_CSV, "--topology", SEED_TOPOLOGY, "--store", db)
+    assert imported.returncode == 0, imported.stderr
+    summary = json.loads(imported.stdout)
+    assert (summary["rows"], summary["stored"]) == (563, 530)
+
+    at = "2018-02-26T17:00:00Z"
+    counted = _subprocess(tmp_path, "count", "B", "--at", at, "--store", db)
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout) == {
+        "space_id": "B",
+        "ts": "2018-02-26T17:00:00.000Z",
+        "count": expected_count("B", ms(at)),
+    }
+
+
+def test_console_script_errors_without_traceback(db: str, tmp_path: Path) -> None:
+    bad_at = _subprocess(
+        tmp_path,
+        "count",
+        "A",
+        "--at",
+        "2018-02-26T17:00",
+        "--topology",
+        SEED_TOPOLOGY,
+        "--store",
+        db,
+    )
+    assert bad_at.returncode != 0
+    assert "offset" in bad_at.stderr
+    assert "Traceback" not in bad_at.stderr
+    assert bad_at.stdout == ""
+
+    unknown = _subprocess(tmp_path, "count", "Nowhere", "--topology", SEED_TOPOLOGY, "--store", db)
+    assert unknown.returncode == 2
+    assert "'Nowhere'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -25,10 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``headcount`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    _set_up_logging(args)
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
@@ -41,6 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"headcount {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+#: Libraries that log a line per connection or migration: warnings only, unless ``-v``.
+_NOISY = ("amqtt", "transitions", "alembic")
+
+
+def _set_up_logging(args: argparse.Namespace) -> None:
+    """Log at the command's level: ``args.log_level`` (INFO for the long-running ``serve``
+    and ``broker``; WARNING when a command sets none), DEBUG with ``-v``."""
+    level = logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().setLevel(level)  # also when a handler was there before
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

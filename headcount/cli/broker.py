@@ -30,16 +30,13 @@ def add_command(commands: Commands) -> None:
         metavar="ADDR",
         help="address to listen on (env HEADCOUNT_HOST; default %(default)s)",
     )
-    cmd.set_defaults(handler=run)
+    cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
 
 
 async def run(args: argparse.Namespace) -> int:
     # The broker's imports stay out of the other commands.
     from headcount.ingest.broker import PASSWORD_ENV, BrokerError, EmbeddedBroker
 
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     broker = EmbeddedBroker(args.host, args.mqtt_port, config_file=args.broker_config)
     try:
         async with broker:

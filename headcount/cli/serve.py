@@ -58,16 +58,13 @@ def add_command(commands: Commands) -> None:
         metavar="ID",
         help="MQTT client id of the service's persistent session (default %(default)s)",
     )
-    cmd.set_defaults(handler=run)
+    cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
 
 
 async def run(args: argparse.Namespace) -> int:
     # The service's imports stay out of the offline commands.
     from headcount.service import Settings, TopologyChoice, demo_files, preflight, serve
 
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    for noisy in ("amqtt", "transitions", "alembic"):  # one line per connection or migration
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     settings = Settings(
         store_url=args.store,
         broker_url=args.broker,

@@ -5,15 +5,17 @@ loop, so the tests are plain functions)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from headcount.cli import main
-from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, ms
+from headcount.cli import build_parser, main
+from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, ms, run
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,3 +105,37 @@ def test_console_script_errors_without_traceback(db: str, tmp_path: Path) -> Non
     assert unknown.returncode == 2
     assert "'Nowhere'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logger_levels() -> Iterator[None]:
+    """Restore the levels ``main`` sets on the root logger and the noisy libraries."""
+    loggers = [logging.getLogger(name) for name in ("", "amqtt", "transitions", "alembic")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("logger_levels")
+@pytest.mark.parametrize(("verbose", "level"), [((), logging.WARNING), (("-v",), logging.DEBUG)])
+def test_offline_commands_log_warnings_or_with_v_debug(
+    capsys: pytest.CaptureFixture[str], db: str, verbose: tuple[str, ...], level: int
+) -> None:
+    assert run(capsys, *verbose, "migrate", "--store", db).code == 0
+    assert logging.getLogger().level == level
+    for noisy in ("amqtt", "transitions", "alembic"):
+        assert logging.getLogger(noisy).level == level
+
+
+def test_long_running_commands_log_info() -> None:
+    """``serve`` and ``broker`` say what they do while they run (see tests/test_serve.py for
+    the lines themselves); the offline commands and ``simulate`` only warn."""
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).log_level == logging.INFO
+    assert parser.parse_args(["broker"]).log_level == logging.INFO
+    for argv in (["count", "A"], ["migrate"], ["replay"], ["import", "x.csv"], ["simulate"]):
+        assert getattr(parser.parse_args(argv), "log_level", logging.WARNING) == logging.WARNING

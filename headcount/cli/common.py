@@ -107,11 +107,9 @@ async def choose_topology(
     ``topology.toml`` beside ``beside``. Nothing is recorded here: see :func:`record`."""
     path: Path | None = args.topology
     if path is None:
-        current = await store.topologies.current()
-        if current is not None:
-            document, origin = current
-            source = f"{origin} (as recorded in the store)"
-            return _TopologyChoice(Topology.from_toml(document, source=source), None, origin)
+        recorded = await recorded_topology(store)
+        if recorded is not None:
+            return recorded
         if beside is not None and (beside.parent / "topology.toml").is_file():
             path = beside.parent / "topology.toml"
             print(f"using topology {path} (found beside {beside.name})", file=sys.stderr)
@@ -125,6 +123,16 @@ async def choose_topology(
     except OSError as e:
         raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
     return _TopologyChoice(Topology.from_toml(document, source=str(path)), document, str(path))
+
+
+async def recorded_topology(store: EventStore) -> _TopologyChoice | None:
+    """The store's current topology, if it records one."""
+    current = await store.topologies.current()
+    if current is None:
+        return None
+    document, origin = current
+    source = f"{origin} (as recorded in the store)"
+    return _TopologyChoice(Topology.from_toml(document, source=source), None, origin)
 
 
 async def record(store: EventStore, choice: _TopologyChoice) -> None:

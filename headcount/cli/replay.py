@@ -15,6 +15,7 @@ from headcount.cli.common import (
     choose_topology,
     moment,
     record,
+    recorded_topology,
     snapshots_parent,
     store_parent,
     topology_parent,
@@ -27,6 +28,7 @@ from headcount.errors import HeadcountError
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import History
+from headcount.history.compare import compare_topologies
 from headcount.history.replay import Mismatch, Replay
 from headcount.progress import Progress
 
@@ -171,37 +173,28 @@ async def _live_counts(http: Any, path: str) -> dict[str, int]:
 async def _dry_run(args: argparse.Namespace, store: EventStore) -> int:
     if args.topology is None:
         raise UsageError("--dry-run needs --topology FILE: the corrected topology to compare")
-    recorded = await store.topologies.current()
+    recorded = await recorded_topology(store)
     if recorded is None:
         raise UsageError("--dry-run: the store has no topology recorded to compare against")
-    before = Topology.from_toml(recorded[0], source=f"{recorded[1]} (as recorded in the store)")
-    after = (await choose_topology(args, store)).topology
-    times = sorted({now_ms()} if not args.at else {moment("--at", at) for at in args.at})
-    space_ids = args.space or [
-        space_id
-        for space_id in after.spaces
-        if space_id not in before.spaces
-        or before.fingerprint(space_id) != after.fingerprint(space_id)
-    ]
-    summary, states = await Replay(
-        store, after, space_ids=space_ids, progress=Progress("folding")
-    ).states_at(times)
-    history = History(store, before)
-    changed = 0
+    corrected = await choose_topology(args, store)
+    times = [now_ms()] if not args.at else [moment("--at", at) for at in args.at]
+    comparison = await compare_topologies(
+        store,
+        recorded.topology,
+        corrected.topology,
+        times,
+        space_ids=args.space,
+        progress=Progress("folding"),
+    )
     print(f"{'space':<20} {'time':<24} {'before':>8} {'after':>8}")
-    for space_id in space_ids:
-        for ts, state in zip(times, states[space_id], strict=True):
-            old: int | None = None
-            if space_id in before.spaces:
-                old = (await history.count_at(space_id, ts)).count
-            mark = "" if old == state.count else "  changed"
-            changed += old != state.count
-            shown = "new" if old is None else str(old)
-            print(f"{space_id:<20} {format_ms(ts):<24} {shown:>8} {state.count:>8}{mark}")
+    for count in comparison.counts:
+        before = "new" if count.before is None else str(count.before)
+        mark = "  changed" if count.changed else ""
+        print(f"{count.space_id:<20} {format_ms(count.ts):<24} {before:>8} {count.after:>8}{mark}")
     print(
-        f"{changed} of {len(space_ids) * len(times)} counts change"
-        f" ({len(after.spaces) - len(space_ids)} spaces are folded the same under both"
-        f" topologies); {summary.rows:,} events read, nothing written",
+        f"{comparison.changed} of {len(comparison.counts)} counts change"
+        f" ({len(comparison.unchanged)} spaces are folded the same under both topologies);"
+        f" {comparison.summary.rows:,} events read, nothing written",
         file=sys.stderr,
     )
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from headcount.cli.common import (
     EXIT_FAILED,
@@ -29,8 +29,12 @@ from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.history.compare import compare_topologies
+from headcount.history.live_check import live_mismatches
 from headcount.history.replay import Mismatch, Replay
 from headcount.progress import Progress
+
+if TYPE_CHECKING:
+    from headcount.http.client import ServiceClient
 
 
 def add_command(commands: Commands) -> None:
@@ -117,6 +121,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:
+    service = _service(args.service) if args.service else None  # a bad URL fails first
     replay = Replay(
         store,
         topology,
@@ -124,50 +129,33 @@ async def _verify(args: argparse.Namespace, store: EventStore, topology: Topolog
         progress=Progress("verifying", total=await store.log.count_traversals()),
     )
     summary, mismatches, states = await replay.verify()
-    if args.service:
-        mismatches += await _live_mismatches(args.service, store, topology, states)
+    if service is not None:
+        mismatches += await _live_mismatches(service, History(store, topology), states)
     for mismatch in mismatches:
         print(mismatch.describe())
     print(json.dumps({**summary.as_dict(), "mismatches": len(mismatches)}, indent=2))
     return EXIT_FAILED if mismatches else 0
 
 
-async def _live_mismatches(
-    url: str, store: EventStore, topology: Topology, folded: dict[str, SpaceState]
-) -> list[Mismatch]:
-    """Spaces whose live count differs from the log's fold. Events may arrive while the log
-    is folded: a space that differs is asked again after folding it afresh, and only a
-    difference that stays is reported."""
-    import aiohttp  # only --verify --service talks HTTP
+def _service(url: str) -> ServiceClient:
+    from headcount.http.client import ServiceClient, ServiceError  # only --service talks HTTP
 
-    history = History(store, topology)
-    found: list[Mismatch] = []
     try:
-        async with aiohttp.ClientSession(base_url=url.rstrip("/") + "/") as http:
-            live = await _live_counts(http, "spaces")
-            for space_id, state in folded.items():
-                if live.get(space_id) == state.count:
-                    continue
-                now = now_ms()
-                fresh = (await history.count_at(space_id, now)).state
-                answer = await _live_counts(http, f"spaces/{space_id}/count")
-                if answer.get(space_id) != fresh.count:
-                    stored = SpaceState(now, answer.get(space_id, 0))
-                    found.append(Mismatch(space_id, now, stored, fresh, what="live count"))
-    except aiohttp.ClientError as e:
-        raise HeadcountError(
-            f"cannot ask the service at {url} for its live counts: {e}; check --service"
-        ) from e
-    return found
+        return ServiceClient(url)
+    except ServiceError as e:
+        raise UsageError(f"--service: {e}") from e
 
 
-async def _live_counts(http: Any, path: str) -> dict[str, int]:
-    async with http.get(path) as response:
-        response.raise_for_status()
-        body = await response.json()
-    if "spaces" in body:
-        return {s["id"]: s["count"] for s in body["spaces"]}
-    return {body["space_id"]: body["count"]}
+async def _live_mismatches(
+    service: ServiceClient, history: History, folded: dict[str, SpaceState]
+) -> list[Mismatch]:
+    from headcount.http.client import ServiceError
+
+    try:
+        async with service:
+            return await live_mismatches(history, folded, service)
+    except ServiceError as e:
+        raise HeadcountError(f"{e}; check --service") from e
 
 
 async def _dry_run(args: argparse.Namespace, store: EventStore) -> int:

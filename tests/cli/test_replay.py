@@ -161,6 +161,22 @@ def test_options_of_other_modes_are_refused(capsys: pytest.CaptureFixture[str], 
     assert bad.err.startswith("headcount replay: --from:")
 
 
+def test_verify_with_a_service_that_is_not_there(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    verified = run(capsys, "replay", "--store", db, "--verify", "--service", url)
+    assert verified.code == 1
+    # After the fold's progress, one line.
+    said = verified.err.splitlines()[-1]
+    assert said.startswith(f"headcount replay: cannot ask the service at {url} for its live")
+    assert said.endswith("; check --service")
+    assert "Traceback" not in verified.err
+    bad = run(capsys, "replay", "--store", db, "--verify", "--service", "localhost:8080")
+    assert bad.code == 2
+    assert bad.err.startswith("headcount replay: --service: 'localhost:8080' is not a service URL")
+
+
 # -- beside a running service ------------------------------------------------------------------
 
 

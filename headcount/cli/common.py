@@ -7,9 +7,8 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from headcount.argtypes import at_least_one
 from headcount.domain.timefmt import parse_iso
@@ -18,6 +17,9 @@ from headcount.errors import HeadcountError, InvalidTimestampError
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY
+
+if TYPE_CHECKING:
+    from headcount.service import TopologyChoice
 
 #: Exit codes: 1 the work failed, 2 the command was given something it cannot use.
 EXIT_FAILED = 1
@@ -93,16 +95,9 @@ def embedded_parent() -> argparse.ArgumentParser:
     return embedded
 
 
-@dataclass(frozen=True, slots=True)
-class _TopologyChoice:
-    topology: Topology
-    document: str | None  # the file's text, when it came from a file
-    origin: str
-
-
 async def choose_topology(
     args: argparse.Namespace, store: EventStore, *, beside: Path | None = None
-) -> _TopologyChoice:
+) -> TopologyChoice:
     """The topology to work under: ``--topology``, else the store's current one, else a
     ``topology.toml`` beside ``beside``. Nothing is recorded here: see :func:`record`."""
     path: Path | None = args.topology
@@ -122,20 +117,28 @@ async def choose_topology(
         document = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
-    return _TopologyChoice(Topology.from_toml(document, source=str(path)), document, str(path))
+    return _choice(Topology.from_toml(document, source=str(path)), document, str(path))
 
 
-async def recorded_topology(store: EventStore) -> _TopologyChoice | None:
+async def recorded_topology(store: EventStore) -> TopologyChoice | None:
     """The store's current topology, if it records one."""
     current = await store.topologies.current()
     if current is None:
         return None
     document, origin = current
     source = f"{origin} (as recorded in the store)"
-    return _TopologyChoice(Topology.from_toml(document, source=source), None, origin)
+    return _choice(Topology.from_toml(document, source=source), None, origin)
 
 
-async def record(store: EventStore, choice: _TopologyChoice) -> None:
+def _choice(topology: Topology, document: str | None, origin: str) -> TopologyChoice:
+    # The service's imports (aiohttp, amqtt: a third of a second) load only once a command
+    # chooses a topology; help, migrate, broker and simulate go without them.
+    from headcount.service import TopologyChoice
+
+    return TopologyChoice(topology, document, origin)
+
+
+async def record(store: EventStore, choice: TopologyChoice) -> None:
     """Make a topology read from a file the store's current one."""
     if choice.document is not None:
         await store.topologies.record(choice.document, origin=choice.origin)

@@ -6,12 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headcount.cli.common import (
     Commands,
     UsageError,
-    _TopologyChoice,
     choose_topology,
     record,
     snapshots_parent,
@@ -25,6 +24,9 @@ from headcount.history import History
 from headcount.importer.csvfile import read_csv
 from headcount.importer.load import import_csv
 from headcount.progress import Progress
+
+if TYPE_CHECKING:
+    from headcount.service import TopologyChoice
 
 
 def add_command(commands: Commands) -> None:
@@ -69,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _import_rows(
-    args: argparse.Namespace, store: EventStore, choice: _TopologyChoice, path: Path
+    args: argparse.Namespace, store: EventStore, choice: TopologyChoice, path: Path
 ) -> dict[str, Any]:
     topology = choice.topology
     await record(store, choice)

@@ -62,7 +62,7 @@ def add_command(commands: Commands) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    # The service's imports stay out of the offline commands.
+    # The service's imports load only for the commands that use them.
     from headcount.service import Settings, TopologyChoice, demo_files, preflight, serve
 
     settings = Settings(
@@ -83,4 +83,4 @@ async def run(args: argparse.Namespace) -> int:
         return await serve(settings, TopologyChoice(topology, document, "seed topology"))
     async with await EventStore.open(args.store) as store:
         choice = await choose_topology(args, store)
-    return await serve(settings, TopologyChoice(choice.topology, choice.document, choice.origin))
+    return await serve(settings, choice)

@@ -48,16 +48,16 @@ def store_parent() -> argparse.ArgumentParser:
     return store
 
 
-def topology_parent() -> argparse.ArgumentParser:
-    """``--topology FILE``."""
+def topology_parent(what: str) -> argparse.ArgumentParser:
+    """``--topology FILE``; ``what`` says what the command does with it (whether it becomes
+    the store's current topology) and what it uses without it."""
     topology = argparse.ArgumentParser(add_help=False)
     topology.add_argument(
         "--topology",
         type=Path,
         default=os.environ.get("HEADCOUNT_TOPOLOGY"),
         metavar="FILE",
-        help="topology TOML file (env HEADCOUNT_TOPOLOGY); it becomes the store's current"
-        " topology. Default: the topology the store was last used with",
+        help=f"topology TOML file (env HEADCOUNT_TOPOLOGY); {what}",
     )
     return topology
 

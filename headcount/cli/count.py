@@ -15,7 +15,13 @@ from headcount.history import History
 def add_command(commands: Commands) -> None:
     cmd = commands.add_parser(
         "count",
-        parents=[store_parent(), topology_parent()],
+        parents=[
+            store_parent(),
+            topology_parent(
+                "the count is folded under it and the store's current topology is left as it is."
+                " Default: the store's current topology"
+            ),
+        ],
         help="print a space's count now or at a moment, as JSON",
         description="Print {space_id, ts, count} for a space, from snapshots and the log.",
     )

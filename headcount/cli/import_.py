@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 def add_command(commands: Commands) -> None:
     cmd = commands.add_parser(
         "import",
-        parents=[store_parent(), topology_parent(), snapshots_parent()],
+        parents=[
+            store_parent(),
+            topology_parent(
+                "it becomes the store's current topology. Default: the store's current topology,"
+                " else a topology.toml beside the CSV file"
+            ),
+            snapshots_parent(),
+        ],
         help="load DPU rows from a CSV export into the store",
         description="Load a CSV export (columns timestamp, direction, dpu_id) into the store."
         " Exact duplicate rows are one event; importing a file again stores nothing new."

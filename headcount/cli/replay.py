@@ -40,7 +40,15 @@ if TYPE_CHECKING:
 def add_command(commands: Commands) -> None:
     cmd = commands.add_parser(
         "replay",
-        parents=[store_parent(), topology_parent(), snapshots_parent()],
+        parents=[
+            store_parent(),
+            topology_parent(
+                "a replay makes it the store's current topology; --verify and --dry-run only read"
+                " it. Default: the store's current topology (--dry-run needs the file: the"
+                " corrected topology to compare)"
+            ),
+            snapshots_parent(),
+        ],
         help="fold the log again under a topology: new snapshots, --verify, --dry-run",
         description="Recompute every space's state from the event log under the topology"
         " (--topology FILE, which then becomes the store's current one; default: the store's)"

@@ -21,7 +21,15 @@ from headcount.eventstore.store import EventStore
 def add_command(commands: Commands) -> None:
     cmd = commands.add_parser(
         "serve",
-        parents=[store_parent(), topology_parent(), snapshots_parent(), embedded_parent()],
+        parents=[
+            store_parent(),
+            topology_parent(
+                "it becomes the store's current topology. Default: the store's current topology"
+                " (with --demo, the seed topology)"
+            ),
+            snapshots_parent(),
+            embedded_parent(),
+        ],
         help="run the service: MQTT ingest, per-space actors, the HTTP API",
         description="Run headcount: an embedded MQTT broker (or --broker URL), the event"
         " store, one actor per space and the HTTP API. SIGINT/SIGTERM stop it cleanly.",

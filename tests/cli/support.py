@@ -178,3 +178,12 @@ async def _store_contents(url: str) -> tuple[int, list[tuple[str, str, bytes]]]:
 def store_contents(url: str) -> tuple[int, list[tuple[str, str, bytes]]]:
     """How many traversals the store holds, and its quarantined entries (newest first)."""
     return asyncio.run(_store_contents(url))
+
+
+def help_text(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """``headcount ARGV --help``, its lines joined: a phrase reads the same however wrapped."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())

@@ -12,6 +12,7 @@ from tests.cli.support import (
     SEED_TOPOLOGY,
     count,
     expected_count,
+    help_text,
     import_csv,
     iso,
     ms,
@@ -112,6 +113,20 @@ def test_count_with_topology_option_on_a_store_that_has_none(
     answer = count(capsys, db, "A", at, "--topology", SEED_TOPOLOGY)
     assert answer.code == 0, answer.err
     assert answer.json() == {"space_id": "A", "ts": "2018-02-26T17:00:00.000Z", "count": 0}
+
+
+def test_count_with_a_topology_file_records_nothing(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    """``count --topology`` answers under the file and leaves the store's topology alone, as
+    its help says (import, replay and serve record it: see test_main)."""
+    assert "left as it is" in help_text(capsys, "count")
+    assert "becomes the store's current topology" not in help_text(capsys, "count")
+    at = "2018-02-26T17:00:00Z"
+    assert count(capsys, db, "A", at, "--topology", SEED_TOPOLOGY).code == 0
+    still_none = count(capsys, db, "A", at)
+    assert still_none.code == 2
+    assert "no topology" in still_none.err
 
 
 def test_count_unknown_space(capsys: pytest.CaptureFixture[str], db: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from headcount.cli import build_parser, main
-from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, ms, run
+from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, help_text, ms, run
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,6 +41,21 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         main([])
     assert exited.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("import", "it becomes the store's current topology"),
+        ("serve", "it becomes the store's current topology"),
+        ("replay", "a replay makes it the store's current topology; --verify and --dry-run only"),
+        ("count", "the count is folded under it and the store's current topology is left"),
+    ],
+)
+def test_each_command_says_what_becomes_of_its_topology(
+    capsys: pytest.CaptureFixture[str], command: str, says: str
+) -> None:
+    assert f"(env HEADCOUNT_TOPOLOGY); {says}" in help_text(capsys, command)
 
 
 # --- the real console script -----------------------------------------------------------------

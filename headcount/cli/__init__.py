@@ -30,14 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(handler(args))
     except (UsageError, UnknownSpaceError, ConfigError) as e:
-        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        _report(args.command, str(e))
         return EXIT_USAGE
     except HeadcountError as e:
-        print(f"headcount {args.command}: {e}", file=sys.stderr)
+        _report(args.command, str(e))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"headcount {args.command}: interrupted", file=sys.stderr)
+        _report(args.command, "interrupted")
         return 130
+
+
+def _report(command: str, message: str) -> None:
+    """``headcount COMMAND: message`` on stderr. Some messages name the command already (the
+    store's lease names the holder it refused): the prefix is not said twice."""
+    prefix = f"headcount {command}: "
+    print(message if message.startswith(prefix) else prefix + message, file=sys.stderr)
 
 
 #: Libraries that log a line per connection or migration: warnings only, unless ``-v``.

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from headcount.eventstore.lease import lease
+from headcount.eventstore.store import EventStore
 from tests.cli.support import (
     SEED_CSV,
     SEED_TOPOLOGY,
@@ -241,3 +244,16 @@ def test_snapshot_every_below_one_is_refused(capsys: pytest.CaptureFixture[str],
     err = capsys.readouterr().err
     assert "--snapshot-every" in err
     assert "at least 1" in err
+
+
+async def test_an_import_refused_during_a_replay_says_headcount_import_once(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    async with (
+        await EventStore.open(db) as store,
+        lease(store, exclusive=True, holder="headcount replay"),
+    ):
+        refused = await asyncio.to_thread(import_csv, capsys, db, SEED_CSV)
+    assert refused.code == 1
+    assert refused.err.startswith("headcount import: a replay is rewriting this store's")
+    assert refused.err.count("headcount import:") == 1

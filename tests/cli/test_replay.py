@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from headcount.eventstore.lease import lease
+from headcount.eventstore.store import EventStore
 from headcount.ingest.broker import free_port
 from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
 from tests.serve_process import wait_healthy
@@ -177,6 +179,22 @@ def test_verify_with_a_service_that_is_not_there(
     assert bad.err.startswith("headcount replay: --service: 'localhost:8080' is not a service URL")
 
 
+async def test_a_refused_replay_says_headcount_replay_once(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    """The lease's refusal names its holder, 'headcount replay'; the command adds nothing."""
+    async with (
+        await EventStore.open(db) as store,
+        lease(store, exclusive=False, holder="headcount serve"),
+    ):
+        refused = await asyncio.to_thread(run, capsys, "replay", "--store", db)
+    assert refused.code == 1
+    assert refused.err == (
+        "headcount replay: a headcount service or import is using this store; stop it first"
+        " (a replay must hold the store alone), then start it again afterwards\n"
+    )
+
+
 # -- beside a running service ------------------------------------------------------------------
 
 
@@ -231,6 +249,7 @@ async def test_replay_refuses_a_store_in_use_and_the_service_follows_it_after(
         )
         assert refused.code == 1
         assert "a headcount service or import is using this store; stop it first" in refused.err
+        assert refused.err.count("headcount replay:") == 1
         # Verification reads only, and may compare the live counts.
         verified = await asyncio.to_thread(
             run, capsys, "replay", "--store", db, "--verify", "--service", url

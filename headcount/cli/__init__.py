@@ -15,10 +15,14 @@ from collections.abc import Sequence
 
 from headcount.cli import broker, count, import_, migrate, replay, serve
 from headcount.cli.common import EXIT_FAILED, EXIT_USAGE, Handler, UsageError
-from headcount.errors import ConfigError, HeadcountError, UnknownSpaceError
+from headcount.errors import ConfigError, HeadcountError, InvalidTimestampError, UnknownSpaceError
 from headcount.sim.command import add_command as add_simulate
 
 __all__ = ["build_parser", "main"]
+
+#: Errors in what the command was given (exit 2): a flag, a file, a space, a moment, a port
+#: (``PortTakenError`` is a ``ConfigError``). Every other ``HeadcountError`` exits 1.
+_USAGE_ERRORS = (UsageError, ConfigError, UnknownSpaceError, InvalidTimestampError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except (UsageError, UnknownSpaceError, ConfigError) as e:
+    except _USAGE_ERRORS as e:
         _report(args.command, str(e))
         return EXIT_USAGE
     except HeadcountError as e:

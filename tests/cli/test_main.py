@@ -4,6 +4,7 @@ loop, so the tests are plain functions)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -15,6 +16,16 @@ from pathlib import Path
 import pytest
 
 from headcount.cli import build_parser, main
+from headcount.cli.common import UsageError
+from headcount.errors import (
+    ConfigError,
+    HeadcountError,
+    InvalidTimestampError,
+    PortTakenError,
+    StoreBusyError,
+    TopologyError,
+    UnknownSpaceError,
+)
 from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, expected_count, help_text, ms, run
 
 
@@ -56,6 +67,35 @@ def test_each_command_says_what_becomes_of_its_topology(
     capsys: pytest.CaptureFixture[str], command: str, says: str
 ) -> None:
     assert f"(env HEADCOUNT_TOPOLOGY); {says}" in help_text(capsys, command)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UsageError("--at: no such moment"), 2),
+        (ConfigError("cannot read --broker-config x.yaml"), 2),
+        (PortTakenError("port 8080 is taken; choose another with --http-port"), 2),
+        (UnknownSpaceError("Nowhere"), 2),
+        (InvalidTimestampError("'yesterday' is not ISO-8601"), 2),
+        (StoreBusyError("the store is busy"), 1),
+        (TopologyError(["topology.toml: doorway X links no space"]), 1),
+        (HeadcountError("the work failed"), 1),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_errors_exit_2_for_what_was_given_1_for_the_rest_said_once(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: HeadcountError,
+    code: int,
+) -> None:
+    async def fails(_args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.setattr("headcount.cli.count.run", fails)
+    result = run(capsys, "count", "A")
+    assert (result.code, result.out) == (code, "")
+    assert result.err == f"headcount count: {error}\n"
 
 
 # --- the real console script -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from headcount.cli import broker, count, import_, migrate, replay, serve
 from headcount.cli.common import EXIT_FAILED, EXIT_USAGE, Handler, UsageError
@@ -51,6 +52,14 @@ def _report(command: str, message: str) -> None:
     print(message if message.startswith(prefix) else prefix + message, file=sys.stderr)
 
 
+def _version() -> str:
+    """This installation's version, from the package metadata."""
+    try:
+        return version("headcount")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "(version unknown: not installed)"
+
+
 #: Libraries that log a line per connection or migration: warnings only, unless ``-v``.
 _NOISY = ("amqtt", "transitions", "alembic")
 
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact people counts for every space, now and at any past moment.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     import_.add_command(commands)
     count.add_command(commands)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ def test_import_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for option in ("--strict", "--snapshot-every", "--topology", "--store"):
         assert option in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"headcount {metadata.version('headcount')}\n"
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,6 +145,12 @@ def test_console_script_import_and_count(db: str, tmp_path: Path) -> None:
         "ts": "2018-02-26T17:00:00.000Z",
         "count": expected_count("B", ms(at)),
     }
+
+
+def test_console_script_version(tmp_path: Path) -> None:
+    said = _subprocess(tmp_path, "--version")
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.split() == ["headcount", metadata.version("headcount")]
 
 
 def test_console_script_errors_without_traceback(db: str, tmp_path: Path) -> None:

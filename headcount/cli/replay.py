@@ -36,6 +36,8 @@ from headcount.progress import Progress
 if TYPE_CHECKING:
     from headcount.http.client import ServiceClient
 
+SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
+
 
 def add_command(commands: Commands) -> None:
     cmd = commands.add_parser(
@@ -91,7 +93,6 @@ def add_command(commands: Commands) -> None:
     )
     cmd.add_argument(
         "--service",
-        default=os.environ.get("HEADCOUNT_SERVICE_URL"),
         metavar="URL",
         help="--verify: also compare the live counts of the service at this URL,"
         " e.g. http://127.0.0.1:8080 (env HEADCOUNT_SERVICE_URL)",
@@ -129,7 +130,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:
-    service = _service(args.service) if args.service else None  # a bad URL fails first
+    url = args.service or os.environ.get(SERVICE_URL_ENV)  # the variable only for --verify
+    service = _service(url) if url else None  # a bad URL fails before the fold
     replay = Replay(
         store,
         topology,

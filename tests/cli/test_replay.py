@@ -195,6 +195,19 @@ async def test_a_refused_replay_says_headcount_replay_once(
     )
 
 
+def test_the_service_url_variable_is_for_verify_alone(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEADCOUNT_SERVICE_URL set for --verify does not make every other replay a usage
+    error, as --service given on the command line would."""
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HEADCOUNT_SERVICE_URL", url)
+    assert run(capsys, "replay", "--store", db).code == 0
+    verified = run(capsys, "replay", "--store", db, "--verify")
+    assert verified.code == 1
+    assert f"cannot ask the service at {url}" in verified.err
+
+
 # -- beside a running service ------------------------------------------------------------------
 
 

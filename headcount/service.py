@@ -23,7 +23,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from headcount.actors import ActorSystem
-from headcount.domain.topology import Topology
+from headcount.domain.topology import TopologyChoice
 from headcount.errors import ConfigError, PortTakenError
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
@@ -43,7 +43,6 @@ from headcount.metrics import Metrics
 __all__ = [
     "ServiceFailedError",
     "Settings",
-    "TopologyChoice",
     "build_app",
     "demo_files",
     "preflight",
@@ -74,16 +73,6 @@ class Settings:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     ingest: IngestSettings = field(default_factory=IngestSettings)
     demo: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TopologyChoice:
-    """The topology to serve, with the document to record as the store's current one (when
-    it came from a file) and where it came from."""
-
-    topology: Topology
-    document: str | None
-    origin: str
 
 
 def demo_files() -> tuple[str, Path]:

@@ -281,6 +281,17 @@ class Topology:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TopologyChoice:
+    """The topology a command works under, with the document to record as the store's current
+    one (when it came from a file; ``None`` when it came from the store) and where it came
+    from, for messages."""
+
+    topology: Topology
+    document: str | None
+    origin: str
+
+
 def document_digest(document: str) -> str:
     """The digest that names a topology document (its exact text) in the store and in
     replays: SHA-256 of its UTF-8 bytes, in hex."""

@@ -88,10 +88,10 @@ class Truth:
             self.write(stream)
 
     @classmethod
-    def load(cls, path: Path) -> Truth:
+    def load(cls, path: str | Path) -> Truth:
         """Read a truth file written by :meth:`write` (``headcount simulate --truth``)."""
         try:
-            with path.open(encoding="utf-8", newline="") as stream:
+            with Path(path).open(encoding="utf-8", newline="") as stream:
                 return cls.read(stream, source=str(path))
         except OSError as e:
             raise TruthFileError(f"cannot read truth file {path}: {e.strerror}") from e

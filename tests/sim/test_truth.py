@@ -69,3 +69,13 @@ def test_a_bad_truth_file_names_the_line(text: str, problem: str) -> None:
 def test_a_missing_truth_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(TruthFileError, match=r"cannot read truth file .*nothing\.csv"):
         Truth.load(tmp_path / "nothing.csv")
+
+
+def test_a_truth_file_loads_from_a_str_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("truth.csv").write_text("ts,space_id,count\n2024-03-05T00:00:00Z,A,0\n")
+    assert Truth.load("truth.csv").spaces == ("A",)
+    with pytest.raises(TruthFileError, match=r"cannot read truth file missing\.csv"):
+        Truth.load("missing.csv")

@@ -14,9 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from headcount.eventstore.lease import lease
+from headcount.eventstore.store import EventStore
 from headcount.ingest.broker import free_port
+from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
 from tests.serve_process import wait_healthy
-from tests.test_cli import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
 
 #: Mounted backwards: DPU 423 hangs inside B, not A (Z's links flipped).
 FLIPPED = SEED_TOPOLOGY.read_text().replace(
@@ -161,6 +163,51 @@ def test_options_of_other_modes_are_refused(capsys: pytest.CaptureFixture[str], 
     assert bad.err.startswith("headcount replay: --from:")
 
 
+def test_verify_with_a_service_that_is_not_there(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    verified = run(capsys, "replay", "--store", db, "--verify", "--service", url)
+    assert verified.code == 1
+    # After the fold's progress, one line.
+    said = verified.err.splitlines()[-1]
+    assert said.startswith(f"headcount replay: cannot ask the service at {url} for its live")
+    assert said.endswith("; check --service")
+    assert "Traceback" not in verified.err
+    bad = run(capsys, "replay", "--store", db, "--verify", "--service", "localhost:8080")
+    assert bad.code == 2
+    assert bad.err.startswith("headcount replay: --service: 'localhost:8080' is not a service URL")
+
+
+async def test_a_refused_replay_says_headcount_replay_once(
+    capsys: pytest.CaptureFixture[str], db: str
+) -> None:
+    """The lease's refusal names its holder, 'headcount replay'; the command adds nothing."""
+    async with (
+        await EventStore.open(db) as store,
+        lease(store, exclusive=False, holder="headcount serve"),
+    ):
+        refused = await asyncio.to_thread(run, capsys, "replay", "--store", db)
+    assert refused.code == 1
+    assert refused.err == (
+        "headcount replay: a headcount service or import is using this store; stop it first"
+        " (a replay must hold the store alone), then start it again afterwards\n"
+    )
+
+
+def test_the_service_url_variable_is_for_verify_alone(
+    capsys: pytest.CaptureFixture[str], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEADCOUNT_SERVICE_URL set for --verify does not make every other replay a usage
+    error, as --service given on the command line would."""
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HEADCOUNT_SERVICE_URL", url)
+    assert run(capsys, "replay", "--store", db).code == 0
+    verified = run(capsys, "replay", "--store", db, "--verify")
+    assert verified.code == 1
+    assert f"cannot ask the service at {url}" in verified.err
+
+
 # -- beside a running service ------------------------------------------------------------------
 
 
@@ -215,6 +262,7 @@ async def test_replay_refuses_a_store_in_use_and_the_service_follows_it_after(
         )
         assert refused.code == 1
         assert "a headcount service or import is using this store; stop it first" in refused.err
+        assert refused.err.count("headcount replay:") == 1
         # Verification reads only, and may compare the live counts.
         verified = await asyncio.to_thread(
             run, capsys, "replay", "--store", db, "--verify", "--service", url

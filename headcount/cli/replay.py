@@ -1,0 +1,198 @@
+"""``headcount replay``: fold the log again under a topology; ``--verify``, ``--dry-run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from headcount.cli.common import (
+    EXIT_FAILED,
+    Commands,
+    UsageError,
+    choose_topology,
+    moment,
+    record,
+    recorded_topology,
+    snapshots_parent,
+    store_parent,
+    topology_parent,
+)
+from headcount.clock import now_ms
+from headcount.domain.fold import SpaceState
+from headcount.domain.timefmt import format_ms
+from headcount.domain.topology import Topology, document_digest
+from headcount.errors import HeadcountError
+from headcount.eventstore.lease import lease
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.history.compare import compare_topologies
+from headcount.history.live_check import live_mismatches
+from headcount.history.replay import Mismatch, Replay
+from headcount.progress import Progress
+
+if TYPE_CHECKING:
+    from headcount.http.client import ServiceClient
+
+SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
+
+
+def add_command(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "replay",
+        parents=[
+            store_parent(),
+            topology_parent(
+                "a replay makes it the store's current topology; --verify and --dry-run only read"
+                " it. Default: the store's current topology (--dry-run needs the file: the"
+                " corrected topology to compare)"
+            ),
+            snapshots_parent(),
+        ],
+        help="fold the log again under a topology: new snapshots, --verify, --dry-run",
+        description="Recompute every space's state from the event log under the topology"
+        " (--topology FILE, which then becomes the store's current one; default: the store's)"
+        " and append its snapshots as a new generation that supersedes the old; nothing is"
+        " edited or deleted. The store must not be in use: stop 'headcount serve' first and"
+        " start it again with the same topology afterwards. --verify and --dry-run write"
+        " nothing and may run beside a service.",
+    )
+    cmd.add_argument(
+        "--space",
+        action="append",
+        metavar="ID",
+        help="replay only this space (repeat for several; default: every space)",
+    )
+    cmd.add_argument(
+        "--from",
+        dest="from_ts",
+        metavar="ISO-8601",
+        help="keep snapshots before this moment that are valid under the topology and"
+        " replay from the newest of them (default: from the start of the log)",
+    )
+    mode = cmd.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="fold from scratch and compare with the stored snapshots (and with --service,"
+        " the live counts); print each mismatch, exit 1 on any",
+    )
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how each space's counts at --at moments would change under --topology"
+        " FILE against the store's current topology, writing nothing",
+    )
+    cmd.add_argument(
+        "--at",
+        action="append",
+        metavar="ISO-8601",
+        help="--dry-run: a moment to compare counts at (repeat; default: now)",
+    )
+    cmd.add_argument(
+        "--service",
+        metavar="URL",
+        help="--verify: also compare the live counts of the service at this URL,"
+        " e.g. http://127.0.0.1:8080 (env HEADCOUNT_SERVICE_URL)",
+    )
+    cmd.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from_ts = moment("--from", args.from_ts) if args.from_ts is not None else None
+    if args.at and not args.dry_run:
+        raise UsageError("--at is for --dry-run: it names the moments to compare")
+    if args.service and not args.verify:
+        raise UsageError("--service is for --verify: it names the service to compare with")
+    async with await EventStore.open(args.store) as store:
+        if args.dry_run:
+            return await _dry_run(args, store)
+        choice = await choose_topology(args, store)
+        if args.verify:
+            return await _verify(args, store, choice.topology)
+        document = choice.document or choice.topology.to_toml()
+        async with lease(store, exclusive=True, holder="headcount replay"):
+            replay = Replay(
+                store,
+                choice.topology,
+                space_ids=args.space,
+                snapshot_every=args.snapshot_every,
+                progress=Progress(
+                    "replaying", total=None if from_ts else await store.log.count_traversals()
+                ),
+            )
+            summary = await replay.run(from_ts=from_ts, digest=document_digest(document))
+            await record(store, choice)
+    print(json.dumps({"topology": choice.origin, **summary.as_dict()}, indent=2))
+    return 0
+
+
+async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:
+    url = args.service or os.environ.get(SERVICE_URL_ENV)  # the variable only for --verify
+    service = _service(url) if url else None  # a bad URL fails before the fold
+    replay = Replay(
+        store,
+        topology,
+        space_ids=args.space,
+        progress=Progress("verifying", total=await store.log.count_traversals()),
+    )
+    summary, mismatches, states = await replay.verify()
+    if service is not None:
+        mismatches += await _live_mismatches(service, History(store, topology), states)
+    for mismatch in mismatches:
+        print(mismatch.describe())
+    print(json.dumps({**summary.as_dict(), "mismatches": len(mismatches)}, indent=2))
+    return EXIT_FAILED if mismatches else 0
+
+
+def _service(url: str) -> ServiceClient:
+    from headcount.http.client import ServiceClient, ServiceError  # only --service talks HTTP
+
+    try:
+        return ServiceClient(url)
+    except ServiceError as e:
+        raise UsageError(f"--service: {e}") from e
+
+
+async def _live_mismatches(
+    service: ServiceClient, history: History, folded: dict[str, SpaceState]
+) -> list[Mismatch]:
+    from headcount.http.client import ServiceError
+
+    try:
+        async with service:
+            return await live_mismatches(history, folded, service)
+    except ServiceError as e:
+        raise HeadcountError(f"{e}; check --service") from e
+
+
+async def _dry_run(args: argparse.Namespace, store: EventStore) -> int:
+    if args.topology is None:
+        raise UsageError("--dry-run needs --topology FILE: the corrected topology to compare")
+    recorded = await recorded_topology(store)
+    if recorded is None:
+        raise UsageError("--dry-run: the store has no topology recorded to compare against")
+    corrected = await choose_topology(args, store)
+    times = [now_ms()] if not args.at else [moment("--at", at) for at in args.at]
+    comparison = await compare_topologies(
+        store,
+        recorded.topology,
+        corrected.topology,
+        times,
+        space_ids=args.space,
+        progress=Progress("folding"),
+    )
+    print(f"{'space':<20} {'time':<24} {'before':>8} {'after':>8}")
+    for count in comparison.counts:
+        before = "new" if count.before is None else str(count.before)
+        mark = "  changed" if count.changed else ""
+        print(f"{count.space_id:<20} {format_ms(count.ts):<24} {before:>8} {count.after:>8}{mark}")
+    print(
+        f"{comparison.changed} of {len(comparison.counts)} counts change"
+        f" ({len(comparison.unchanged)} spaces are folded the same under both topologies);"
+        f" {comparison.summary.rows:,} events read, nothing written",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,94 @@
+"""``headcount serve``: the service, MQTT ingest, per-space actors and the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from headcount.cli.common import (
+    Commands,
+    choose_topology,
+    embedded_parent,
+    snapshots_parent,
+    store_parent,
+    topology_parent,
+)
+from headcount.domain.topology import Topology, TopologyChoice
+from headcount.eventstore.store import EventStore
+
+
+def add_command(commands: Commands) -> None:
+    cmd = commands.add_parser(
+        "serve",
+        parents=[
+            store_parent(),
+            topology_parent(
+                "it becomes the store's current topology. Default: the store's current topology"
+                " (with --demo, the seed topology)"
+            ),
+            snapshots_parent(),
+            embedded_parent(),
+        ],
+        help="run the service: MQTT ingest, per-space actors, the HTTP API",
+        description="Run headcount: an embedded MQTT broker (or --broker URL), the event"
+        " store, one actor per space and the HTTP API. SIGINT/SIGTERM stop it cleanly.",
+    )
+    cmd.add_argument(
+        "--demo",
+        action="store_true",
+        help="use the seed topology and import the seed data if the store is empty",
+    )
+    cmd.add_argument(
+        "--broker",
+        default=os.environ.get("HEADCOUNT_BROKER"),
+        metavar="URL",
+        help="external MQTT broker, mqtt://user:pass@host:port (env HEADCOUNT_BROKER;"
+        " default: start the embedded broker)",
+    )
+    cmd.add_argument(
+        "--http-port",
+        type=int,
+        default=int(os.environ.get("HEADCOUNT_HTTP_PORT", "8080")),
+        metavar="N",
+        help="HTTP API port (env HEADCOUNT_HTTP_PORT; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--host",
+        default=os.environ.get("HEADCOUNT_HOST", "127.0.0.1"),
+        metavar="ADDR",
+        help="address the HTTP API and the embedded broker listen on"
+        " (env HEADCOUNT_HOST; default %(default)s)",
+    )
+    cmd.add_argument(
+        "--client-id",
+        default=os.environ.get("HEADCOUNT_CLIENT_ID", "headcount"),
+        metavar="ID",
+        help="MQTT client id of the service's persistent session (default %(default)s)",
+    )
+    cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
+
+
+async def run(args: argparse.Namespace) -> int:
+    # The service's imports load only for the commands that use them.
+    from headcount.service import Settings, demo_files, preflight, serve
+
+    settings = Settings(
+        store_url=args.store,
+        broker_url=args.broker,
+        host=args.host,
+        http_port=args.http_port,
+        mqtt_port=args.mqtt_port,
+        broker_config=args.broker_config,
+        client_id=args.client_id,
+        snapshot_every=args.snapshot_every,
+        demo=args.demo,
+    )
+    preflight(settings)  # configuration problems are reported before the store is touched
+    if args.demo and args.topology is None:
+        document, _ = demo_files()
+        topology = Topology.from_toml(document, source="seed topology")
+        return await serve(settings, TopologyChoice(topology, document, "seed topology"))
+    async with await EventStore.open(args.store) as store:
+        choice = await choose_topology(args, store)
+    return await serve(settings, choice)

@@ -1,0 +1,67 @@
+"""A client of a running service's HTTP API: its live counts, for ``headcount replay
+--verify --service`` (a :class:`headcount.history.live_check.LiveCounts`)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from headcount.errors import HeadcountError
+
+
+class ServiceError(HeadcountError):
+    """The service could not be asked: a bad URL, unreachable, or it answered with an error."""
+
+
+class ServiceClient:
+    """``async with ServiceClient(url) as service``: the API of the service at ``url``, e.g.
+    ``http://127.0.0.1:8080``. Every failure is a :class:`ServiceError` naming the URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ServiceError(f"{url!r} is not a service URL: give http://HOST:PORT")
+        self._base = url.rstrip("/") + "/"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._session = aiohttp.ClientSession(base_url=self._base)
+        except ValueError as e:  # e.g. a port that is not a number
+            raise ServiceError(f"{self.url!r} is not a service URL: {e}") from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def counts(self) -> dict[str, int]:
+        """``GET /spaces``: every space's live count, by space id."""
+        body = await self._get("spaces", "its live counts")
+        return {space["id"]: space["count"] for space in body["spaces"]}
+
+    async def count(self, space_id: str) -> int:
+        """``GET /spaces/{space_id}/count``: one space's live count."""
+        path = f"spaces/{quote(space_id, safe='')}/count"
+        body = await self._get(path, f"the live count of space {space_id!r}")
+        return int(body["count"])
+
+    async def _get(self, path: str, what: str) -> Any:
+        if self._session is None:
+            raise RuntimeError("use ServiceClient in 'async with'")
+        try:
+            async with self._session.get(path) as response:
+                response.raise_for_status()
+                return await response.json()
+        except aiohttp.ClientError as e:
+            raise ServiceError(f"cannot ask the service at {self.url} for {what}: {e}") from e

@@ -3,6 +3,10 @@
 :func:`add_command` adds the subcommand to ``headcount``'s parser; :func:`run` is its handler.
 Planning (people, faults, files) is pure and runs first; then the firmware publishes, unless
 ``--dry-run``. Progress goes to stderr, the summary as JSON to stdout.
+
+About 520 lines, over this project's usual 400, because a third of it is the flag table of
+:func:`add_command` (twenty-five flags, each with its help text): splitting the table from the
+code that reads the flags would put each flag's meaning in two places.
 """
 
 from __future__ import annotations

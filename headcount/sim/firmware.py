@@ -17,6 +17,10 @@ publishing it: "online" on every connection it gets, "offline" when one of its o
 (the message its will would have caused) and "offline" at a clean end. With as many connections
 as DPUs each DPU has its own connection and will, like real firmware. If the simulator dies, the
 broker marks only the first DPU of each connection offline; the others keep their last status.
+
+About 420 lines, a little over this project's usual 400: the buffers, the connection pool and
+the publish-and-acknowledge loop share the rule "an event leaves its buffer only once
+acknowledged", and reading that rule in one module is worth the length.
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ async def scan(url: str) -> tuple[int, float]:
         head = await store.log.head()
         started = time.perf_counter()
         rows = 0
-        async for _ in store.log.scan_log(after=None, head=head):
-            rows += 1
+        async for batch in store.log.scan_log(after=None, head=head):
+            rows += len(batch)
         return rows, time.perf_counter() - started
 
 

@@ -275,15 +275,17 @@ class EventLog:
                 until=until,
                 max_position=None if head is None else head.position,
             )
-            async for item in interleave_resets(found, pages, lambda item: item[0].ts):
-                yield item
+            async for batch in interleave_resets(found, pages, _traversal_ts):
+                for item in batch:
+                    yield item
 
     async def scan_log(
         self, *, dpu_ids: Collection[str] | None = None, after: int | None, head: Head
-    ) -> AsyncIterator[tuple[str, int, int, int]]:
+    ) -> AsyncIterator[Sequence[tuple[str, int, int, int]]]:
         """Every traversal up to log position ``head.position`` with ``ts > after``, as rows
-        ``(dpu_id, seq, ts, direction)`` in fold order, optionally only from ``dpu_ids``.
-        Streams, so memory stays bounded however long the log is."""
+        ``(dpu_id, seq, ts, direction)`` in fold order, optionally only from ``dpu_ids``, in
+        batches (a replay's inner loop stays a plain loop over a list). Streams, so memory
+        stays bounded however long the log is."""
         stmt = select(
             traversals.c.dpu_id, traversals.c.seq, traversals.c.ts, traversals.c.direction
         ).where(traversals.c.position <= head.position)
@@ -295,8 +297,7 @@ class EventLog:
         async with translate_errors(), self.engine.connect() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=5000))
             async for partition in result.partitions():
-                for row in partition:
-                    yield row
+                yield partition
 
     async def resets_up_to(self, head: Head, *, after: int | None) -> list[StoredReset]:
         """Every reset up to ``head.reset_id`` with ``ts > after``, in time order. Resets are
@@ -312,19 +313,34 @@ class EventLog:
 
 
 async def interleave_resets(
-    found: Sequence[StoredReset], rows: AsyncIterable[_R], ts_of: Callable[[_R], int]
-) -> AsyncIterator[StoredReset | _R]:
-    """Merge resets (in time order) into traversal rows (in fold order) by time, a reset
-    before the traversals of its millisecond (see ``domain.events.fold_key``): the one place
-    the two logs are put in fold order together."""
+    found: Sequence[StoredReset],
+    batches: AsyncIterable[Sequence[_R]],
+    ts_of: Callable[[_R], int],
+) -> AsyncIterator[Sequence[StoredReset | _R]]:
+    """Merge resets (in time order) into batches of traversal rows (in fold order) by time, a
+    reset before the traversals of its millisecond (see ``domain.events.fold_key``): the one
+    place the two logs are put in fold order together. A batch no reset falls into passes
+    through as it is."""
     pending = list(reversed(found))  # a stack, the earliest last
-    async for row in rows:
-        ts = ts_of(row)
-        while pending and pending[-1].ts <= ts:
-            yield pending.pop()
-        yield row
-    while pending:
-        yield pending.pop()
+    async for batch in batches:
+        if not batch:
+            continue
+        if not pending or pending[-1].ts > ts_of(batch[-1]):
+            yield batch
+            continue
+        merged: list[StoredReset | _R] = []
+        for row in batch:
+            ts = ts_of(row)
+            while pending and pending[-1].ts <= ts:
+                merged.append(pending.pop())
+            merged.append(row)
+        yield merged
+    if pending:
+        yield pending[::-1]
+
+
+def _traversal_ts(item: tuple[Traversal, Source]) -> int:
+    return item[0].ts
 
 
 async def read_head(conn: AsyncConnection) -> Head:
@@ -341,10 +357,10 @@ async def _traversal_pages(
     after: int | None,
     until: int,
     max_position: int | None,
-) -> AsyncIterator[tuple[Traversal, Source]]:
+) -> AsyncIterator[list[tuple[Traversal, Source]]]:
     """The first :data:`TAIL_PAGE` rows by a plain query (a tail after a snapshot fits: one
     round trip), the rest, if any, streamed after the last of them (a server-side cursor:
-    round trips of its own, but one sort however long the log)."""
+    round trips of its own, but one sort however long the log); in pages."""
     params: dict[str, Any] | None = source_params(sources, after=after, until=until)
     if params is None:
         return
@@ -355,12 +371,17 @@ async def _traversal_pages(
         params["max_position"] = max_position
     bounded = max_position is not None
     rows = (await conn.execute(traversals_through(sources, bounded, False), params)).all()
-    for dpu_id, seq, ts, direction in rows:
-        yield Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts)
+    yield [
+        (Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts))
+        for dpu_id, seq, ts, direction in rows
+    ]
     if len(rows) < TAIL_PAGE:
         return
     last_dpu, last_seq, last_ts, _ = rows[-1]
     params |= {"key_ts": last_ts, "key_dpu": last_dpu, "key_seq": last_seq}
     rest = await conn.stream(traversals_through(sources, bounded, True), params)
-    async for dpu_id, seq, ts, direction in rest:
-        yield Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts)
+    async for page in rest.partitions():
+        yield [
+            (Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts))
+            for dpu_id, seq, ts, direction in page
+        ]

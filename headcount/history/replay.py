@@ -333,24 +333,25 @@ class Replay:
         links_at = self.topology.links_at
         read = 0
         progress = self.progress
-        async for item in interleave_resets(found, rows, _row_ts):
-            if isinstance(item, StoredReset):
-                self._reset(tracks, item, head)
-                continue
-            dpu_id, seq, ts, direction = item
-            read += 1
-            for link in links_at(dpu_id, ts):
-                track = tracks.get(link.space_id)
-                if track is not None and track.before(ts, head):
-                    delta = space_delta(direction, link.sensor_placement)
-                    track.folder.delta(ts, delta)
-                    if ts > track.recent_after:
-                        track.recent.append(Delta(ts, dpu_id, seq, delta))
-            if read % 10_000 == 0:
-                if progress is not None:
-                    progress.update(read)
-                if generation is not None and len(sink) >= _FLUSH_EVERY:
-                    await self._flush(tracks, sink, generation)
+        async for batch in interleave_resets(found, rows, _row_ts):
+            for item in batch:
+                if isinstance(item, StoredReset):
+                    self._reset(tracks, item, head)
+                    read -= 1  # counted with its batch, but not a row of the traversal log
+                    continue
+                dpu_id, seq, ts, direction = item
+                for link in links_at(dpu_id, ts):
+                    track = tracks.get(link.space_id)
+                    if track is not None and track.before(ts, head):
+                        delta = space_delta(direction, link.sensor_placement)
+                        track.folder.delta(ts, delta)
+                        if ts > track.recent_after:
+                            track.recent.append(Delta(ts, dpu_id, seq, delta))
+            read += len(batch)
+            if progress is not None:
+                progress.update(read)
+            if generation is not None and len(sink) >= _FLUSH_EVERY:
+                await self._flush(tracks, sink, generation)
         for track in tracks.values():
             track.finish(head)
         if generation is not None:

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from headcount.domain.topology import Source
 from headcount.eventstore.engine import read_transaction
 from headcount.eventstore.records import LateMark, QuarantineEntry, Snapshot, StoredReset
-from headcount.eventstore.schema import quarantine, snapshots
-from headcount.eventstore.snapshots import SUPERSEDED, snapshot_from_row
+from headcount.eventstore.schema import quarantine
+from headcount.eventstore.snapshots import candidates_before
 from headcount.eventstore.statements import late_through, resets_query, source_params
 from headcount.eventstore.store import EventStore
 
@@ -44,19 +44,8 @@ async def snapshots_before(
 ) -> list[Snapshot]:
     """A space's snapshots under ``fingerprint`` with ``as_of <= at_or_before``, newest first,
     leaving out those a finished replay superseded, usable or not."""
-    stmt = (
-        select(snapshots)
-        .where(
-            snapshots.c.space_id == space_id,
-            snapshots.c.fingerprint == fingerprint,
-            snapshots.c.as_of <= at_or_before,
-            ~SUPERSEDED,
-        )
-        .order_by(snapshots.c.as_of.desc(), snapshots.c.id.desc())
-        .limit(limit)
-    )
     async with read_transaction(store.engine) as conn:
-        return [snapshot_from_row(row) for row in await conn.execute(stmt)]
+        return await candidates_before(conn, space_id, fingerprint, at_or_before, limit)
 
 
 async def late_marks(

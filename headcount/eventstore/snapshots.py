@@ -29,7 +29,14 @@ from headcount.eventstore.statements import (
     source_params,
 )
 
-__all__ = ["SUPERSEDED", "Snapshots", "snapshot_from_row", "snapshot_row", "still_right"]
+__all__ = [
+    "SUPERSEDED",
+    "Snapshots",
+    "candidates_before",
+    "snapshot_from_row",
+    "snapshot_row",
+    "still_right",
+]
 
 #: How many snapshot candidates one look-up reads.
 _PAGE = 32
@@ -76,7 +83,7 @@ class Snapshots:
         before = at_or_before
         async with reading_in(self.engine, within) as conn:
             while True:
-                found = await _before(conn, space_id, fingerprint, before, _PAGE)
+                found = await candidates_before(conn, space_id, fingerprint, before, _PAGE)
                 if not found:
                     return None
                 marks, found_resets = await _invalidating(conn, space_id, found, sources)
@@ -157,11 +164,12 @@ class Snapshots:
         ]
 
 
-async def _before(
+async def candidates_before(
     conn: AsyncConnection, space_id: str, fingerprint: str, at_or_before: int, limit: int
 ) -> list[Snapshot]:
     """A space's snapshots under ``fingerprint`` with ``as_of <= at_or_before``, newest first,
-    leaving out those a finished replay superseded."""
+    leaving out those a finished replay superseded; whether each is :func:`still_right` is
+    the caller's to decide."""
     stmt = (
         select(snapshots)
         .where(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -19,7 +19,7 @@ from headcount.actors import ActorSystem
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
 from headcount.errors import StoreError
-from headcount.eventstore.records import QuarantineEntry
+from headcount.eventstore.records import AppendResult, QuarantineEntry
 from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
@@ -166,13 +166,17 @@ class Ingest(Generic[M]):
 
     async def _commit(self, batch: _Batch[M]) -> None:
         delay = 0.1
+        retried = False
         while True:
             try:
                 started = time.perf_counter()
                 result = await self.store.log.append(batch.traversals, quarantine=batch.quarantine)
                 break
             except StoreError as e:
-                # Nothing is acknowledged: retry the same batch until the store is back.
+                # Nothing is acknowledged: retry the same batch until the store is back. The
+                # failed attempt may have committed (an answer lost after COMMIT): the retry
+                # then finds these traversals stored, and routes them all the same.
+                retried = True
                 log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
@@ -185,4 +189,19 @@ class Ingest(Generic[M]):
             m.quarantined.labels(reason).inc()
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
-        await self.actors.route(result.new)
+        again = _stored_before(batch.traversals, result) if retried else []
+        await self.actors.route([*result.new, *again])
+
+
+def _stored_before(batch: Sequence[Traversal], result: AppendResult) -> list[Traversal]:
+    """Traversals of a retried ``batch`` that an earlier, failed attempt may have stored: those
+    the append found already stored, each once. Routing them again is harmless (the actors
+    drop what they have); not routing them could lose them from the live counts."""
+    new = {t.key for t in result.new}
+    refused = {c.reported for c in result.conflicts}
+    again: list[Traversal] = []
+    for t in batch:
+        if t.key not in new and t not in refused:
+            new.add(t.key)
+            again.append(t)
+    return again

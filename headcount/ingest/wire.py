@@ -3,7 +3,8 @@
 A DPU publishes on ``dpus/{dpu_id}/traversals`` (QoS 1) a msgpack payload: one traversal, a map
 ``{"seq": int, "ts": int, "direction": 1 or -1}`` with ``ts`` in integer milliseconds since the
 Unix epoch (UTC), or a non-empty array of such maps (its backlog). The DPU id comes from the
-topic only. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
+topic only: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
+``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
 ``offline`` (retained; ``offline`` is the DPU's MQTT last will).
 
 Two levels of checks, each with a stable :class:`Reason` code:
@@ -164,6 +165,11 @@ def _dpu_id_problem(dpu_id: str) -> str | None:
     for char in _FORBIDDEN_IN_DPU_ID:
         if char in dpu_id:
             return f"the DPU id {_preview(dpu_id)} contains {char!r}, which MQTT topics reserve"
+    for char in dpu_id:
+        if 0xD800 <= ord(char) <= 0xDFFF:  # how an undecodable topic byte arrives
+            return f"the DPU id {_preview(dpu_id)} is not valid UTF-8"
+        if not char.isprintable():
+            return f"the DPU id {_preview(dpu_id)} contains the unprintable character {char!r}"
     return None
 
 
@@ -172,8 +178,8 @@ def _topic(template: str, dpu_id: str) -> str:
     if problem is not None:
         raise _refuse(
             Reason.BAD_TOPIC,
-            f"cannot build a topic: {problem}; expected 1 to {MAX_DPU_ID_LEN} characters"
-            " without '/', '+' or '#'",
+            f"cannot build a topic: {problem}; expected 1 to {MAX_DPU_ID_LEN} printable"
+            " characters without '/', '+' or '#'",
         )
     return template.format(dpu_id=dpu_id)
 
@@ -212,8 +218,8 @@ def parse_topic(topic: str) -> tuple[str, TopicKind]:
     if problem is not None:
         raise _refuse(
             Reason.BAD_TOPIC,
-            f"topic {_preview(topic)}: {problem}; expected 1 to {MAX_DPU_ID_LEN} characters"
-            " without '/', '+' or '#'",
+            f"topic {_preview(topic)}: {problem}; expected 1 to {MAX_DPU_ID_LEN} printable"
+            " characters without '/', '+' or '#'",
         )
     return dpu_id, found
 

@@ -563,6 +563,10 @@ def test_parse_topic_accepts(topic: str, expected: tuple[str, str]) -> None:
         pytest.param("dpus/283/Traversals", id="kind-case"),
         pytest.param("dpus/283/events", id="unknown-kind"),
         pytest.param("spaces/A/count", id="other-topic"),
+        pytest.param("dpus/" + "d" * 10_000 + "/traversals", id="10000-chars"),
+        pytest.param("dpus/a\x00b/traversals", id="nul"),
+        pytest.param("dpus/a\nb/status", id="newline"),
+        pytest.param(b"dpus/\xff/traversals".decode("utf-8", "surrogateescape"), id="not-utf8"),
     ],
 )
 def test_parse_topic_refuses(topic: str) -> None:
@@ -580,6 +584,8 @@ def test_parse_topic_refuses(topic: str) -> None:
         pytest.param("+", id="plus"),
         pytest.param("#", id="hash"),
         pytest.param("d" * 65, id="65-chars"),
+        pytest.param("a\x00", id="nul"),
+        pytest.param("\udcff", id="not-utf8"),
     ],
 )
 def test_topic_builders_refuse_unusable_ids(dpu_id: str) -> None:

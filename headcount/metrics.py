@@ -29,6 +29,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dropped = Counter(
+            "headcount_ingest_dropped",
+            "Messages acknowledged but neither stored nor quarantined: the store refused even"
+            " a minimal quarantine entry for them (each is logged), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.late = Counter(
             "headcount_late_events",
             "Events folded out of order by a space actor (before its newest event)",

@@ -3,6 +3,14 @@
 A message is acknowledged to the broker only after its events (or its quarantine record) are
 committed, so a crash at any instant loses nothing the broker accepted: it redelivers what was
 not acknowledged, and the store's unique key drops the repeats.
+
+No single message can stop ingest. A store that is *down* holds the batch: nothing is
+acknowledged, and the same batch is retried with backoff. A batch the store refuses for its
+*content*
+(:class:`~headcount.errors.StoreDataError`) is committed in halves until the message at fault
+is alone; that message is quarantined in a minimal form and acknowledged, the others are
+stored as usual. When the store refuses even a minimal record of a message, it is logged and
+counted in ``headcount_ingest_dropped``.
 """
 
 from __future__ import annotations
@@ -18,12 +26,15 @@ from typing import Generic, Protocol, TypeVar
 from headcount.actors import ActorSystem
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
-from headcount.errors import StoreError
+from headcount.errors import StoreDataError, StoreError
+from headcount.eventstore.quarantine import MAX_PAYLOAD_KEPT
 from headcount.eventstore.records import AppendResult, QuarantineEntry
 from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
+
+__all__ = ["Ingest", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +67,27 @@ class IngestSettings:
 
 
 @dataclass(slots=True)
-class _Batch(Generic[M]):
-    messages: list[M] = field(default_factory=list)
+class _Part(Generic[M]):
+    """What one message brings to a batch: traversals to store, entries to quarantine (with
+    their reason codes, for the metrics)."""
+
+    message: M
     traversals: list[Traversal] = field(default_factory=list)
     quarantine: list[QuarantineEntry] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)  # reason codes, for the metrics
+    rejected: list[str] = field(default_factory=list)
+    #: An attempt to commit this part failed in a way that may have committed it after all
+    #: (a lost connection at COMMIT): its traversals may come back as duplicates.
+    uncertain: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.traversals and not self.quarantine
+
+
+@dataclass(slots=True)
+class _Batch(Generic[M]):
+    parts: list[_Part[M]] = field(default_factory=list)
+    events: int = 0
 
 
 class Ingest(Generic[M]):
@@ -103,9 +130,9 @@ class Ingest(Generic[M]):
     async def _commit_loop(self) -> None:
         while True:
             batch = await self._next_batch()
-            await self._commit(batch)
-            for message in batch.messages:
-                await self._ack(message)
+            await self._store(batch.parts)
+            for part in batch.parts:
+                await self._ack(part.message)
 
     async def _next_batch(self) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals or
@@ -113,7 +140,7 @@ class Ingest(Generic[M]):
         batch: _Batch[M] = _Batch()
         self._add(batch, await self._queue.get())
         deadline = time.monotonic() + self.settings.max_delay_s
-        while len(batch.traversals) < self.settings.max_events:
+        while batch.events < self.settings.max_events:
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -129,28 +156,36 @@ class Ingest(Generic[M]):
         return batch
 
     def _add(self, batch: _Batch[M], message: M) -> None:
-        batch.messages.append(message)
+        part = self._read_message(message)
+        batch.parts.append(part)
+        batch.events += len(part.traversals)
+
+    def _read_message(self, message: M) -> _Part[M]:
+        """Decode and screen one message: what it asks to store and to quarantine. A status
+        is applied here (it is memory only)."""
+        part = _Part(message)
         now = self._clock()
         s = self.settings
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
             if kind == "status":
                 self.dpus.set_online(dpu_id, wire.decode_status(message.payload))
-                return
+                return part
             self.metrics.messages.inc()
             events = wire.decode(
                 dpu_id, message.payload, max_payload=s.max_payload, max_batch=s.max_batch
             )
         except wire.WireError as e:
-            batch.rejected.append(e.rejection.reason.value)
-            batch.quarantine.append(self._refused(message, e.rejection, now))
-            return
+            part.rejected.append(e.rejection.reason.value)
+            part.quarantine.append(self._refused(message, e.rejection, now))
+            return part
         kept, rejections = wire.screen(events, self.topology, now=now, max_skew_ms=s.max_skew_ms)
-        batch.traversals.extend(kept)
+        part.traversals.extend(kept)
         for rejection in rejections:
-            batch.rejected.append(rejection.reason.value)
-            batch.quarantine.append(self._refused(message, rejection, now))
+            part.rejected.append(rejection.reason.value)
+            part.quarantine.append(self._refused(message, rejection, now))
         self.dpus.seen(dpu_id, now, max(t.seq for t in events))
+        return part
 
     @staticmethod
     def _refused(message: Message, rejection: wire.Rejection, now: int) -> QuarantineEntry:
@@ -164,44 +199,120 @@ class Ingest(Generic[M]):
             received_at=now,
         )
 
-    async def _commit(self, batch: _Batch[M]) -> None:
+    # -- committing ------------------------------------------------------------------------
+
+    async def _store(self, parts: Sequence[_Part[M]]) -> None:
+        """Commit what ``parts`` ask to store, in one transaction if the store takes it. If it
+        refuses their content, in halves, down to the one message at fault."""
+        parts = [p for p in parts if not p.empty]
+        if not parts:
+            return
+        try:
+            await self._commit(parts)
+        except StoreDataError as e:
+            if len(parts) == 1:
+                await self._isolate(parts[0], e)
+                return
+            log.warning(
+                "the store refused a batch of %d messages for its content (%s);"
+                " committing it in parts to find the message at fault",
+                len(parts),
+                e,
+            )
+            half = len(parts) // 2
+            await self._store(parts[:half])
+            await self._store(parts[half:])
+
+    async def _commit(self, parts: Sequence[_Part[M]]) -> None:
+        """Append the parts' traversals and quarantine entries in one transaction, retrying
+        while the store is unavailable, then count and route what was stored. Raises
+        :class:`StoreDataError` (nothing stored) when the store refuses the content."""
+        traversals = [t for p in parts for t in p.traversals]
+        entries = [e for p in parts for e in p.quarantine]
         delay = 0.1
-        retried = False
         while True:
+            started = time.perf_counter()
             try:
-                started = time.perf_counter()
-                result = await self.store.log.append(batch.traversals, quarantine=batch.quarantine)
+                result = await self.store.log.append(traversals, quarantine=entries)
                 break
+            except StoreDataError:
+                raise
             except StoreError as e:
                 # Nothing is acknowledged: retry the same batch until the store is back. The
                 # failed attempt may have committed (an answer lost after COMMIT): the retry
                 # then finds these traversals stored, and routes them all the same.
-                retried = True
+                for part in parts:
+                    part.uncertain = True
                 log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
-        m.batch_events.observe(len(batch.traversals))
+        m.batch_events.observe(len(traversals))
         m.events.inc(len(result.new))
         m.duplicates.inc(result.duplicates)
-        for reason in batch.rejected:
-            m.quarantined.labels(reason).inc()
+        for part in parts:
+            for reason in part.rejected:
+                m.quarantined.labels(reason).inc()
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
-        again = _stored_before(batch.traversals, result) if retried else []
-        await self.actors.route([*result.new, *again])
+        await self.actors.route([*result.new, *_stored_before(parts, result)])
+
+    async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
+        """Quarantine a message whose content the store refuses, in a form any store holds:
+        printable ASCII of bounded length and a bounded prefix of the payload. If even that is
+        refused, log it and count it as dropped. Either way it is acknowledged."""
+        message = part.message
+        log.error(
+            "the store refuses what the message on topic %s holds (%s); quarantining it"
+            " in a minimal form",
+            _ascii(message.topic, 200),
+            error,
+        )
+        reason = wire.Reason.UNSTORABLE.value
+        payload = bytes(message.payload)
+        entry = QuarantineEntry(
+            origin=f"mqtt:{_ascii(message.topic, 200)}",
+            reason=(
+                f"{reason}: the store refused this message ({_ascii(str(error), 500)});"
+                f" {len(part.traversals)} traversal(s) and {len(part.quarantine)} refusal(s)"
+                f" not stored; the payload was {len(payload):,} bytes"
+            ),
+            payload=payload[:MAX_PAYLOAD_KEPT],
+            received_at=self._clock(),
+        )
+        minimal: _Part[M] = _Part(message, quarantine=[entry], rejected=[reason])
+        try:
+            await self._commit([minimal])
+        except StoreDataError as e:
+            log.error(
+                "the store refuses even a minimal quarantine entry for the message on topic %s"
+                " (%s); dropped",
+                _ascii(message.topic, 200),
+                e,
+            )
+            self.metrics.dropped.labels(reason).inc()
 
 
-def _stored_before(batch: Sequence[Traversal], result: AppendResult) -> list[Traversal]:
-    """Traversals of a retried ``batch`` that an earlier, failed attempt may have stored: those
-    the append found already stored, each once. Routing them again is harmless (the actors
-    drop what they have); not routing them could lose them from the live counts."""
+def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Traversal]:
+    """Traversals of ``parts`` that an earlier, failed attempt may have stored: those of
+    uncertain parts that the append found already stored, each once. Routing them again is
+    harmless (the actors drop what they have), not routing them could lose them from the live
+    counts."""
     new = {t.key for t in result.new}
     refused = {c.reported for c in result.conflicts}
     again: list[Traversal] = []
-    for t in batch:
-        if t.key not in new and t not in refused:
-            new.add(t.key)
-            again.append(t)
+    for part in parts:
+        if not part.uncertain:
+            continue
+        for t in part.traversals:
+            if t.key not in new and t not in refused:
+                new.add(t.key)
+                again.append(t)
     return again
+
+
+def _ascii(text: str, limit: int) -> str:
+    """``text`` as printable ASCII (escapes for everything else), at most ``limit`` chars."""
+    escaped = ascii(text[:limit])[1:-1]
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

@@ -104,6 +104,9 @@ class Reason(StrEnum):
     BAD_TOPIC = "bad_topic"
     #: A status payload other than ``online`` or ``offline``.
     BAD_STATUS = "bad_status"
+    #: A message the store refused to hold as it was (a value it cannot store): kept in
+    #: quarantine in a minimal form instead (see ``headcount.ingest.pipeline``).
+    UNSTORABLE = "unstorable"
 
 
 @dataclass(frozen=True, slots=True)

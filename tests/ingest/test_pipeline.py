@@ -8,16 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
 from headcount.domain.topology import Topology
+from headcount.eventstore import quarantine as quarantine_module
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
+from tests.ingest.faults import StoreFaults
 from tests.store_readers import quarantined
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -35,7 +38,7 @@ def traversal(dpu: str, seq: int, ts: int, direction: int = 1) -> Msg:
 
 
 async def run_ingest(
-    store: EventStore, messages: list[Msg]
+    store: EventStore, messages: list[Msg], settings: IngestSettings | None = None
 ) -> tuple[list[Msg], Metrics, ActorSystem, DpuRegistry]:
     topology = Topology.from_toml(SEED.read_text())
     acked: list[Msg] = []
@@ -59,7 +62,7 @@ async def run_ingest(
     async with system.running():
         ingest = Ingest(
             source(), ack, store=store, actors=system, dpus=dpus, metrics=metrics,
-            settings=IngestSettings(max_events=3), clock=lambda: NOW,
+            settings=settings or IngestSettings(max_events=3), clock=lambda: NOW,
         )  # fmt: skip
         task = asyncio.create_task(ingest.run())
         async with asyncio.timeout(10):
@@ -117,3 +120,86 @@ async def test_bad_input_is_quarantined_acked_and_changes_nothing(store: EventSt
     rendered = metrics.render().decode()
     for reason in reasons:
         assert f'headcount_quarantined_total{{reason="{reason}"}} 1.0' in rendered
+
+
+# -- no message stops ingest ---------------------------------------------------------------
+
+NOT_UTF8_TOPIC = b"dpus/\xff/traversals".decode("utf-8", "surrogateescape")  # as MQTT gives it
+ONE_BATCH = IngestSettings(max_events=100, max_delay_s=0.05)
+
+
+def hostile() -> list[Msg]:
+    """Issue 9's messages, between two good ones, all in one batch."""
+    return [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/" + "d" * 10_000 + "/traversals", traversal("283", 9, NOW).payload),
+        Msg("dpus/28\x003/traversals", traversal("283", 9, NOW).payload),
+        Msg(NOT_UTF8_TOPIC, traversal("283", 9, NOW).payload),
+        Msg(wire.traversals_topic("283"), b"\x93" + b"\xab" * 10_000_000),
+        traversal("283", 2, NOW - 4000),
+    ]
+
+
+def counted(metrics: Metrics, name: str, label: str) -> float:
+    return metrics.registry.get_sample_value(f"headcount_{name}_total", {"reason": label}) or 0.0
+
+
+async def test_hostile_messages_are_quarantined_and_ingest_goes_on(store: EventStore) -> None:
+    messages = hostile()
+    acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    reasons = sorted(e.reason.split(":")[0] for e in await quarantined(store))
+    assert reasons == ["bad_topic", "bad_topic", "bad_topic", "oversize"]
+    assert counted(metrics, "quarantined", "bad_topic") == 3
+
+
+async def test_a_message_the_store_refuses_is_isolated_and_ingest_goes_on(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the quarantine's own defence (entries made to fit), the store refuses some of
+    those messages (which, depends on the backend): each is found, kept in a minimal form and
+    acknowledged; the batch's other messages are stored and counted."""
+    monkeypatch.setattr(quarantine_module, "fitting", lambda entry: entry)
+    messages = hostile()
+    acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    entries = await quarantined(store)
+    refused_by_store = 3 if store.engine.dialect.name == "postgresql" else 1
+    reasons = sorted(e.reason.split(":")[0] for e in entries)
+    assert reasons.count("unstorable") == refused_by_store
+    assert len(entries) == 4  # one for each hostile message, stored in one form or the other
+    for entry in entries:
+        if entry.reason.startswith("unstorable"):
+            assert entry.origin.isascii()
+            assert entry.origin.isprintable()
+            assert len(entry.origin) <= 300
+            assert "the store refused this message" in entry.reason
+    assert counted(metrics, "quarantined", "unstorable") == refused_by_store
+    assert counted(metrics, "ingest_dropped", "unstorable") == 0
+
+
+async def test_a_message_the_store_refuses_in_any_form_is_dropped_and_counted(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    faults = StoreFaults(store.engine)
+    faults.refuse(lambda statement, parameters: "poison" in repr(parameters))
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/poison/traversals/x", b"anything"),
+        traversal("283", 2, NOW - 4000),
+    ]
+    try:
+        acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    finally:
+        faults.remove()
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    assert await quarantined(store) == []
+    assert counted(metrics, "ingest_dropped", "unstorable") == 1
+    assert "refuses even a minimal quarantine entry" in caplog.text
+    assert "dpus/poison/traversals/x" in caplog.text

@@ -17,7 +17,7 @@ from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
 from headcount.http.errors import NOT_FOUND, error, json_errors
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, METRICS
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
 from headcount.http.openapi import document
 from headcount.ingest.dpus import DpuRegistry
 
@@ -235,7 +235,9 @@ def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[s
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when every space's actor is serving; 503 while any is still recovering."""
+    """200 when every space's actor is serving and ingest keeps up; 503 while any space is
+    still recovering, or while messages wait for a commit that does not come (the store is
+    down, say), with the reason in ``detail``."""
     readiness = request.app[ACTORS].readiness()
     if not readiness.ready:
         waiting = readiness.recovering
@@ -244,6 +246,10 @@ async def healthz(request: web.Request) -> web.Response:
             web.HTTPServiceUnavailable,
             f"{len(waiting)} of {readiness.spaces} spaces are still recovering: {shown}",
         )
+    ingest = request.app.get(INGEST)
+    problem = None if ingest is None else ingest.problem()
+    if problem is not None:
+        raise error(web.HTTPServiceUnavailable, problem)
     return web.json_response(
         {"status": "ok", "spaces": readiness.spaces, "actor_restarts": readiness.restarts}
     )

@@ -5,8 +5,8 @@ committed, so a crash at any instant loses nothing the broker accepted: it redel
 not acknowledged, and the store's unique key drops the repeats.
 
 No single message can stop ingest. A store that is *down* holds the batch: nothing is
-acknowledged, and the same batch is retried with backoff. A batch the store refuses for its
-*content*
+acknowledged, the same batch is retried with backoff, and :class:`IngestHealth` reports the
+stall (``/healthz`` answers 503). A batch the store refuses for its *content*
 (:class:`~headcount.errors.StoreDataError`) is committed in halves until the message at fault
 is alone; that message is quarantined in a minimal form and acknowledged, the others are
 stored as usual. When the store refuses even a minimal record of a message, it is logged and
@@ -34,7 +34,7 @@ from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
 
-__all__ = ["Ingest", "IngestSettings", "Message"]
+__all__ = ["Ingest", "IngestHealth", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ M = TypeVar("M", bound=Message)
 class IngestSettings:
     """Group commit: a batch closes at ``max_events`` traversals or ``max_delay_s`` after its
     first message, whichever comes first. Payload limits and the clock-skew allowance are the
-    wire format's."""
+    wire format's. Ingest counts as stalled (``/healthz`` 503) when messages have waited
+    ``stall_after_s`` without a commit."""
 
     max_events: int = 2000
     max_delay_s: float = 0.005
@@ -64,6 +65,85 @@ class IngestSettings:
     max_batch: int = wire.DEFAULT_MAX_BATCH
     max_skew_ms: int = wire.DEFAULT_MAX_SKEW_MS
     queue_size: int = 10_000
+    stall_after_s: float = 30.0
+
+
+class IngestHealth:
+    """How ingest is doing, read-only, for ``/healthz``: the :class:`Ingest` that made it
+    keeps it up to date.
+
+    ``waiting``: messages received and not yet acknowledged. ``last_commit``: when a batch was
+    last committed (ms since the epoch; ``None``: not yet). ``stalled_since``: since when
+    messages have been waiting without a commit (``None`` when nothing waits). ``last_error``:
+    the store error that holds the batch now, if any.
+    """
+
+    def __init__(
+        self,
+        stall_after_s: float,
+        *,
+        clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._waiting = 0
+        self._last_commit: int | None = None
+        self._since: tuple[float, int] | None = None  # (monotonic, ms) of the wait's start
+        self._last_error: str | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def last_commit(self) -> int | None:
+        return self._last_commit
+
+    @property
+    def stalled_since(self) -> int | None:
+        return None if self._since is None else self._since[1]
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def stalled_for(self) -> float:
+        """Seconds messages have been waiting without a commit (0 when nothing waits)."""
+        return 0.0 if self._since is None else self._monotonic() - self._since[0]
+
+    def problem(self) -> str | None:
+        """Why ingest is unhealthy, as a sentence; ``None`` while it keeps up."""
+        waited = self.stalled_for()
+        if self._since is None or waited < self.stall_after_s:
+            return None
+        why = f"; the store answers: {self._last_error}" if self._last_error else ""
+        return (
+            f"ingest is stalled: {self._waiting} message(s) have waited {waited:.0f} s"
+            f" without a commit (the limit is {self.stall_after_s:g} s){why}"
+        )
+
+    # -- kept up to date by Ingest ----------------------------------------------------------
+
+    def _received(self) -> None:
+        if self._waiting == 0:
+            self._since = (self._monotonic(), self._clock())
+        self._waiting += 1
+
+    def _committed(self) -> None:
+        self._last_commit = self._clock()
+        self._last_error = None
+        if self._waiting:
+            self._since = (self._monotonic(), self._last_commit)
+
+    def _failed(self, error: StoreError) -> None:
+        self._last_error = str(error)
+
+    def _acknowledged(self, n: int) -> None:
+        self._waiting -= n
+        if self._waiting == 0:
+            self._since = None
 
 
 @dataclass(slots=True)
@@ -92,7 +172,7 @@ class _Batch(Generic[M]):
 
 class Ingest(Generic[M]):
     """Consumes ``messages`` until cancelled; ``ack`` acknowledges one message to the broker
-    (called in receipt order, after commit)."""
+    (called in receipt order, after commit). :attr:`health` tells how it is doing."""
 
     def __init__(
         self,
@@ -116,6 +196,7 @@ class Ingest(Generic[M]):
         self.settings = settings or IngestSettings()
         self._clock = clock
         self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
+        self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
 
     async def run(self) -> None:
         """Read, batch and commit until cancelled."""
@@ -125,6 +206,7 @@ class Ingest(Generic[M]):
 
     async def _read(self) -> None:
         async for message in self._messages:
+            self.health._received()
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
@@ -133,6 +215,7 @@ class Ingest(Generic[M]):
             await self._store(batch.parts)
             for part in batch.parts:
                 await self._ack(part.message)
+            self.health._acknowledged(len(batch.parts))
 
     async def _next_batch(self) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals or
@@ -206,6 +289,7 @@ class Ingest(Generic[M]):
         refuses their content, in halves, down to the one message at fault."""
         parts = [p for p in parts if not p.empty]
         if not parts:
+            self.health._committed()  # nothing to store is progress too
             return
         try:
             await self._commit(parts)
@@ -243,9 +327,11 @@ class Ingest(Generic[M]):
                 # then finds these traversals stored, and routes them all the same.
                 for part in parts:
                     part.uncertain = True
+                self.health._failed(e)
                 log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
+        self.health._committed()
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.batch_events.observe(len(traversals))

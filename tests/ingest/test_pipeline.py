@@ -21,6 +21,7 @@ from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
+from tests.polling import eventually
 from tests.store_readers import quarantined
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -203,3 +204,64 @@ async def test_a_message_the_store_refuses_in_any_form_is_dropped_and_counted(
     assert counted(metrics, "ingest_dropped", "unstorable") == 1
     assert "refuses even a minimal quarantine entry" in caplog.text
     assert "dpus/poison/traversals/x" in caplog.text
+
+
+async def test_a_store_that_is_down_holds_the_batch_and_health_says_so(
+    store: EventStore,
+) -> None:
+    topology = Topology.from_toml(SEED.read_text())
+    inbox: asyncio.Queue[Msg] = asyncio.Queue()
+    acked: list[Msg] = []
+
+    async def source() -> AsyncIterator[Msg]:
+        while True:
+            yield await inbox.get()
+
+    async def ack(message: Msg) -> None:
+        acked.append(message)
+
+    faults = StoreFaults(store.engine)
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    try:
+        async with system.running():
+            ingest = Ingest(
+                source(), ack, store=store, actors=system, dpus=DpuRegistry(), metrics=Metrics(),
+                settings=IngestSettings(stall_after_s=0.3), clock=lambda: NOW,
+            )  # fmt: skip
+            health = ingest.health
+            task = asyncio.create_task(ingest.run())
+            assert (health.waiting, health.problem(), health.last_commit) == (0, None, None)
+
+            first = traversal("283", 1, NOW - 5000)
+            inbox.put_nowait(first)
+            await eventually(lambda: first in acked, what="the first message acknowledged")
+            assert health.last_commit == NOW
+            assert (health.waiting, health.stalled_since, health.problem()) == (0, None, None)
+
+            faults.down = True
+            held = [traversal("283", 2, NOW - 4000), Msg(wire.status_topic("283"), b"online")]
+            for message in held:
+                inbox.put_nowait(message)
+            await eventually(lambda: health.problem() is not None, what="a stall reported")
+            problem = health.problem()
+            assert problem is not None
+            assert problem.startswith("ingest is stalled: 2 message(s) have waited")
+            assert "injected: connection lost" in problem
+            assert health.waiting == 2
+            assert health.stalled_since == NOW
+            assert health.last_error is not None
+            assert acked == [first]  # nothing acknowledged while it is not stored
+
+            faults.down = False
+            await eventually(lambda: len(acked) == 3, what="the held batch acknowledged")
+            assert acked == [first, *held]
+            assert health.waiting == 0
+            assert health.stalled_since is None
+            assert health.problem() is None
+            assert health.last_error is None
+            await system.drain()
+            assert system.live("A").count == 2
+            task.cancel()
+            await asyncio.wait([task])
+    finally:
+        faults.remove()

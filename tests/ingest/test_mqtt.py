@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,6 +22,7 @@ from headcount.ingest.mqtt import (
     SubscriberError,
     parse_broker_url,
 )
+from tests.mqtt_fixtures import MqttNames
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -257,3 +259,73 @@ async def test_ack_of_a_message_from_an_earlier_connection_is_ignored(
         received = await next_message(sub.messages())
         await sub.ack(received)
     assert received.payload == b"new"
+
+
+# -- topics that are not UTF-8 -------------------------------------------------------------
+
+
+def _mqtt_string(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    length, encoded = len(body), b""
+    while True:
+        digit, length = length % 128, length // 128
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            return bytes([first_byte]) + encoded + body
+
+
+async def raw_publish(url: str, topic: bytes, payload: bytes) -> bool:
+    """Publish at QoS 1 as a DPU would, but with ``topic`` as raw bytes (which no client library
+    sends unless they are UTF-8); whether the broker acknowledged it (PUBACK)."""
+    address = parse_broker_url(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        connect = _mqtt_string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 30)
+        writer.write(
+            _packet(0x10, connect + _mqtt_string(b"raw-dpu-" + random.randbytes(4).hex().encode()))
+        )
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        writer.write(_packet(0x32, _mqtt_string(topic) + struct.pack("!H", 7) + payload))
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read(4)
+        if not answer:
+            return False  # the broker closed the connection
+        assert answer == b"\x40\x02\x00\x07"  # PUBACK of packet 7
+        return True
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("broker_url", ["amqtt"], indirect=True)
+async def test_a_topic_that_is_not_utf8_reaches_the_subscriber_as_published(
+    broker_url: str, mqtt_names: MqttNames
+) -> None:
+    """amqtt acknowledges such a publish; it used to mangle the topic (the repr of its bytes,
+    which matches no subscription), and paho could not decode it either: the message
+    vanished. Now it arrives with its bytes kept (surrogate escapes), and is acknowledged."""
+    topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
+    client_id = mqtt_names.client_id()
+    async with subscriber(broker_url, client_id, "dpus/#") as sub:
+        assert await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")
+        received = await next_message(sub.messages())
+        assert received.topic == topic.decode("utf-8", "surrogateescape")
+        assert received.payload == b"\x81\xa3seq\x01"
+        await sub.ack(received)
+    async with subscriber(broker_url, client_id, "dpus/#") as sub:
+        with pytest.raises(TimeoutError):  # not delivered again: the wait is the point
+            await next_message(sub.messages(), timeout=0.5)
+
+
+@pytest.mark.parametrize("broker_url", ["mosquitto"], indirect=True)
+async def test_mosquitto_refuses_a_topic_that_is_not_utf8(
+    broker_url: str, mqtt_names: MqttNames
+) -> None:
+    """Mosquitto closes the connection, as MQTT says a server must: the publisher is told,
+    nothing was accepted, so there is nothing for headcount to account for."""
+    topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
+    assert not await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")

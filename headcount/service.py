@@ -148,7 +148,7 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             Subscriber(
                 parse_broker_url(url),
                 client_id=settings.client_id,
-                topics=[wire.TRAVERSALS_FILTER, wire.STATUS_FILTER],
+                topics=[wire.SUBSCRIPTION],
             )
         )
         ingest = Ingest(

@@ -7,6 +7,10 @@ topic only: 1 to 64 printable characters (no control characters, valid UTF-8) wi
 ``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
 ``offline`` (retained; ``offline`` is the DPU's MQTT last will).
 
+headcount subscribes to everything under ``dpus/`` (:data:`SUBSCRIPTION`), so that nothing
+published there goes unseen: a message on any other topic (``dpus/283/traversals/extra``, a
+topic that is not valid UTF-8) is refused into quarantine as ``BAD_TOPIC``.
+
 Two levels of checks, each with a stable :class:`Reason` code:
 
 * :func:`decode` refuses a payload that is structurally wrong as a whole, by raising
@@ -38,6 +42,9 @@ TRAVERSALS_TOPIC: Final = "dpus/{dpu_id}/traversals"
 STATUS_TOPIC: Final = "dpus/{dpu_id}/status"
 TRAVERSALS_FILTER: Final = "dpus/+/traversals"
 STATUS_FILTER: Final = "dpus/+/status"
+#: The topic filter headcount subscribes to: both kinds of DPU topic, and every other topic
+#: under ``dpus/``, which is refused (``BAD_TOPIC``) rather than never seen.
+SUBSCRIPTION: Final = "dpus/#"
 
 #: Largest traversals payload accepted, in bytes; checked before anything is unpacked.
 DEFAULT_MAX_PAYLOAD: Final = 1_048_576

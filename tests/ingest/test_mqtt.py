@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -12,7 +13,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from headcount.actors import ActorSystem
+from headcount.domain.events import Traversal
+from headcount.domain.topology import Topology
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.ingest import wire
 from headcount.ingest.broker import EmbeddedBroker, free_port
+from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.mqtt import (
     Backoff,
     BrokerAddress,
@@ -22,7 +30,11 @@ from headcount.ingest.mqtt import (
     SubscriberError,
     parse_broker_url,
 )
+from headcount.ingest.pipeline import Ingest
+from headcount.metrics import Metrics
 from tests.mqtt_fixtures import MqttNames
+from tests.polling import eventually
+from tests.store_readers import quarantined
 
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -310,13 +322,13 @@ async def test_a_topic_that_is_not_utf8_reaches_the_subscriber_as_published(
     vanished. Now it arrives with its bytes kept (surrogate escapes), and is acknowledged."""
     topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
     client_id = mqtt_names.client_id()
-    async with subscriber(broker_url, client_id, "dpus/#") as sub:
+    async with subscriber(broker_url, client_id, wire.SUBSCRIPTION) as sub:
         assert await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")
         received = await next_message(sub.messages())
         assert received.topic == topic.decode("utf-8", "surrogateescape")
         assert received.payload == b"\x81\xa3seq\x01"
         await sub.ack(received)
-    async with subscriber(broker_url, client_id, "dpus/#") as sub:
+    async with subscriber(broker_url, client_id, wire.SUBSCRIPTION) as sub:
         with pytest.raises(TimeoutError):  # not delivered again: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
 
@@ -329,3 +341,79 @@ async def test_mosquitto_refuses_a_topic_that_is_not_utf8(
     nothing was accepted, so there is nothing for headcount to account for."""
     topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
     assert not await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")
+
+
+# -- ingest over MQTT: everything published under dpus/ is accounted for -----------------
+
+
+def site(dpu_id: str) -> Topology:
+    return Topology.from_toml(
+        f"""
+[[spaces]]
+id = "A"
+name = "Space A"
+
+[[doorways]]
+id = "X"
+name = "Doorway X"
+links = [{{ space = "A", sensor_placement = 1 }}]
+
+[[assignments]]
+dpu = "{dpu_id}"
+doorway = "X"
+valid_from = "2018-01-01T00:00:00Z"
+"""
+    )
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def test_everything_published_under_dpus_is_counted_or_quarantined(
+    broker_url: str, mqtt_names: MqttNames, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The service's subscription (``dpus/#``) through ingest, on each broker: a traversal is
+    counted; a topic of another shape, a status that is no status, and (where the broker
+    accepts one: amqtt) a topic that is not UTF-8 are quarantined."""
+    dpu = mqtt_names.dpu_id
+    now = int(time.time() * 1000)
+    metrics, dpus = Metrics(), DpuRegistry()
+    async with AsyncExitStack() as stack:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        store = await stack.enter_async_context(await EventStore.open(url))
+        system = await stack.enter_async_context(ActorSystem(History(store, site(dpu))).running())
+        sub = await stack.enter_async_context(
+            subscriber(broker_url, mqtt_names.client_id(), wire.SUBSCRIPTION)
+        )
+        ingest = Ingest(
+            sub.messages(), sub.ack, store=store, actors=system, dpus=dpus, metrics=metrics
+        )
+        stack.push_async_callback(stop, asyncio.create_task(ingest.run()))
+
+        event = wire.encode(Traversal(dpu, 1, now - 1000, 1))
+        await publish(broker_url, wire.traversals_topic(dpu), event)
+        await publish(broker_url, f"dpus/{dpu}/traversals/extra", event)
+        await publish(broker_url, wire.status_topic(dpu), b"maybe")
+        invalid = f"dpus/{dpu}-\xff/traversals".encode("latin-1")
+        accepted = await raw_publish(broker_url, invalid, event)
+        assert accepted == (request.node.callspec.params["broker_url"] == "amqtt")
+
+        expected = {
+            f"mqtt:dpus/{dpu}/traversals/extra": "bad_topic",
+            f"mqtt:dpus/{dpu}/status": "bad_status",
+        }
+        if accepted:
+            expected[f"mqtt:dpus/{dpu}-\\udcff/traversals"] = "bad_topic"
+        found: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while found != expected:
+            assert time.monotonic() < deadline, f"quarantined {found}, expected {expected}"
+            await asyncio.sleep(0.02)
+            entries = await quarantined(store)
+            found = {e.origin: e.reason.split(":")[0] for e in entries if dpu in e.origin}
+
+        await eventually(lambda: system.live("A").count == 1, what="the traversal counted")
+        assert dpus.get(dpu).online is None  # 'maybe' is no status
+        assert await store.log.count_traversals() == 1

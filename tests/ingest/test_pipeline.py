@@ -265,3 +265,24 @@ async def test_a_store_that_is_down_holds_the_batch_and_health_says_so(
             await asyncio.wait([task])
     finally:
         faults.remove()
+
+
+# -- everything received is accounted for --------------------------------------------------
+
+
+async def test_topics_of_any_other_shape_are_quarantined(store: EventStore) -> None:
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/283/traversals/extra", traversal("283", 2, NOW).payload),
+        Msg("dpus/283", b"x"),
+        Msg("dpus", b"x"),
+        Msg("dpus/283/status/", b"online"),
+    ]
+    acked, metrics, _, dpus = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 1
+    entries = await quarantined(store)
+    assert sorted(e.origin for e in entries) == sorted(f"mqtt:{m.topic}" for m in messages[1:])
+    assert all(e.reason.startswith("bad_topic: ") for e in entries)
+    assert counted(metrics, "quarantined", "bad_topic") == 4
+    assert dpus.get("283").online is None

@@ -20,6 +20,7 @@ from headcount.ingest.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_SKEW_MS,
     STATUS_FILTER,
+    SUBSCRIPTION,
     TRAVERSALS_FILTER,
     Reason,
     Rejection,
@@ -529,6 +530,7 @@ def test_topic_builders_and_filters() -> None:
     assert status_topic("283") == "dpus/283/status"
     assert TRAVERSALS_FILTER == "dpus/+/traversals"
     assert STATUS_FILTER == "dpus/+/status"
+    assert SUBSCRIPTION == "dpus/#"
     assert parse_topic(traversals_topic("283")) == ("283", "traversals")
     assert parse_topic(status_topic("283")) == ("283", "status")
 

@@ -198,12 +198,11 @@ async def list_dpus(request: web.Request) -> web.Response:
 
 
 async def dpu_detail(request: web.Request) -> web.Response:
-    """One DPU, with every assignment it had. 404 for a DPU neither assigned nor heard from."""
+    """One DPU, with every assignment it had. 404 for a DPU the topology does not know, heard
+    from or not: anyone can publish under any DPU id."""
     topology, dpus = request.app[ACTORS].topology, request.app[DPUS]
     dpu_id = request.match_info["dpu_id"]
-    status = dpus.get(dpu_id)
-    heard = (status.online, status.last_seen, status.last_seq) != (None, None, None)
-    if not topology.knows_dpu(dpu_id) and not heard:
+    if not topology.knows_dpu(dpu_id):
         raise error(web.HTTPNotFound, NOT_FOUND)
     assignments = sorted(
         (a for a in topology.assignments if a.dpu_id == dpu_id), key=lambda a: a.valid_from

@@ -4,13 +4,17 @@ A message is acknowledged to the broker only after its events (or its quarantine
 committed, so a crash at any instant loses nothing the broker accepted: it redelivers what was
 not acknowledged, and the store's unique key drops the repeats.
 
+Every message received ends in one of these, each counted in a metric: its traversals stored
+(or counted as duplicates), a DPU status applied or counted as from an unknown DPU, a
+quarantine entry (a topic that is not a DPU topic, a payload or event refused), or, when the
+store refuses even a minimal record of it, a log line and ``headcount_ingest_dropped``.
+
 No single message can stop ingest. A store that is *down* holds the batch: nothing is
 acknowledged, the same batch is retried with backoff, and :class:`IngestHealth` reports the
 stall (``/healthz`` answers 503). A batch the store refuses for its *content*
 (:class:`~headcount.errors.StoreDataError`) is committed in halves until the message at fault
 is alone; that message is quarantined in a minimal form and acknowledged, the others are
-stored as usual. When the store refuses even a minimal record of a message, it is logged and
-counted in ``headcount_ingest_dropped``.
+stored as usual.
 """
 
 from __future__ import annotations
@@ -252,7 +256,13 @@ class Ingest(Generic[M]):
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
             if kind == "status":
-                self.dpus.set_online(dpu_id, wire.decode_status(message.payload))
+                online = wire.decode_status(message.payload)
+                if self.topology.knows_dpu(dpu_id):
+                    self.dpus.set_online(dpu_id, online)
+                    self.metrics.status.labels("applied").inc()
+                else:
+                    # Anyone can publish: a made-up DPU neither counts as online nor shows.
+                    self.metrics.status.labels("unknown_dpu").inc()
                 return part
             self.metrics.messages.inc()
             events = wire.decode(
@@ -267,7 +277,8 @@ class Ingest(Generic[M]):
         for rejection in rejections:
             part.rejected.append(rejection.reason.value)
             part.quarantine.append(self._refused(message, rejection, now))
-        self.dpus.seen(dpu_id, now, max(t.seq for t in events))
+        if self.topology.knows_dpu(dpu_id):
+            self.dpus.seen(dpu_id, now, max(t.seq for t in events))
         return part
 
     @staticmethod

@@ -5,7 +5,8 @@ A DPU publishes on ``dpus/{dpu_id}/traversals`` (QoS 1) a msgpack payload: one t
 Unix epoch (UTC), or a non-empty array of such maps (its backlog). The DPU id comes from the
 topic only: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
 ``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
-``offline`` (retained; ``offline`` is the DPU's MQTT last will).
+``offline`` (retained; ``offline`` is the DPU's MQTT last will); only DPUs the topology knows
+are marked online, a status from any other is counted and otherwise ignored.
 
 headcount subscribes to everything under ``dpus/`` (:data:`SUBSCRIPTION`), so that nothing
 published there goes unseen: a message on any other topic (``dpus/283/traversals/extra``, a

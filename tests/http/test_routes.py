@@ -317,16 +317,11 @@ async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
     }
 
 
-async def test_dpu_heard_but_not_in_the_topology(service: Service) -> None:
+async def test_dpu_not_in_the_topology_is_404_even_when_heard_from(service: Service) -> None:
+    """Anyone can publish under any DPU id: a DPU only the topology makes real."""
     service.dpus.seen("777", NOW, 3)
-    assert await service.get("/dpus/777") == {
-        "id": "777",
-        "doorway": None,
-        "online": None,
-        "last_seen": format_ms(NOW),
-        "last_seq": 3,
-        "assignments": [],
-    }
+    service.dpus.set_online("777", True)
+    assert await service.get("/dpus/777", 404) == NOT_FOUND
     assert [d["id"] for d in (await service.get("/dpus"))["dpus"]] == ["283", "423"]
 
 

@@ -376,8 +376,9 @@ async def test_everything_published_under_dpus_is_counted_or_quarantined(
 ) -> None:
     """The service's subscription (``dpus/#``) through ingest, on each broker: a traversal is
     counted; a topic of another shape, a status that is no status, and (where the broker
-    accepts one: amqtt) a topic that is not UTF-8 are quarantined."""
-    dpu = mqtt_names.dpu_id
+    accepts one: amqtt) a topic that is not UTF-8 are quarantined; a status from a DPU no
+    topology knows is counted and marks nothing online."""
+    dpu, ghost = mqtt_names.dpu_id, f"{mqtt_names.dpu_id}-ghost"
     now = int(time.time() * 1000)
     metrics, dpus = Metrics(), DpuRegistry()
     async with AsyncExitStack() as stack:
@@ -396,6 +397,7 @@ async def test_everything_published_under_dpus_is_counted_or_quarantined(
         await publish(broker_url, wire.traversals_topic(dpu), event)
         await publish(broker_url, f"dpus/{dpu}/traversals/extra", event)
         await publish(broker_url, wire.status_topic(dpu), b"maybe")
+        await publish(broker_url, wire.status_topic(ghost), b"online")
         invalid = f"dpus/{dpu}-\xff/traversals".encode("latin-1")
         accepted = await raw_publish(broker_url, invalid, event)
         assert accepted == (request.node.callspec.params["broker_url"] == "amqtt")
@@ -414,6 +416,12 @@ async def test_everything_published_under_dpus_is_counted_or_quarantined(
             entries = await quarantined(store)
             found = {e.origin: e.reason.split(":")[0] for e in entries if dpu in e.origin}
 
+        def unknown_status() -> float:
+            labels = {"outcome": "unknown_dpu"}
+            return metrics.registry.get_sample_value("headcount_status_messages_total", labels) or 0
+
+        await eventually(lambda: unknown_status() >= 1, what="the ghost's status counted")
         await eventually(lambda: system.live("A").count == 1, what="the traversal counted")
+        assert dpus.get(ghost).online is None
         assert dpus.get(dpu).online is None  # 'maybe' is no status
         assert await store.log.count_traversals() == 1

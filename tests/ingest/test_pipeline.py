@@ -17,7 +17,7 @@ from headcount.eventstore import quarantine as quarantine_module
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest import wire
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.dpus import DpuRegistry, DpuStatus
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
@@ -286,3 +286,26 @@ async def test_topics_of_any_other_shape_are_quarantined(store: EventStore) -> N
     assert all(e.reason.startswith("bad_topic: ") for e in entries)
     assert counted(metrics, "quarantined", "bad_topic") == 4
     assert dpus.get("283").online is None
+
+
+async def test_status_from_unknown_dpus_is_counted_not_shown(store: EventStore) -> None:
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg(wire.status_topic("283"), b"online"),
+        Msg(wire.status_topic("made-up"), b"online"),
+        Msg(wire.status_topic("made-up-too"), b"offline"),
+        Msg(wire.status_topic("made-up"), b"maybe"),
+        Msg(wire.status_topic("423"), b"\xff\xfe"),
+        traversal("made-up", 1, NOW - 5000),  # refused (unknown_dpu), and not recorded
+    ]
+    acked, metrics, _, dpus = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert dpus.get("283").online is True
+    assert dpus.online_count() == 1
+    for made_up in ("made-up", "made-up-too"):
+        assert dpus.get(made_up) == DpuStatus(made_up)  # nothing recorded
+    status = metrics.registry.get_sample_value
+    assert status("headcount_status_messages_total", {"outcome": "applied"}) == 1
+    assert status("headcount_status_messages_total", {"outcome": "unknown_dpu"}) == 2
+    reasons = sorted(e.reason.split(":")[0] for e in await quarantined(store))
+    assert reasons == ["bad_status", "bad_status", "unknown_dpu"]

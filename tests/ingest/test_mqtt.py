@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,17 @@ from tests.polling import eventually
 from tests.store_readers import quarantined
 
 FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` of the loopback address any more."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def subscriber(url: str, client_id: str, topic: str) -> Subscriber:
@@ -176,7 +188,7 @@ async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
         for message in again:
             await sub.ack(message)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # nothing comes for a while: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
 
 
@@ -190,6 +202,7 @@ async def test_a_message_acknowledged_late_is_kept_until_then(
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         await publish(broker_url, mqtt_topic, b"slow")
         first = await next_message(sub.messages())
+        # Held unacknowledged for longer than amqtt's 5 s retry: the duration is the point.
         await asyncio.sleep(5.5)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         messages = sub.messages()
@@ -197,7 +210,7 @@ async def test_a_message_acknowledged_late_is_kept_until_then(
         assert (first.payload, again.payload) == (b"slow", b"slow")
         await sub.ack(again)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # nothing comes for a while: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
 
 
@@ -252,7 +265,7 @@ async def test_keeps_yielding_across_a_restart_of_the_embedded_broker(tmp_path: 
         await sub.ack(before)
 
         await broker.__aexit__(None, None, None)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: port_is_free(broker.port), what="the old broker's port freed")
         await broker.__aenter__()  # same port and credentials; the old sessions are gone
 
         after = await publish_until_received(broker.url, topic, messages)

@@ -312,7 +312,7 @@ class Ingest(Generic[M]):
                 "the store refused a batch of %d messages for its content (%s);"
                 " committing it in parts to find the message at fault",
                 len(parts),
-                e,
+                _ascii(str(e), 500),  # the error may quote the stranger's bytes
             )
             half = len(parts) // 2
             await self._store(parts[:half])
@@ -364,7 +364,7 @@ class Ingest(Generic[M]):
             "the store refuses what the message on topic %s holds (%s); quarantining it"
             " in a minimal form",
             _ascii(message.topic, 200),
-            error,
+            _ascii(str(error), 500),
         )
         reason = wire.Reason.UNSTORABLE.value
         payload = bytes(message.payload)
@@ -386,7 +386,7 @@ class Ingest(Generic[M]):
                 "the store refuses even a minimal quarantine entry for the message on topic %s"
                 " (%s); dropped",
                 _ascii(message.topic, 200),
-                e,
+                _ascii(str(e), 500),
             )
             self.metrics.dropped.labels(reason).inc()
 

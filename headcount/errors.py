@@ -32,6 +32,12 @@ class StoreError(HeadcountError):
     """The event store failed; the original driver error is chained as ``__cause__``."""
 
 
+class StoreDataError(StoreError):
+    """The store refused what it was given, not for being down: a value too long for its
+    column, text its encoding cannot hold, a number out of range, a broken constraint. The
+    same data fails again however often it is retried; the driver error is ``__cause__``."""
+
+
 class ConflictError(StoreError):
     """An append that clashes with what is stored (same key, different content)."""
 

@@ -29,6 +29,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.status = Counter(
+            "headcount_status_messages",
+            "DPU status messages received, by outcome: applied, or from a DPU no topology"
+            " knows (not marked online); refused ones are in headcount_quarantined",
+            ["outcome"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "headcount_ingest_dropped",
+            "Messages acknowledged but neither stored nor quarantined: the store refused even"
+            " a minimal quarantine entry for them (each is logged), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.late = Counter(
             "headcount_late_events",
             "Events folded out of order by a space actor (before its newest event)",

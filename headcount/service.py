@@ -29,7 +29,7 @@ from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
-from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
+from headcount.http.keys import ACTORS, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
 from headcount.importer.load import import_csv
@@ -37,7 +37,7 @@ from headcount.ingest import wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.mqtt import BrokerUrlError, Received, Subscriber, parse_broker_url
-from headcount.ingest.pipeline import Ingest, IngestSettings
+from headcount.ingest.pipeline import Ingest, IngestHealth, IngestSettings
 from headcount.metrics import Metrics
 
 __all__ = [
@@ -137,11 +137,9 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             Subscriber(
                 parse_broker_url(url),
                 client_id=settings.client_id,
-                topics=[wire.TRAVERSALS_FILTER, wire.STATUS_FILTER],
+                topics=[wire.SUBSCRIPTION],
             )
         )
-        app = build_app(store=store, history=history, actors=system, dpus=dpus, metrics=metrics)
-        await _start_http(app, settings, stack)
         ingest = Ingest(
             subscriber.messages(),
             subscriber.ack,
@@ -151,6 +149,15 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             metrics=metrics,
             settings=settings.ingest,
         )
+        app = build_app(
+            store=store,
+            history=history,
+            actors=system,
+            dpus=dpus,
+            metrics=metrics,
+            ingest=ingest.health,
+        )
+        await _start_http(app, settings, stack)
         log.info(
             "serving http://%s:%d spaces=%d store=%s broker=%s",
             settings.host,
@@ -189,6 +196,7 @@ def build_app(
     actors: ActorSystem,
     dpus: DpuRegistry,
     metrics: Metrics,
+    ingest: IngestHealth,
 ) -> web.Application:
     """The HTTP API over the service's parts."""
     app = web.Application()
@@ -197,6 +205,7 @@ def build_app(
     app[ACTORS] = actors
     app[DPUS] = dpus
     app[METRICS] = metrics
+    app[INGEST] = ingest
     add_routes(app)
     return app
 

@@ -10,13 +10,21 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
+from asyncpg import exceptions as asyncpg_exceptions
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from headcount.errors import StoreError
+from headcount.errors import StoreDataError, StoreError
 
 DEFAULT_URL = "sqlite+aiosqlite:///headcount.db"
 
@@ -128,12 +136,48 @@ def within(
 
 @asynccontextmanager
 async def translate_errors() -> AsyncIterator[None]:
-    """Turn driver and SQLAlchemy errors into :class:`StoreError` (the cause stays chained)."""
+    """Turn driver and SQLAlchemy errors into :class:`StoreError` (the cause stays chained):
+    :class:`StoreDataError` when the data was refused (see :func:`is_data_error`), so a caller
+    can tell what retrying cannot fix from a store that is down or busy."""
     try:
         yield
     except DBAPIError as e:
-        raise StoreError(f"the event store failed: {e.orig}") from e
+        kind = StoreDataError if is_data_error(e) else StoreError
+        raise kind(f"the event store failed: {e.orig}") from e
     except SQLAlchemyError as e:
-        raise StoreError(f"the event store failed: {e}") from e
+        kind = StoreDataError if is_data_error(e) else StoreError
+        raise kind(f"the event store failed: {e}") from e
     except OSError as e:
         raise StoreError(f"cannot reach the event store: {e}") from e
+    except (UnicodeError, OverflowError) as e:
+        # The SQLite driver raises these unwrapped when it cannot bind a value (a lone
+        # surrogate in a string, an integer beyond 64 bits).
+        raise StoreDataError(f"the event store cannot hold a value: {e}") from e
+
+
+#: SQLSTATE classes of PostgreSQL errors caused by the data itself: data exception (a value too
+#: long, a character the encoding refuses, a number out of range), integrity violation.
+_DATA_SQLSTATE_CLASSES = ("22", "23")
+
+
+def is_data_error(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says the store refused the data
+    rather than failed: SQLAlchemy's ``DataError`` and ``IntegrityError``, a ``StatementError``
+    that is no driver error (a value that could not be bound), a PostgreSQL error of SQLSTATE
+    class 22 or 23, a value the driver could not encode (``UnicodeError``, ``OverflowError``,
+    asyncpg's invalid query input). Connection, timeout and lock errors are not."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, DataError | IntegrityError | UnicodeError | OverflowError):
+            return True
+        if isinstance(e, StatementError) and not isinstance(e, DBAPIError):
+            return True
+        sqlstate = getattr(e, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _DATA_SQLSTATE_CLASSES:
+            return True
+        if isinstance(e, ValueError) and isinstance(e, asyncpg_exceptions.InterfaceError):
+            return True  # asyncpg's DataError: a query argument it cannot send
+        e = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e.__cause__
+    return False

@@ -9,6 +9,7 @@ from headcount.clock import Clock
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.pipeline import IngestHealth
 from headcount.metrics import Metrics
 
 STORE = web.AppKey("store", EventStore)
@@ -17,5 +18,7 @@ HISTORY = web.AppKey("history", History)
 ACTORS = web.AppKey[LiveCounts]("actors")
 DPUS = web.AppKey("dpus", DpuRegistry)
 METRICS = web.AppKey("metrics", Metrics)
+#: How ingest is doing, for ``/healthz`` (an API without it reports on the actors only).
+INGEST = web.AppKey("ingest", IngestHealth)
 #: The clock live answers are timed with (``headcount.clock.now_ms`` when not set).
 CLOCK = web.AppKey[Clock]("clock")

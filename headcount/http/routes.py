@@ -17,7 +17,7 @@ from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
 from headcount.http.errors import NOT_FOUND, error, json_errors
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, METRICS
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
 from headcount.http.openapi import document
 from headcount.ingest.dpus import DpuRegistry
 
@@ -198,12 +198,11 @@ async def list_dpus(request: web.Request) -> web.Response:
 
 
 async def dpu_detail(request: web.Request) -> web.Response:
-    """One DPU, with every assignment it had. 404 for a DPU neither assigned nor heard from."""
+    """One DPU, with every assignment it had. 404 for a DPU the topology does not know, heard
+    from or not: anyone can publish under any DPU id."""
     topology, dpus = request.app[ACTORS].topology, request.app[DPUS]
     dpu_id = request.match_info["dpu_id"]
-    status = dpus.get(dpu_id)
-    heard = (status.online, status.last_seen, status.last_seq) != (None, None, None)
-    if not topology.knows_dpu(dpu_id) and not heard:
+    if not topology.knows_dpu(dpu_id):
         raise error(web.HTTPNotFound, NOT_FOUND)
     assignments = sorted(
         (a for a in topology.assignments if a.dpu_id == dpu_id), key=lambda a: a.valid_from
@@ -235,7 +234,9 @@ def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[s
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when every space's actor is serving; 503 while any is still recovering."""
+    """200 when every space's actor is serving and ingest keeps up; 503 while any space is
+    still recovering, or while messages wait for a commit that does not come (the store is
+    down, say), with the reason in ``detail``."""
     readiness = request.app[ACTORS].readiness()
     if not readiness.ready:
         waiting = readiness.recovering
@@ -244,6 +245,10 @@ async def healthz(request: web.Request) -> web.Response:
             web.HTTPServiceUnavailable,
             f"{len(waiting)} of {readiness.spaces} spaces are still recovering: {shown}",
         )
+    ingest = request.app.get(INGEST)
+    problem = None if ingest is None else ingest.problem()
+    if problem is not None:
+        raise error(web.HTTPServiceUnavailable, problem)
     return web.json_response(
         {"status": "ok", "spaces": readiness.spaces, "actor_restarts": readiness.restarts}
     )

@@ -32,7 +32,7 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from headcount.errors import HeadcountError
-from headcount.ingest import _amqtt_redelivery
+from headcount.ingest import _amqtt_redelivery, _amqtt_topics
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -151,6 +151,7 @@ class EmbeddedBroker:
         try:
             config = await asyncio.to_thread(self._prepare)
             _amqtt_redelivery.install()
+            _amqtt_topics.install()
             self._broker = Broker(config)
             await self._broker.start()
         except Exception as e:

@@ -2,8 +2,11 @@
 
 Built on aiomqtt. aiomqtt acknowledges every QoS 1 message as soon as it arrives and has no
 switch to stop that (aiomqtt issue #345, PR #346), nor does it tell whether the broker kept our
-session; the paho client underneath it does both. ``_hook_paho`` and ``_send_puback`` are the
-only places in headcount that reach into aiomqtt's private attributes for that.
+session; the paho client underneath it does both. Nor do they pass on every message: paho
+decodes a PUBLISH topic as strict UTF-8 only when asked for it, and aiomqtt asks at once, so a
+message whose topic is not valid UTF-8 raises in paho's callback and is lost, unacknowledged
+(aiomqtt's topic checks would lose a few more). ``_hook_paho`` and ``_send_puback`` are the only
+places in headcount that reach into aiomqtt's and paho's private attributes for all that.
 """
 
 from __future__ import annotations
@@ -126,8 +129,10 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Received:
-    """One message as it came from the broker. ``mid`` is the packet id the broker chose for
-    this delivery on this connection; ``qos`` the QoS it was delivered with."""
+    """One message as it came from the broker. ``topic`` is its topic as published; bytes
+    that are not UTF-8 come as lone surrogates (``surrogateescape``), so such a topic is
+    still seen, and refused. ``mid`` is the packet id the broker chose for this delivery on
+    this connection; ``qos`` the QoS it was delivered with."""
 
     topic: str
     payload: bytes
@@ -233,12 +238,13 @@ class Subscriber:
                 await self._reconnect()
                 continue
             try:
-                message = await anext(aiter(client.messages))
+                # What _hook_paho's on_message put in aiomqtt's queue.
+                received: object = await anext(aiter(client.messages))
             except aiomqtt.MqttError as e:
                 logger.warning("lost MQTT connection to %s: %s; reconnecting", self.address, e)
                 await self._disconnect()
                 continue
-            received = Received(str(message.topic), message.payload, message.mid, message.qos)
+            assert isinstance(received, Received)
             if received.qos > 0:
                 self._unacked[received.mid] = received
             return received
@@ -331,10 +337,23 @@ class _Session:
 
 def _hook_paho(client: aiomqtt.Client) -> _Session:
     """Do on aiomqtt's private paho client what aiomqtt does not offer: stop acknowledging on
-    receipt (before any message can arrive), and record the CONNACK's session-present flag."""
+    receipt (before any message can arrive), record the CONNACK's session-present flag, and
+    pass on every message as a :class:`Received` into aiomqtt's queue, whatever its topic."""
     paho_client = client._client
     paho_client.manual_ack_set(True)
     session = _Session()
+    queue: asyncio.Queue[Any] = client._queue  # aiomqtt's; we put Received, not its Message
+
+    def on_message(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Instead of aiomqtt's on_message, which reads ``message.topic``: paho decodes it as
+        # strict UTF-8 there, and the exception would lose the message (see the module doc).
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic.decode("utf-8", "surrogateescape")
+        queue.put_nowait(Received(topic, bytes(message.payload), message.mid, message.qos))
+
+    paho_client.on_message = on_message
     aiomqtt_on_connect = client._on_connect
 
     def on_connect(

@@ -3,6 +3,18 @@
 A message is acknowledged to the broker only after its events (or its quarantine record) are
 committed, so a crash at any instant loses nothing the broker accepted: it redelivers what was
 not acknowledged, and the store's unique key drops the repeats.
+
+Every message received ends in one of these, each counted in a metric: its traversals stored
+(or counted as duplicates), a DPU status applied or counted as from an unknown DPU, a
+quarantine entry (a topic that is not a DPU topic, a payload or event refused), or, when the
+store refuses even a minimal record of it, a log line and ``headcount_ingest_dropped``.
+
+No single message can stop ingest. A store that is *down* holds the batch: nothing is
+acknowledged, the same batch is retried with backoff, and :class:`IngestHealth` reports the
+stall (``/healthz`` answers 503). A batch the store refuses for its *content*
+(:class:`~headcount.errors.StoreDataError`) is committed in halves until the message at fault
+is alone; that message is quarantined in a minimal form and acknowledged, the others are
+stored as usual.
 """
 
 from __future__ import annotations
@@ -11,19 +23,22 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from headcount.actors import ActorSystem
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
-from headcount.errors import StoreError
-from headcount.eventstore.records import QuarantineEntry
+from headcount.errors import StoreDataError, StoreError
+from headcount.eventstore.quarantine import MAX_PAYLOAD_KEPT
+from headcount.eventstore.records import AppendResult, QuarantineEntry
 from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
+
+__all__ = ["Ingest", "IngestHealth", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +60,8 @@ M = TypeVar("M", bound=Message)
 class IngestSettings:
     """Group commit: a batch closes at ``max_events`` traversals or ``max_delay_s`` after its
     first message, whichever comes first. Payload limits and the clock-skew allowance are the
-    wire format's."""
+    wire format's. Ingest counts as stalled (``/healthz`` 503) when messages have waited
+    ``stall_after_s`` without a commit."""
 
     max_events: int = 2000
     max_delay_s: float = 0.005
@@ -53,19 +69,114 @@ class IngestSettings:
     max_batch: int = wire.DEFAULT_MAX_BATCH
     max_skew_ms: int = wire.DEFAULT_MAX_SKEW_MS
     queue_size: int = 10_000
+    stall_after_s: float = 30.0
+
+
+class IngestHealth:
+    """How ingest is doing, read-only, for ``/healthz``: the :class:`Ingest` that made it
+    keeps it up to date.
+
+    ``waiting``: messages received and not yet acknowledged. ``last_commit``: when a batch was
+    last committed (ms since the epoch; ``None``: not yet). ``stalled_since``: since when
+    messages have been waiting without a commit (``None`` when nothing waits). ``last_error``:
+    the store error that holds the batch now, if any.
+    """
+
+    def __init__(
+        self,
+        stall_after_s: float,
+        *,
+        clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._monotonic = monotonic
+        self._waiting = 0
+        self._last_commit: int | None = None
+        self._since: tuple[float, int] | None = None  # (monotonic, ms) of the wait's start
+        self._last_error: str | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def last_commit(self) -> int | None:
+        return self._last_commit
+
+    @property
+    def stalled_since(self) -> int | None:
+        return None if self._since is None else self._since[1]
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def stalled_for(self) -> float:
+        """Seconds messages have been waiting without a commit (0 when nothing waits)."""
+        return 0.0 if self._since is None else self._monotonic() - self._since[0]
+
+    def problem(self) -> str | None:
+        """Why ingest is unhealthy, as a sentence; ``None`` while it keeps up."""
+        waited = self.stalled_for()
+        if self._since is None or waited < self.stall_after_s:
+            return None
+        why = f"; the store answers: {self._last_error}" if self._last_error else ""
+        return (
+            f"ingest is stalled: {self._waiting} message(s) have waited {waited:.0f} s"
+            f" without a commit (the limit is {self.stall_after_s:g} s){why}"
+        )
+
+    # -- kept up to date by Ingest ----------------------------------------------------------
+
+    def _received(self) -> None:
+        if self._waiting == 0:
+            self._since = (self._monotonic(), self._clock())
+        self._waiting += 1
+
+    def _committed(self) -> None:
+        self._last_commit = self._clock()
+        self._last_error = None
+        if self._waiting:
+            self._since = (self._monotonic(), self._last_commit)
+
+    def _failed(self, error: StoreError) -> None:
+        self._last_error = str(error)
+
+    def _acknowledged(self, n: int) -> None:
+        self._waiting -= n
+        if self._waiting == 0:
+            self._since = None
+
+
+@dataclass(slots=True)
+class _Part(Generic[M]):
+    """What one message brings to a batch: traversals to store, entries to quarantine (with
+    their reason codes, for the metrics)."""
+
+    message: M
+    traversals: list[Traversal] = field(default_factory=list)
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    #: An attempt to commit this part failed in a way that may have committed it after all
+    #: (a lost connection at COMMIT): its traversals may come back as duplicates.
+    uncertain: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.traversals and not self.quarantine
 
 
 @dataclass(slots=True)
 class _Batch(Generic[M]):
-    messages: list[M] = field(default_factory=list)
-    traversals: list[Traversal] = field(default_factory=list)
-    quarantine: list[QuarantineEntry] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)  # reason codes, for the metrics
+    parts: list[_Part[M]] = field(default_factory=list)
+    events: int = 0
 
 
 class Ingest(Generic[M]):
     """Consumes ``messages`` until cancelled; ``ack`` acknowledges one message to the broker
-    (called in receipt order, after commit)."""
+    (called in receipt order, after commit). :attr:`health` tells how it is doing."""
 
     def __init__(
         self,
@@ -89,6 +200,7 @@ class Ingest(Generic[M]):
         self.settings = settings or IngestSettings()
         self._clock = clock
         self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
+        self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
 
     async def run(self) -> None:
         """Read, batch and commit until cancelled."""
@@ -98,14 +210,16 @@ class Ingest(Generic[M]):
 
     async def _read(self) -> None:
         async for message in self._messages:
+            self.health._received()
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
         while True:
             batch = await self._next_batch()
-            await self._commit(batch)
-            for message in batch.messages:
-                await self._ack(message)
+            await self._store(batch.parts)
+            for part in batch.parts:
+                await self._ack(part.message)
+            self.health._acknowledged(len(batch.parts))
 
     async def _next_batch(self) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals or
@@ -113,7 +227,7 @@ class Ingest(Generic[M]):
         batch: _Batch[M] = _Batch()
         self._add(batch, await self._queue.get())
         deadline = time.monotonic() + self.settings.max_delay_s
-        while len(batch.traversals) < self.settings.max_events:
+        while batch.events < self.settings.max_events:
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -129,28 +243,43 @@ class Ingest(Generic[M]):
         return batch
 
     def _add(self, batch: _Batch[M], message: M) -> None:
-        batch.messages.append(message)
+        part = self._read_message(message)
+        batch.parts.append(part)
+        batch.events += len(part.traversals)
+
+    def _read_message(self, message: M) -> _Part[M]:
+        """Decode and screen one message: what it asks to store and to quarantine. A status
+        is applied here (it is memory only)."""
+        part = _Part(message)
         now = self._clock()
         s = self.settings
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
             if kind == "status":
-                self.dpus.set_online(dpu_id, wire.decode_status(message.payload))
-                return
+                online = wire.decode_status(message.payload)
+                if self.topology.knows_dpu(dpu_id):
+                    self.dpus.set_online(dpu_id, online)
+                    self.metrics.status.labels("applied").inc()
+                else:
+                    # Anyone can publish: a made-up DPU neither counts as online nor shows.
+                    self.metrics.status.labels("unknown_dpu").inc()
+                return part
             self.metrics.messages.inc()
             events = wire.decode(
                 dpu_id, message.payload, max_payload=s.max_payload, max_batch=s.max_batch
             )
         except wire.WireError as e:
-            batch.rejected.append(e.rejection.reason.value)
-            batch.quarantine.append(self._refused(message, e.rejection, now))
-            return
+            part.rejected.append(e.rejection.reason.value)
+            part.quarantine.append(self._refused(message, e.rejection, now))
+            return part
         kept, rejections = wire.screen(events, self.topology, now=now, max_skew_ms=s.max_skew_ms)
-        batch.traversals.extend(kept)
+        part.traversals.extend(kept)
         for rejection in rejections:
-            batch.rejected.append(rejection.reason.value)
-            batch.quarantine.append(self._refused(message, rejection, now))
-        self.dpus.seen(dpu_id, now, max(t.seq for t in events))
+            part.rejected.append(rejection.reason.value)
+            part.quarantine.append(self._refused(message, rejection, now))
+        if self.topology.knows_dpu(dpu_id):
+            self.dpus.seen(dpu_id, now, max(t.seq for t in events))
+        return part
 
     @staticmethod
     def _refused(message: Message, rejection: wire.Rejection, now: int) -> QuarantineEntry:
@@ -164,25 +293,123 @@ class Ingest(Generic[M]):
             received_at=now,
         )
 
-    async def _commit(self, batch: _Batch[M]) -> None:
+    # -- committing ------------------------------------------------------------------------
+
+    async def _store(self, parts: Sequence[_Part[M]]) -> None:
+        """Commit what ``parts`` ask to store, in one transaction if the store takes it. If it
+        refuses their content, in halves, down to the one message at fault."""
+        parts = [p for p in parts if not p.empty]
+        if not parts:
+            self.health._committed()  # nothing to store is progress too
+            return
+        try:
+            await self._commit(parts)
+        except StoreDataError as e:
+            if len(parts) == 1:
+                await self._isolate(parts[0], e)
+                return
+            log.warning(
+                "the store refused a batch of %d messages for its content (%s);"
+                " committing it in parts to find the message at fault",
+                len(parts),
+                _ascii(str(e), 500),  # the error may quote the stranger's bytes
+            )
+            half = len(parts) // 2
+            await self._store(parts[:half])
+            await self._store(parts[half:])
+
+    async def _commit(self, parts: Sequence[_Part[M]]) -> None:
+        """Append the parts' traversals and quarantine entries in one transaction, retrying
+        while the store is unavailable, then count and route what was stored. Raises
+        :class:`StoreDataError` (nothing stored) when the store refuses the content."""
+        traversals = [t for p in parts for t in p.traversals]
+        entries = [e for p in parts for e in p.quarantine]
         delay = 0.1
         while True:
+            started = time.perf_counter()
             try:
-                started = time.perf_counter()
-                result = await self.store.log.append(batch.traversals, quarantine=batch.quarantine)
+                result = await self.store.log.append(traversals, quarantine=entries)
                 break
+            except StoreDataError:
+                raise
             except StoreError as e:
-                # Nothing is acknowledged: retry the same batch until the store is back.
+                # Nothing is acknowledged: retry the same batch until the store is back. The
+                # failed attempt may have committed (an answer lost after COMMIT): the retry
+                # then finds these traversals stored, and routes them all the same.
+                for part in parts:
+                    part.uncertain = True
+                self.health._failed(e)
                 log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
+        self.health._committed()
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
-        m.batch_events.observe(len(batch.traversals))
+        m.batch_events.observe(len(traversals))
         m.events.inc(len(result.new))
         m.duplicates.inc(result.duplicates)
-        for reason in batch.rejected:
-            m.quarantined.labels(reason).inc()
+        for part in parts:
+            for reason in part.rejected:
+                m.quarantined.labels(reason).inc()
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
-        await self.actors.route(result.new)
+        await self.actors.route([*result.new, *_stored_before(parts, result)])
+
+    async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
+        """Quarantine a message whose content the store refuses, in a form any store holds:
+        printable ASCII of bounded length and a bounded prefix of the payload. If even that is
+        refused, log it and count it as dropped. Either way it is acknowledged."""
+        message = part.message
+        log.error(
+            "the store refuses what the message on topic %s holds (%s); quarantining it"
+            " in a minimal form",
+            _ascii(message.topic, 200),
+            _ascii(str(error), 500),
+        )
+        reason = wire.Reason.UNSTORABLE.value
+        payload = bytes(message.payload)
+        entry = QuarantineEntry(
+            origin=f"mqtt:{_ascii(message.topic, 200)}",
+            reason=(
+                f"{reason}: the store refused this message ({_ascii(str(error), 500)});"
+                f" {len(part.traversals)} traversal(s) and {len(part.quarantine)} refusal(s)"
+                f" not stored; the payload was {len(payload):,} bytes"
+            ),
+            payload=payload[:MAX_PAYLOAD_KEPT],
+            received_at=self._clock(),
+        )
+        minimal: _Part[M] = _Part(message, quarantine=[entry], rejected=[reason])
+        try:
+            await self._commit([minimal])
+        except StoreDataError as e:
+            log.error(
+                "the store refuses even a minimal quarantine entry for the message on topic %s"
+                " (%s); dropped",
+                _ascii(message.topic, 200),
+                _ascii(str(e), 500),
+            )
+            self.metrics.dropped.labels(reason).inc()
+
+
+def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Traversal]:
+    """Traversals of ``parts`` that an earlier, failed attempt may have stored: those of
+    uncertain parts that the append found already stored, each once. Routing them again is
+    harmless (the actors drop what they have), not routing them could lose them from the live
+    counts."""
+    new = {t.key for t in result.new}
+    refused = {c.reported for c in result.conflicts}
+    again: list[Traversal] = []
+    for part in parts:
+        if not part.uncertain:
+            continue
+        for t in part.traversals:
+            if t.key not in new and t not in refused:
+                new.add(t.key)
+                again.append(t)
+    return again
+
+
+def _ascii(text: str, limit: int) -> str:
+    """``text`` as printable ASCII (escapes for everything else), at most ``limit`` chars."""
+    escaped = ascii(text[:limit])[1:-1]
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

@@ -3,8 +3,14 @@
 A DPU publishes on ``dpus/{dpu_id}/traversals`` (QoS 1) a msgpack payload: one traversal, a map
 ``{"seq": int, "ts": int, "direction": 1 or -1}`` with ``ts`` in integer milliseconds since the
 Unix epoch (UTC), or a non-empty array of such maps (its backlog). The DPU id comes from the
-topic only. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
-``offline`` (retained; ``offline`` is the DPU's MQTT last will).
+topic only: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
+``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
+``offline`` (retained; ``offline`` is the DPU's MQTT last will); only DPUs the topology knows
+are marked online, a status from any other is counted and otherwise ignored.
+
+headcount subscribes to everything under ``dpus/`` (:data:`SUBSCRIPTION`), so that nothing
+published there goes unseen: a message on any other topic (``dpus/283/traversals/extra``, a
+topic that is not valid UTF-8) is refused into quarantine as ``BAD_TOPIC``.
 
 Two levels of checks, each with a stable :class:`Reason` code:
 
@@ -37,6 +43,9 @@ TRAVERSALS_TOPIC: Final = "dpus/{dpu_id}/traversals"
 STATUS_TOPIC: Final = "dpus/{dpu_id}/status"
 TRAVERSALS_FILTER: Final = "dpus/+/traversals"
 STATUS_FILTER: Final = "dpus/+/status"
+#: The topic filter headcount subscribes to: both kinds of DPU topic, and every other topic
+#: under ``dpus/``, which is refused (``BAD_TOPIC``) rather than never seen.
+SUBSCRIPTION: Final = "dpus/#"
 
 #: Largest traversals payload accepted, in bytes; checked before anything is unpacked.
 DEFAULT_MAX_PAYLOAD: Final = 1_048_576
@@ -103,6 +112,9 @@ class Reason(StrEnum):
     BAD_TOPIC = "bad_topic"
     #: A status payload other than ``online`` or ``offline``.
     BAD_STATUS = "bad_status"
+    #: A message the store refused to hold as it was (a value it cannot store): kept in
+    #: quarantine in a minimal form instead (see ``headcount.ingest.pipeline``).
+    UNSTORABLE = "unstorable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +176,11 @@ def _dpu_id_problem(dpu_id: str) -> str | None:
     for char in _FORBIDDEN_IN_DPU_ID:
         if char in dpu_id:
             return f"the DPU id {_preview(dpu_id)} contains {char!r}, which MQTT topics reserve"
+    for char in dpu_id:
+        if 0xD800 <= ord(char) <= 0xDFFF:  # how an undecodable topic byte arrives
+            return f"the DPU id {_preview(dpu_id)} is not valid UTF-8"
+        if not char.isprintable():
+            return f"the DPU id {_preview(dpu_id)} contains the unprintable character {char!r}"
     return None
 
 
@@ -172,8 +189,8 @@ def _topic(template: str, dpu_id: str) -> str:
     if problem is not None:
         raise _refuse(
             Reason.BAD_TOPIC,
-            f"cannot build a topic: {problem}; expected 1 to {MAX_DPU_ID_LEN} characters"
-            " without '/', '+' or '#'",
+            f"cannot build a topic: {problem}; expected 1 to {MAX_DPU_ID_LEN} printable"
+            " characters without '/', '+' or '#'",
         )
     return template.format(dpu_id=dpu_id)
 
@@ -212,8 +229,8 @@ def parse_topic(topic: str) -> tuple[str, TopicKind]:
     if problem is not None:
         raise _refuse(
             Reason.BAD_TOPIC,
-            f"topic {_preview(topic)}: {problem}; expected 1 to {MAX_DPU_ID_LEN} characters"
-            " without '/', '+' or '#'",
+            f"topic {_preview(topic)}: {problem}; expected 1 to {MAX_DPU_ID_LEN} printable"
+            " characters without '/', '+' or '#'",
         )
     return dpu_id, found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -19,10 +20,15 @@ from headcount.domain.timefmt import SUPPORTED_RANGE, format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, METRICS, STORE
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.routes import add_routes
+from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.pipeline import Ingest, IngestHealth, IngestSettings
 from headcount.metrics import Metrics
+from tests.ingest.faults import StoreFaults
+from tests.ingest.test_pipeline import Msg
+from tests.polling import eventually
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -74,9 +80,10 @@ def service_app(
     spaces: list[str] | None = None,
     run: bool = True,
     topology_text: str | None = None,
+    ingest: IngestHealth | None = None,
 ) -> web.Application:
     """The API over the seed topology, or ``topology_text``; ``run=False`` leaves the actors
-    unrecovered."""
+    unrecovered; with ``ingest``, ``/healthz`` reports on it too."""
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         text = SEED_TOPOLOGY.read_text() if topology_text is None else topology_text
@@ -90,6 +97,8 @@ def service_app(
         app[CLOCK] = clock
         app[DPUS] = DpuRegistry()
         app[METRICS] = Metrics()
+        if ingest is not None:
+            app[INGEST] = ingest
         if not run:
             yield
             return
@@ -383,16 +392,11 @@ async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
     }
 
 
-async def test_dpu_heard_but_not_in_the_topology(service: Service) -> None:
+async def test_dpu_not_in_the_topology_is_404_even_when_heard_from(service: Service) -> None:
+    """Anyone can publish under any DPU id: a DPU only the topology makes real."""
     service.dpus.seen("777", NOW, 3)
-    assert await service.get("/dpus/777") == {
-        "id": "777",
-        "doorway": None,
-        "online": None,
-        "last_seen": format_ms(NOW),
-        "last_seq": 3,
-        "assignments": [],
-    }
+    service.dpus.set_online("777", True)
+    assert await service.get("/dpus/777", 404) == NOT_FOUND
     assert [d["id"] for d in (await service.get("/dpus"))["dpus"]] == ["283", "423"]
 
 
@@ -401,6 +405,57 @@ async def test_dpu_heard_but_not_in_the_topology(service: Service) -> None:
 
 async def test_healthz(service: Service) -> None:
     assert await service.get("/healthz") == {"status": "ok", "spaces": 2, "actor_restarts": 0}
+
+
+async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    """A store that is down holds ingest: messages wait, nothing is committed. The API still
+    answers counts, but /healthz says ingest is stalled and why, until the store is back."""
+    topology = Topology.from_toml(SEED_TOPOLOGY.read_text())
+    inbox: asyncio.Queue[Msg] = asyncio.Queue()
+    acked: list[Msg] = []
+
+    async def source() -> AsyncIterator[Msg]:
+        while True:
+            yield await inbox.get()
+
+    async def ack(message: Msg) -> None:
+        acked.append(message)
+
+    ingesting = ActorSystem(History(store, topology), clock=clock)
+    faults = StoreFaults(store.engine)
+    try:
+        async with ingesting.running():
+            ingest = Ingest(
+                source(), ack, store=store, actors=ingesting, dpus=DpuRegistry(),
+                metrics=Metrics(), settings=IngestSettings(stall_after_s=0.3), clock=clock,
+            )  # fmt: skip
+            app = service_app(store, ingest=ingest.health)
+            client = await aiohttp_client(app)
+            service = Service(client, store, app[HISTORY], app[SYSTEM], app[DPUS])
+            task = asyncio.create_task(ingest.run())
+            healthy = {"status": "ok", "spaces": 2, "actor_restarts": 0}
+            assert await service.get("/healthz") == healthy
+
+            faults.down = True
+            message = Msg(wire.traversals_topic("283"), wire.encode(MORNING[0]))
+            inbox.put_nowait(message)
+            await eventually(lambda: ingest.health.problem() is not None, what="a stall")
+            body = await service.get("/healthz", 503)
+            assert list(body) == ["detail"]
+            assert body["detail"].startswith("ingest is stalled: 1 message(s) have waited")
+            assert "without a commit (the limit is 0.3 s)" in body["detail"]
+            assert "injected: connection lost" in body["detail"]
+            assert (await service.get("/space/A/count"))["count"] == 0  # still answering
+
+            faults.down = False
+            await eventually(lambda: acked == [message], what="the held message acknowledged")
+            assert await service.get("/healthz") == healthy
+            task.cancel()
+            await asyncio.wait([task])
+    finally:
+        faults.remove()
 
 
 async def test_recovering_actors_are_503_but_the_past_is_answered(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -11,7 +14,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from headcount.actors import ActorSystem
+from headcount.domain.events import Traversal
+from headcount.domain.topology import Topology
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.ingest import wire
 from headcount.ingest.broker import EmbeddedBroker, free_port
+from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.mqtt import (
     Backoff,
     BrokerAddress,
@@ -21,8 +31,24 @@ from headcount.ingest.mqtt import (
     SubscriberError,
     parse_broker_url,
 )
+from headcount.ingest.pipeline import Ingest
+from headcount.metrics import Metrics
+from tests.mqtt_fixtures import MqttNames
+from tests.polling import eventually
+from tests.store_readers import quarantined
 
 FAST = Backoff(initial=0.05, maximum=0.5)
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` of the loopback address any more."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def subscriber(url: str, client_id: str, topic: str) -> Subscriber:
@@ -162,7 +188,7 @@ async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
         for message in again:
             await sub.ack(message)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # nothing comes for a while: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
 
 
@@ -176,6 +202,7 @@ async def test_a_message_acknowledged_late_is_kept_until_then(
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         await publish(broker_url, mqtt_topic, b"slow")
         first = await next_message(sub.messages())
+        # Held unacknowledged for longer than amqtt's 5 s retry: the duration is the point.
         await asyncio.sleep(5.5)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         messages = sub.messages()
@@ -183,7 +210,7 @@ async def test_a_message_acknowledged_late_is_kept_until_then(
         assert (first.payload, again.payload) == (b"slow", b"slow")
         await sub.ack(again)
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # nothing comes for a while: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
 
 
@@ -238,7 +265,7 @@ async def test_keeps_yielding_across_a_restart_of_the_embedded_broker(tmp_path: 
         await sub.ack(before)
 
         await broker.__aexit__(None, None, None)
-        await asyncio.sleep(0.2)
+        await eventually(lambda: port_is_free(broker.port), what="the old broker's port freed")
         await broker.__aenter__()  # same port and credentials; the old sessions are gone
 
         after = await publish_until_received(broker.url, topic, messages)
@@ -257,3 +284,157 @@ async def test_ack_of_a_message_from_an_earlier_connection_is_ignored(
         received = await next_message(sub.messages())
         await sub.ack(received)
     assert received.payload == b"new"
+
+
+# -- topics that are not UTF-8 -------------------------------------------------------------
+
+
+def _mqtt_string(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    length, encoded = len(body), b""
+    while True:
+        digit, length = length % 128, length // 128
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            return bytes([first_byte]) + encoded + body
+
+
+async def raw_publish(url: str, topic: bytes, payload: bytes) -> bool:
+    """Publish at QoS 1 as a DPU would, but with ``topic`` as raw bytes (which no client library
+    sends unless they are UTF-8); whether the broker acknowledged it (PUBACK)."""
+    address = parse_broker_url(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    try:
+        connect = _mqtt_string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 30)
+        writer.write(
+            _packet(0x10, connect + _mqtt_string(b"raw-dpu-" + random.randbytes(4).hex().encode()))
+        )
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        writer.write(_packet(0x32, _mqtt_string(topic) + struct.pack("!H", 7) + payload))
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read(4)
+        if not answer:
+            return False  # the broker closed the connection
+        assert answer == b"\x40\x02\x00\x07"  # PUBACK of packet 7
+        return True
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("broker_url", ["amqtt"], indirect=True)
+async def test_a_topic_that_is_not_utf8_reaches_the_subscriber_as_published(
+    broker_url: str, mqtt_names: MqttNames
+) -> None:
+    """amqtt acknowledges such a publish; it used to mangle the topic (the repr of its bytes,
+    which matches no subscription), and paho could not decode it either: the message
+    vanished. Now it arrives with its bytes kept (surrogate escapes), and is acknowledged."""
+    topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
+    client_id = mqtt_names.client_id()
+    async with subscriber(broker_url, client_id, wire.SUBSCRIPTION) as sub:
+        assert await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")
+        received = await next_message(sub.messages())
+        assert received.topic == topic.decode("utf-8", "surrogateescape")
+        assert received.payload == b"\x81\xa3seq\x01"
+        await sub.ack(received)
+    async with subscriber(broker_url, client_id, wire.SUBSCRIPTION) as sub:
+        with pytest.raises(TimeoutError):  # not delivered again: the wait is the point
+            await next_message(sub.messages(), timeout=0.5)
+
+
+@pytest.mark.parametrize("broker_url", ["mosquitto"], indirect=True)
+async def test_mosquitto_refuses_a_topic_that_is_not_utf8(
+    broker_url: str, mqtt_names: MqttNames
+) -> None:
+    """Mosquitto closes the connection, as MQTT says a server must: the publisher is told,
+    nothing was accepted, so there is nothing for headcount to account for."""
+    topic = f"dpus/{mqtt_names.dpu_id}-\xff/traversals".encode("latin-1")
+    assert not await raw_publish(broker_url, topic, b"\x81\xa3seq\x01")
+
+
+# -- ingest over MQTT: everything published under dpus/ is accounted for -----------------
+
+
+def site(dpu_id: str) -> Topology:
+    return Topology.from_toml(
+        f"""
+[[spaces]]
+id = "A"
+name = "Space A"
+
+[[doorways]]
+id = "X"
+name = "Doorway X"
+links = [{{ space = "A", sensor_placement = 1 }}]
+
+[[assignments]]
+dpu = "{dpu_id}"
+doorway = "X"
+valid_from = "2018-01-01T00:00:00Z"
+"""
+    )
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def test_everything_published_under_dpus_is_counted_or_quarantined(
+    broker_url: str, mqtt_names: MqttNames, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The service's subscription (``dpus/#``) through ingest, on each broker: a traversal is
+    counted; a topic of another shape, a status that is no status, and (where the broker
+    accepts one: amqtt) a topic that is not UTF-8 are quarantined; a status from a DPU no
+    topology knows is counted and marks nothing online."""
+    dpu, ghost = mqtt_names.dpu_id, f"{mqtt_names.dpu_id}-ghost"
+    now = int(time.time() * 1000)
+    metrics, dpus = Metrics(), DpuRegistry()
+    async with AsyncExitStack() as stack:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        store = await stack.enter_async_context(await EventStore.open(url))
+        system = await stack.enter_async_context(ActorSystem(History(store, site(dpu))).running())
+        sub = await stack.enter_async_context(
+            subscriber(broker_url, mqtt_names.client_id(), wire.SUBSCRIPTION)
+        )
+        ingest = Ingest(
+            sub.messages(), sub.ack, store=store, actors=system, dpus=dpus, metrics=metrics
+        )
+        stack.push_async_callback(stop, asyncio.create_task(ingest.run()))
+
+        event = wire.encode(Traversal(dpu, 1, now - 1000, 1))
+        await publish(broker_url, wire.traversals_topic(dpu), event)
+        await publish(broker_url, f"dpus/{dpu}/traversals/extra", event)
+        await publish(broker_url, wire.status_topic(dpu), b"maybe")
+        await publish(broker_url, wire.status_topic(ghost), b"online")
+        invalid = f"dpus/{dpu}-\xff/traversals".encode("latin-1")
+        accepted = await raw_publish(broker_url, invalid, event)
+        assert accepted == (request.node.callspec.params["broker_url"] == "amqtt")
+
+        expected = {
+            f"mqtt:dpus/{dpu}/traversals/extra": "bad_topic",
+            f"mqtt:dpus/{dpu}/status": "bad_status",
+        }
+        if accepted:
+            expected[f"mqtt:dpus/{dpu}-\\udcff/traversals"] = "bad_topic"
+        found: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while found != expected:
+            assert time.monotonic() < deadline, f"quarantined {found}, expected {expected}"
+            await asyncio.sleep(0.02)
+            entries = await quarantined(store)
+            found = {e.origin: e.reason.split(":")[0] for e in entries if dpu in e.origin}
+
+        def unknown_status() -> float:
+            labels = {"outcome": "unknown_dpu"}
+            return metrics.registry.get_sample_value("headcount_status_messages_total", labels) or 0
+
+        await eventually(lambda: unknown_status() >= 1, what="the ghost's status counted")
+        await eventually(lambda: system.live("A").count == 1, what="the traversal counted")
+        assert dpus.get(ghost).online is None
+        assert dpus.get(dpu).online is None  # 'maybe' is no status
+        assert await store.log.count_traversals() == 1

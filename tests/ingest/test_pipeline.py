@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
 from headcount.domain.topology import Topology
+from headcount.eventstore import quarantine as quarantine_module
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest import wire
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.dpus import DpuRegistry, DpuStatus
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
+from tests.ingest.faults import StoreFaults
+from tests.polling import eventually
 from tests.store_readers import quarantined
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -35,7 +39,7 @@ def traversal(dpu: str, seq: int, ts: int, direction: int = 1) -> Msg:
 
 
 async def run_ingest(
-    store: EventStore, messages: list[Msg]
+    store: EventStore, messages: list[Msg], settings: IngestSettings | None = None
 ) -> tuple[list[Msg], Metrics, ActorSystem, DpuRegistry]:
     topology = Topology.from_toml(SEED.read_text())
     acked: list[Msg] = []
@@ -59,7 +63,7 @@ async def run_ingest(
     async with system.running():
         ingest = Ingest(
             source(), ack, store=store, actors=system, dpus=dpus, metrics=metrics,
-            settings=IngestSettings(max_events=3), clock=lambda: NOW,
+            settings=settings or IngestSettings(max_events=3), clock=lambda: NOW,
         )  # fmt: skip
         task = asyncio.create_task(ingest.run())
         async with asyncio.timeout(10):
@@ -117,3 +121,191 @@ async def test_bad_input_is_quarantined_acked_and_changes_nothing(store: EventSt
     rendered = metrics.render().decode()
     for reason in reasons:
         assert f'headcount_quarantined_total{{reason="{reason}"}} 1.0' in rendered
+
+
+# -- no message stops ingest ---------------------------------------------------------------
+
+NOT_UTF8_TOPIC = b"dpus/\xff/traversals".decode("utf-8", "surrogateescape")  # as MQTT gives it
+ONE_BATCH = IngestSettings(max_events=100, max_delay_s=0.05)
+
+
+def hostile() -> list[Msg]:
+    """Issue 9's messages, between two good ones, all in one batch."""
+    return [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/" + "d" * 10_000 + "/traversals", traversal("283", 9, NOW).payload),
+        Msg("dpus/28\x003/traversals", traversal("283", 9, NOW).payload),
+        Msg(NOT_UTF8_TOPIC, traversal("283", 9, NOW).payload),
+        Msg(wire.traversals_topic("283"), b"\x93" + b"\xab" * 10_000_000),
+        traversal("283", 2, NOW - 4000),
+    ]
+
+
+def counted(metrics: Metrics, name: str, label: str) -> float:
+    return metrics.registry.get_sample_value(f"headcount_{name}_total", {"reason": label}) or 0.0
+
+
+async def test_hostile_messages_are_quarantined_and_ingest_goes_on(store: EventStore) -> None:
+    messages = hostile()
+    acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    reasons = sorted(e.reason.split(":")[0] for e in await quarantined(store))
+    assert reasons == ["bad_topic", "bad_topic", "bad_topic", "oversize"]
+    assert counted(metrics, "quarantined", "bad_topic") == 3
+
+
+async def test_a_message_the_store_refuses_is_isolated_and_ingest_goes_on(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the quarantine's own defence (entries made to fit), the store refuses some of
+    those messages (which, depends on the backend): each is found, kept in a minimal form and
+    acknowledged; the batch's other messages are stored and counted."""
+    monkeypatch.setattr(quarantine_module, "fitting", lambda entry: entry)
+    messages = hostile()
+    acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    entries = await quarantined(store)
+    refused_by_store = 3 if store.engine.dialect.name == "postgresql" else 1
+    reasons = sorted(e.reason.split(":")[0] for e in entries)
+    assert reasons.count("unstorable") == refused_by_store
+    assert len(entries) == 4  # one for each hostile message, stored in one form or the other
+    for entry in entries:
+        if entry.reason.startswith("unstorable"):
+            assert entry.origin.isascii()
+            assert entry.origin.isprintable()
+            assert len(entry.origin) <= 300
+            assert "the store refused this message" in entry.reason
+    assert counted(metrics, "quarantined", "unstorable") == refused_by_store
+    assert counted(metrics, "ingest_dropped", "unstorable") == 0
+
+
+async def test_a_message_the_store_refuses_in_any_form_is_dropped_and_counted(
+    store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    faults = StoreFaults(store.engine)
+    faults.refuse(lambda statement, parameters: "poison" in repr(parameters))
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/poison/traversals/x", b"anything"),
+        traversal("283", 2, NOW - 4000),
+    ]
+    try:
+        acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    finally:
+        faults.remove()
+    assert acked == messages
+    assert await store.log.count_traversals() == 2
+    assert system.live("A").count == 2
+    assert await quarantined(store) == []
+    assert counted(metrics, "ingest_dropped", "unstorable") == 1
+    assert "refuses even a minimal quarantine entry" in caplog.text
+    assert "dpus/poison/traversals/x" in caplog.text
+
+
+async def test_a_store_that_is_down_holds_the_batch_and_health_says_so(
+    store: EventStore,
+) -> None:
+    topology = Topology.from_toml(SEED.read_text())
+    inbox: asyncio.Queue[Msg] = asyncio.Queue()
+    acked: list[Msg] = []
+
+    async def source() -> AsyncIterator[Msg]:
+        while True:
+            yield await inbox.get()
+
+    async def ack(message: Msg) -> None:
+        acked.append(message)
+
+    faults = StoreFaults(store.engine)
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    try:
+        async with system.running():
+            ingest = Ingest(
+                source(), ack, store=store, actors=system, dpus=DpuRegistry(), metrics=Metrics(),
+                settings=IngestSettings(stall_after_s=0.3), clock=lambda: NOW,
+            )  # fmt: skip
+            health = ingest.health
+            task = asyncio.create_task(ingest.run())
+            assert (health.waiting, health.problem(), health.last_commit) == (0, None, None)
+
+            first = traversal("283", 1, NOW - 5000)
+            inbox.put_nowait(first)
+            await eventually(lambda: first in acked, what="the first message acknowledged")
+            assert health.last_commit == NOW
+            assert (health.waiting, health.stalled_since, health.problem()) == (0, None, None)
+
+            faults.down = True
+            held = [traversal("283", 2, NOW - 4000), Msg(wire.status_topic("283"), b"online")]
+            for message in held:
+                inbox.put_nowait(message)
+            await eventually(lambda: health.problem() is not None, what="a stall reported")
+            problem = health.problem()
+            assert problem is not None
+            assert problem.startswith("ingest is stalled: 2 message(s) have waited")
+            assert "injected: connection lost" in problem
+            assert health.waiting == 2
+            assert health.stalled_since == NOW
+            assert health.last_error is not None
+            assert acked == [first]  # nothing acknowledged while it is not stored
+
+            faults.down = False
+            await eventually(lambda: len(acked) == 3, what="the held batch acknowledged")
+            assert acked == [first, *held]
+            assert health.waiting == 0
+            assert health.stalled_since is None
+            assert health.problem() is None
+            assert health.last_error is None
+            await system.drain()
+            assert system.live("A").count == 2
+            task.cancel()
+            await asyncio.wait([task])
+    finally:
+        faults.remove()
+
+
+# -- everything received is accounted for --------------------------------------------------
+
+
+async def test_topics_of_any_other_shape_are_quarantined(store: EventStore) -> None:
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg("dpus/283/traversals/extra", traversal("283", 2, NOW).payload),
+        Msg("dpus/283", b"x"),
+        Msg("dpus", b"x"),
+        Msg("dpus/283/status/", b"online"),
+    ]
+    acked, metrics, _, dpus = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert await store.log.count_traversals() == 1
+    entries = await quarantined(store)
+    assert sorted(e.origin for e in entries) == sorted(f"mqtt:{m.topic}" for m in messages[1:])
+    assert all(e.reason.startswith("bad_topic: ") for e in entries)
+    assert counted(metrics, "quarantined", "bad_topic") == 4
+    assert dpus.get("283").online is None
+
+
+async def test_status_from_unknown_dpus_is_counted_not_shown(store: EventStore) -> None:
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg(wire.status_topic("283"), b"online"),
+        Msg(wire.status_topic("made-up"), b"online"),
+        Msg(wire.status_topic("made-up-too"), b"offline"),
+        Msg(wire.status_topic("made-up"), b"maybe"),
+        Msg(wire.status_topic("423"), b"\xff\xfe"),
+        traversal("made-up", 1, NOW - 5000),  # refused (unknown_dpu), and not recorded
+    ]
+    acked, metrics, _, dpus = await run_ingest(store, messages, ONE_BATCH)
+    assert acked == messages
+    assert dpus.get("283").online is True
+    assert dpus.online_count() == 1
+    for made_up in ("made-up", "made-up-too"):
+        assert dpus.get(made_up) == DpuStatus(made_up)  # nothing recorded
+    status = metrics.registry.get_sample_value
+    assert status("headcount_status_messages_total", {"outcome": "applied"}) == 1
+    assert status("headcount_status_messages_total", {"outcome": "unknown_dpu"}) == 2
+    reasons = sorted(e.reason.split(":")[0] for e in await quarantined(store))
+    assert reasons == ["bad_status", "bad_status", "unknown_dpu"]

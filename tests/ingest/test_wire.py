@@ -20,6 +20,7 @@ from headcount.ingest.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_SKEW_MS,
     STATUS_FILTER,
+    SUBSCRIPTION,
     TRAVERSALS_FILTER,
     Reason,
     Rejection,
@@ -178,6 +179,7 @@ def test_reason_codes_are_stable_snake_case() -> None:
         "FUTURE_TS": "future_ts",
         "BAD_TOPIC": "bad_topic",
         "BAD_STATUS": "bad_status",
+        "UNSTORABLE": "unstorable",
     }
     assert f"{Reason.FUTURE_TS}" == "future_ts"
 
@@ -528,6 +530,7 @@ def test_topic_builders_and_filters() -> None:
     assert status_topic("283") == "dpus/283/status"
     assert TRAVERSALS_FILTER == "dpus/+/traversals"
     assert STATUS_FILTER == "dpus/+/status"
+    assert SUBSCRIPTION == "dpus/#"
     assert parse_topic(traversals_topic("283")) == ("283", "traversals")
     assert parse_topic(status_topic("283")) == ("283", "status")
 
@@ -563,6 +566,10 @@ def test_parse_topic_accepts(topic: str, expected: tuple[str, str]) -> None:
         pytest.param("dpus/283/Traversals", id="kind-case"),
         pytest.param("dpus/283/events", id="unknown-kind"),
         pytest.param("spaces/A/count", id="other-topic"),
+        pytest.param("dpus/" + "d" * 10_000 + "/traversals", id="10000-chars"),
+        pytest.param("dpus/a\x00b/traversals", id="nul"),
+        pytest.param("dpus/a\nb/status", id="newline"),
+        pytest.param(b"dpus/\xff/traversals".decode("utf-8", "surrogateescape"), id="not-utf8"),
     ],
 )
 def test_parse_topic_refuses(topic: str) -> None:
@@ -580,6 +587,8 @@ def test_parse_topic_refuses(topic: str) -> None:
         pytest.param("+", id="plus"),
         pytest.param("#", id="hash"),
         pytest.param("d" * 65, id="65-chars"),
+        pytest.param("a\x00", id="nul"),
+        pytest.param("\udcff", id="not-utf8"),
     ],
 )
 def test_topic_builders_refuse_unusable_ids(dpu_id: str) -> None:

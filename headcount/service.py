@@ -36,8 +36,9 @@ from headcount.importer.load import import_csv
 from headcount.ingest import wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker
 from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.health import IngestHealth
 from headcount.ingest.mqtt import BrokerUrlError, Received, Subscriber, parse_broker_url
-from headcount.ingest.pipeline import Ingest, IngestHealth, IngestSettings
+from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 
 __all__ = [

@@ -9,7 +9,7 @@ from headcount.clock import Clock
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest.dpus import DpuRegistry
-from headcount.ingest.pipeline import IngestHealth
+from headcount.ingest.health import IngestHealth
 from headcount.metrics import Metrics
 
 STORE = web.AppKey("store", EventStore)

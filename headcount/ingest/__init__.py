@@ -3,7 +3,8 @@
 Its public modules, each imported on its own so that the pure wire format costs no MQTT
 client or database: ``wire`` (the wire format, decoding and screening; pure), ``mqtt`` (the
 persistent, hand-acknowledged subscription), ``pipeline`` (decode, group commit, route, ack),
-``dpus`` (what each DPU last reported), ``broker`` (the embedded amqtt broker).
+``health`` (how ingest is doing, for ``/healthz``), ``dpus`` (what each DPU last
+reported), ``broker`` (the embedded amqtt broker).
 """
 
-__all__ = ["broker", "dpus", "mqtt", "pipeline", "wire"]
+__all__ = ["broker", "dpus", "health", "mqtt", "pipeline", "wire"]

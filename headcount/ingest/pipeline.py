@@ -36,9 +36,10 @@ from headcount.eventstore.records import AppendResult, QuarantineEntry
 from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.health import IngestHealth
 from headcount.metrics import Metrics
 
-__all__ = ["Ingest", "IngestHealth", "IngestSettings", "Message"]
+__all__ = ["Ingest", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
 
@@ -70,84 +71,6 @@ class IngestSettings:
     max_skew_ms: int = wire.DEFAULT_MAX_SKEW_MS
     queue_size: int = 10_000
     stall_after_s: float = 30.0
-
-
-class IngestHealth:
-    """How ingest is doing, read-only, for ``/healthz``: the :class:`Ingest` that made it
-    keeps it up to date.
-
-    ``waiting``: messages received and not yet acknowledged. ``last_commit``: when a batch was
-    last committed (ms since the epoch; ``None``: not yet). ``stalled_since``: since when
-    messages have been waiting without a commit (``None`` when nothing waits). ``last_error``:
-    the store error that holds the batch now, if any.
-    """
-
-    def __init__(
-        self,
-        stall_after_s: float,
-        *,
-        clock: Callable[[], int] = now_ms,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stall_after_s = stall_after_s
-        self._clock = clock
-        self._monotonic = monotonic
-        self._waiting = 0
-        self._last_commit: int | None = None
-        self._since: tuple[float, int] | None = None  # (monotonic, ms) of the wait's start
-        self._last_error: str | None = None
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    @property
-    def last_commit(self) -> int | None:
-        return self._last_commit
-
-    @property
-    def stalled_since(self) -> int | None:
-        return None if self._since is None else self._since[1]
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
-    def stalled_for(self) -> float:
-        """Seconds messages have been waiting without a commit (0 when nothing waits)."""
-        return 0.0 if self._since is None else self._monotonic() - self._since[0]
-
-    def problem(self) -> str | None:
-        """Why ingest is unhealthy, as a sentence; ``None`` while it keeps up."""
-        waited = self.stalled_for()
-        if self._since is None or waited < self.stall_after_s:
-            return None
-        why = f"; the store answers: {self._last_error}" if self._last_error else ""
-        return (
-            f"ingest is stalled: {self._waiting} message(s) have waited {waited:.0f} s"
-            f" without a commit (the limit is {self.stall_after_s:g} s){why}"
-        )
-
-    # -- kept up to date by Ingest ----------------------------------------------------------
-
-    def _received(self) -> None:
-        if self._waiting == 0:
-            self._since = (self._monotonic(), self._clock())
-        self._waiting += 1
-
-    def _committed(self) -> None:
-        self._last_commit = self._clock()
-        self._last_error = None
-        if self._waiting:
-            self._since = (self._monotonic(), self._last_commit)
-
-    def _failed(self, error: StoreError) -> None:
-        self._last_error = str(error)
-
-    def _acknowledged(self, n: int) -> None:
-        self._waiting -= n
-        if self._waiting == 0:
-            self._since = None
 
 
 @dataclass(slots=True)
@@ -210,7 +133,7 @@ class Ingest(Generic[M]):
 
     async def _read(self) -> None:
         async for message in self._messages:
-            self.health._received()
+            self.health.received()
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
@@ -219,7 +142,7 @@ class Ingest(Generic[M]):
             await self._store(batch.parts)
             for part in batch.parts:
                 await self._ack(part.message)
-            self.health._acknowledged(len(batch.parts))
+            self.health.acknowledged(len(batch.parts))
 
     async def _next_batch(self) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals or
@@ -300,7 +223,7 @@ class Ingest(Generic[M]):
         refuses their content, in halves, down to the one message at fault."""
         parts = [p for p in parts if not p.empty]
         if not parts:
-            self.health._committed()  # nothing to store is progress too
+            self.health.committed()  # nothing to store is progress too
             return
         try:
             await self._commit(parts)
@@ -338,11 +261,11 @@ class Ingest(Generic[M]):
                 # then finds these traversals stored, and routes them all the same.
                 for part in parts:
                     part.uncertain = True
-                self.health._failed(e)
+                self.health.failed(e)
                 log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
-        self.health._committed()
+        self.health.committed()
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.batch_events.observe(len(traversals))

@@ -20,6 +20,10 @@ Two levels of checks, each with a stable :class:`Reason` code:
   refused ones come back as :class:`Rejection` values and the rest of the batch is kept.
 
 Pure functions: no I/O, no asyncio.
+
+About 520 lines, over this project's usual 400, on purpose: it is the contract firmware
+authors read, and every rule of it (topics, payload shape, field limits, screening, reason
+codes) is easier to keep consistent, and to find, in one module.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, S
 from headcount.http.routes import add_routes
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
-from headcount.ingest.pipeline import Ingest, IngestHealth, IngestSettings
+from headcount.ingest.health import IngestHealth
+from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
 from tests.ingest.test_pipeline import Msg

@@ -244,7 +244,8 @@ class Subscriber:
                 logger.warning("lost MQTT connection to %s: %s; reconnecting", self.address, e)
                 await self._disconnect()
                 continue
-            assert isinstance(received, Received)
+            if not isinstance(received, Received):  # only _hook_paho's on_message fills it
+                raise TypeError(f"the MQTT queue held {received!r}, not a Received message")
             if received.qos > 0:
                 self._unacked[received.mid] = received
             return received

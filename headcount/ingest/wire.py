@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 TRAVERSALS_TOPIC: Final = "dpus/{dpu_id}/traversals"
 STATUS_TOPIC: Final = "dpus/{dpu_id}/status"
-TRAVERSALS_FILTER: Final = "dpus/+/traversals"
-STATUS_FILTER: Final = "dpus/+/status"
 #: The topic filter headcount subscribes to: both kinds of DPU topic, and every other topic
 #: under ``dpus/``, which is refused (``BAD_TOPIC``) rather than never seen.
 SUBSCRIPTION: Final = "dpus/#"

@@ -28,7 +28,7 @@ from headcount.ingest.health import IngestHealth
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
-from tests.ingest.test_pipeline import Msg
+from tests.ingest.inbox import Inbox, Msg
 from tests.polling import eventually
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -414,22 +414,13 @@ async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
     """A store that is down holds ingest: messages wait, nothing is committed. The API still
     answers counts, but /healthz says ingest is stalled and why, until the store is back."""
     topology = Topology.from_toml(SEED_TOPOLOGY.read_text())
-    inbox: asyncio.Queue[Msg] = asyncio.Queue()
-    acked: list[Msg] = []
-
-    async def source() -> AsyncIterator[Msg]:
-        while True:
-            yield await inbox.get()
-
-    async def ack(message: Msg) -> None:
-        acked.append(message)
-
+    inbox = Inbox()
     ingesting = ActorSystem(History(store, topology), clock=clock)
     faults = StoreFaults(store.engine)
     try:
         async with ingesting.running():
             ingest = Ingest(
-                source(), ack, store=store, actors=ingesting, dpus=DpuRegistry(),
+                inbox.messages(), inbox.ack, store=store, actors=ingesting, dpus=DpuRegistry(),
                 metrics=Metrics(), settings=IngestSettings(stall_after_s=0.3), clock=clock,
             )  # fmt: skip
             app = service_app(store, ingest=ingest.health)
@@ -441,7 +432,7 @@ async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
 
             faults.down = True
             message = Msg(wire.traversals_topic("283"), wire.encode(MORNING[0]))
-            inbox.put_nowait(message)
+            inbox.put(message)
             await eventually(lambda: ingest.health.problem() is not None, what="a stall")
             body = await service.get("/healthz", 503)
             assert list(body) == ["detail"]
@@ -451,7 +442,7 @@ async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
             assert (await service.get("/space/A/count"))["count"] == 0  # still answering
 
             faults.down = False
-            await eventually(lambda: acked == [message], what="the held message acknowledged")
+            await eventually(lambda: inbox.acked == [message], what="the held message acknowledged")
             assert await service.get("/healthz") == healthy
             task.cancel()
             await asyncio.wait([task])

@@ -5,7 +5,6 @@ acknowledged before what it carried is durable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -22,7 +21,7 @@ from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
-from tests.ingest.test_pipeline import Msg
+from tests.ingest.inbox import Inbox, Msg
 from tests.polling import eventually
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -58,20 +57,16 @@ async def durable(store: EventStore, kept: Traversal, refused: Traversal) -> boo
 async def test_a_store_failure_at_any_step_of_a_commit_loses_nothing(store: EventStore) -> None:
     topology = Topology.from_toml(SEED.read_text())
     history = History(store, topology, snapshot_every=10**9)  # no snapshot writes in between
-    inbox: asyncio.Queue[Msg] = asyncio.Queue()
     carried: dict[int, tuple[Traversal, Traversal]] = {}
-    acked: list[Msg] = []
     early: list[str] = []
 
-    async def source() -> AsyncIterator[Msg]:
-        while True:
-            yield await inbox.get()
-
-    async def ack(message: Msg) -> None:
+    async def durable_first(message: Msg) -> None:
         kept, refused = carried[id(message)]
         if not await durable(store, kept, refused):
             early.append(f"seq {kept.seq} acknowledged before it was durable")
-        acked.append(message)
+
+    inbox = Inbox(check=durable_first)
+    acked = inbox.acked
 
     async def live_equals_fold(what: str) -> None:
         await system.drain()
@@ -85,7 +80,8 @@ async def test_a_store_failure_at_any_step_of_a_commit_loses_nothing(store: Even
     try:
         async with system.running():
             ingest = Ingest(
-                source(), ack, store=store, actors=system, dpus=DpuRegistry(), metrics=Metrics(),
+                inbox.messages(), inbox.ack, store=store, actors=system, dpus=DpuRegistry(),
+                metrics=Metrics(),
                 settings=IngestSettings(max_delay_s=0.001), clock=lambda: NOW,
             )  # fmt: skip
             task = asyncio.create_task(ingest.run())
@@ -95,7 +91,7 @@ async def test_a_store_failure_at_any_step_of_a_commit_loses_nothing(store: Even
                 carried[id(message)] = (kept, refused)
                 if fail_step is not None:
                     faults.fail_steps(fail_step)
-                inbox.put_nowait(message)
+                inbox.put(message)
                 await eventually(lambda: message in acked, what=f"round {n} acknowledged")
 
             # A clean commit first, to learn its steps on this backend.

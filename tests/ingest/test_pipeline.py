@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -21,17 +19,12 @@ from headcount.ingest.dpus import DpuRegistry, DpuStatus
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from tests.ingest.faults import StoreFaults
+from tests.ingest.inbox import Inbox, Msg
 from tests.polling import eventually
 from tests.store_readers import quarantined
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    payload: bytes
 
 
 def traversal(dpu: str, seq: int, ts: int, direction: int = 1) -> Msg:
@@ -42,39 +35,30 @@ async def run_ingest(
     store: EventStore, messages: list[Msg], settings: IngestSettings | None = None
 ) -> tuple[list[Msg], Metrics, ActorSystem, DpuRegistry]:
     topology = Topology.from_toml(SEED.read_text())
-    acked: list[Msg] = []
     metrics, dpus = Metrics(), DpuRegistry()
-    done = asyncio.Event()
 
-    async def source() -> AsyncIterator[Msg]:
-        for m in messages:
-            yield m
-        await asyncio.Event().wait()  # a broker connection stays open
-
-    async def ack(message: Msg) -> None:
+    async def stored_first(message: Msg) -> None:
         # Acknowledged only once what it carried is in the store.
         if message.topic.endswith("/traversals"):
             assert await store.log.count_traversals() >= 1
-        acked.append(message)
-        if len(acked) == len(messages):
-            done.set()
 
+    inbox = Inbox(check=stored_first)
+    inbox.put(*messages)
     system = ActorSystem(History(store, topology), clock=lambda: NOW)
     async with system.running():
         ingest = Ingest(
-            source(), ack, store=store, actors=system, dpus=dpus, metrics=metrics,
+            inbox.messages(), inbox.ack, store=store, actors=system, dpus=dpus, metrics=metrics,
             settings=settings or IngestSettings(max_events=3), clock=lambda: NOW,
         )  # fmt: skip
         task = asyncio.create_task(ingest.run())
-        async with asyncio.timeout(10):
-            await done.wait()
+        await eventually(lambda: len(inbox.acked) == len(messages), what="every message acked")
         await system.drain()
         task.cancel()
         await asyncio.wait([task])
         counts = {s: system.live(s).count for s in ("A", "B")}
     assert counts == {"A": (await History(store, topology).count_at("A", NOW)).count,
                       "B": (await History(store, topology).count_at("B", NOW)).count}  # fmt: skip
-    return acked, metrics, system, dpus
+    return inbox.acked, metrics, system, dpus
 
 
 async def test_messages_are_stored_routed_and_acked_in_order(store: EventStore) -> None:
@@ -210,38 +194,29 @@ async def test_a_store_that_is_down_holds_the_batch_and_health_says_so(
     store: EventStore,
 ) -> None:
     topology = Topology.from_toml(SEED.read_text())
-    inbox: asyncio.Queue[Msg] = asyncio.Queue()
-    acked: list[Msg] = []
-
-    async def source() -> AsyncIterator[Msg]:
-        while True:
-            yield await inbox.get()
-
-    async def ack(message: Msg) -> None:
-        acked.append(message)
-
+    inbox = Inbox()
+    acked = inbox.acked
     faults = StoreFaults(store.engine)
     system = ActorSystem(History(store, topology), clock=lambda: NOW)
     try:
         async with system.running():
             ingest = Ingest(
-                source(), ack, store=store, actors=system, dpus=DpuRegistry(), metrics=Metrics(),
-                settings=IngestSettings(stall_after_s=0.3), clock=lambda: NOW,
+                inbox.messages(), inbox.ack, store=store, actors=system, dpus=DpuRegistry(),
+                metrics=Metrics(), settings=IngestSettings(stall_after_s=0.3), clock=lambda: NOW,
             )  # fmt: skip
             health = ingest.health
             task = asyncio.create_task(ingest.run())
             assert (health.waiting, health.problem(), health.last_commit) == (0, None, None)
 
             first = traversal("283", 1, NOW - 5000)
-            inbox.put_nowait(first)
+            inbox.put(first)
             await eventually(lambda: first in acked, what="the first message acknowledged")
             assert health.last_commit == NOW
             assert (health.waiting, health.stalled_since, health.problem()) == (0, None, None)
 
             faults.down = True
             held = [traversal("283", 2, NOW - 4000), Msg(wire.status_topic("283"), b"online")]
-            for message in held:
-                inbox.put_nowait(message)
+            inbox.put(*held)
             await eventually(lambda: health.problem() is not None, what="a stall reported")
             problem = health.problem()
             assert problem is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -98,23 +98,28 @@ async def test_unknown_space_is_refused(store: EventStore, seed: Topology) -> No
         ActorSystem(History(store, seed), space_ids=["nowhere"])
 
 
-async def test_crashed_actor_restarts_from_the_store(
-    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    history = History(store, seed)
-    system = ActorSystem(history, clock=clock)
-    actor = system.actor("A")
+def crash_once(actor: SpaceActor) -> Callable[[object, SpaceEvent], bool]:
+    """The actor's ``_apply``, crashing on the first event it is given and normal after."""
     original = actor._apply
     crashes = 1
 
-    def crash_once(live: object, event: SpaceEvent) -> bool:
+    def apply(live: object, event: SpaceEvent) -> bool:
         nonlocal crashes
         if crashes:
             crashes -= 1
             raise RuntimeError("boom")
         return original(live, event)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(actor, "_apply", crash_once)
+    return apply
+
+
+async def test_crashed_actor_restarts_from_the_store(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = History(store, seed)
+    system = ActorSystem(history, clock=clock)
+    actor = system.actor("A")
+    monkeypatch.setattr(actor, "_apply", crash_once(actor))
     async with system.running():
         await system.route(await stored(store, [Traversal("283", 1, NOW - 1000, 1)]))
         await system.drain()
@@ -152,15 +157,8 @@ async def test_a_store_error_while_restarting_spends_the_budget_and_retries(
     history = History(store, seed)
     system = ActorSystem(history, clock=clock, budget=lambda: RestartBudget(3, 60))
     actor = system.actor("A")
-    original_apply, original_recover = actor._apply, actor.recover
-    crashes, recover_failures = 1, 1
-
-    def crash_once(live: object, event: SpaceEvent) -> bool:
-        nonlocal crashes
-        if crashes:
-            crashes -= 1
-            raise RuntimeError("boom")
-        return original_apply(live, event)  # type: ignore[arg-type]
+    original_recover = actor.recover
+    recover_failures = 1
 
     async def recover_fails_once() -> None:
         nonlocal recover_failures
@@ -170,7 +168,7 @@ async def test_a_store_error_while_restarting_spends_the_budget_and_retries(
         await original_recover()
 
     async with system.running():
-        monkeypatch.setattr(actor, "_apply", crash_once)
+        monkeypatch.setattr(actor, "_apply", crash_once(actor))
         monkeypatch.setattr(actor, "recover", recover_fails_once)
         await system.route(await stored(store, [Traversal("283", 1, NOW - 1000, 1)]))
         await eventually(lambda: system.restarts == 1 and actor.ready, what="the restart")

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
@@ -37,16 +38,18 @@ from headcount.ingest import wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.health import IngestHealth
-from headcount.ingest.mqtt import BrokerUrlError, Received, Subscriber, parse_broker_url
+from headcount.ingest.mqtt import BrokerUrlError, Subscriber, parse_broker_url
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 
 __all__ = [
+    "Part",
     "ServiceFailedError",
     "Settings",
     "build_app",
     "demo_files",
     "preflight",
+    "run_parts",
     "serve",
 ]
 
@@ -167,12 +170,19 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             _safe_url(settings.store_url),
             "embedded" if settings.broker_url is None else _safe_url(settings.broker_url),
         )
-        await _supervise(system, ingest, stop)
+        await run_parts(system, ingest, stop)
 
 
-async def _supervise(system: ActorSystem, ingest: Ingest[Received], stop: asyncio.Event) -> None:
-    """The service's parts as one tree: a part that fails stops them all; ``stop`` stops
-    them in order (ingest, then the actors once their mailboxes are drained)."""
+class Part(Protocol):
+    """A long-lived part of the service (ingest): runs until cancelled, or fails."""
+
+    async def run(self) -> None: ...
+
+
+async def run_parts(system: ActorSystem, ingest: Part, stop: asyncio.Event) -> None:
+    """The service's parts as one tree: a part that fails stops them all and raises
+    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest, then the actors once
+    their mailboxes are drained, then their final snapshots)."""
     try:
         async with asyncio.TaskGroup() as parts:
             actors = parts.create_task(system.run(), name="actors")

@@ -1,0 +1,82 @@
+"""The service's parts as one supervision tree: a failing part stops all of them, a stop
+stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from headcount.actors import ActorSystem
+from headcount.domain.events import Traversal
+from headcount.domain.topology import Topology
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.service import ServiceFailedError, run_parts
+
+SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.toml"
+NOW = 1_700_000_000_000
+
+
+class FailingIngest:
+    """An ingest that fails once it has run for a moment."""
+
+    async def run(self) -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("the broker connection broke for good")
+
+
+class RecordingIngest:
+    """An ingest that runs until cancelled and says when it was."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def run(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.log.append("ingest cancelled")
+            raise
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[ActorSystem]:
+    """Actors over the seed topology and a new SQLite store (the tree does not depend on the
+    backend)."""
+    async with await EventStore.open(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}") as store:
+        topology = Topology.from_toml(SEED.read_text())
+        yield ActorSystem(History(store, topology), clock=lambda: NOW)
+
+
+async def test_a_failing_part_stops_every_part_and_says_which(system: ActorSystem) -> None:
+    await system.recover()
+    async with asyncio.timeout(10):  # the actors, which run until cancelled, were cancelled
+        with pytest.raises(ServiceFailedError, match="the broker connection broke") as raised:
+            await run_parts(system, FailingIngest(), asyncio.Event())
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snapshots(
+    system: ActorSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log: list[str] = []
+    write_snapshots = system.write_snapshots
+
+    async def recorded_write_snapshots() -> int:
+        log.append(f"snapshots written, live A={system.live('A').count}")
+        return await write_snapshots()
+
+    monkeypatch.setattr(system, "write_snapshots", recorded_write_snapshots)
+    store = system.history.store
+    await system.recover()
+    stop = asyncio.Event()
+    parts = asyncio.create_task(run_parts(system, RecordingIngest(log), stop))
+    stored = await store.log.append([Traversal("283", 1, NOW - 1000, 1)])
+    await system.route(stored.new)  # in a mailbox when the stop comes
+    stop.set()
+    async with asyncio.timeout(10):
+        await parts
+    assert log == ["ingest cancelled", "snapshots written, live A=1"]

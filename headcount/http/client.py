@@ -18,10 +18,12 @@ class ServiceError(HeadcountError):
 
 class ServiceClient:
     """``async with ServiceClient(url) as service``: the API of the service at ``url``, e.g.
-    ``http://127.0.0.1:8080``. Every failure is a :class:`ServiceError` naming the URL."""
+    ``http://127.0.0.1:8080``. Every failure is a :class:`ServiceError` naming the URL; a
+    service that does not answer within ``timeout_s`` is one too."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServiceError(f"{url!r} is not a service URL: give http://HOST:PORT")
@@ -30,7 +32,9 @@ class ServiceClient:
 
     async def __aenter__(self) -> Self:
         try:
-            self._session = aiohttp.ClientSession(base_url=self._base)
+            self._session = aiohttp.ClientSession(
+                base_url=self._base, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            )
         except ValueError as e:  # e.g. a port that is not a number
             raise ServiceError(f"{self.url!r} is not a service URL: {e}") from None
         return self
@@ -65,3 +69,8 @@ class ServiceClient:
                 return await response.json()
         except aiohttp.ClientError as e:
             raise ServiceError(f"cannot ask the service at {self.url} for {what}: {e}") from e
+        except TimeoutError as e:
+            raise ServiceError(
+                f"the service at {self.url} did not answer for {what} within"
+                f" {self.timeout_s:g} s; is it overloaded, or is that the right URL?"
+            ) from e

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from headcount.eventstore.store import EventStore
@@ -31,6 +35,22 @@ async def test_an_unknown_space_is_a_service_error(
     async with ServiceClient(url) as client:
         with pytest.raises(ServiceError, match=r"space 'C/D'.*404"):
             await client.count("C/D")
+
+
+async def test_a_service_that_does_not_answer_is_a_service_error_in_time(
+    aiohttp_server: Any,
+) -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/spaces", hang)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("/"))
+    async with ServiceClient(url, timeout_s=0.2) as client, asyncio.timeout(10):
+        with pytest.raises(ServiceError, match=r"did not answer for its live counts within 0.2 s"):
+            await client.counts()
 
 
 async def test_a_service_that_is_not_there() -> None:

@@ -216,7 +216,12 @@ PATHS: dict[str, Schema] = {
     "/dpus/{dpu_id}": _get(
         "A DPU with its assignment history.", "DpuDetail", parameters=(_DPU,), errors=("404",)
     ),
-    "/healthz": _get("Whether every space is being served.", "Health", errors=("503",)),
+    "/healthz": _get(
+        "Whether every space is being served and ingest keeps up; 503 says why not (spaces"
+        " still recovering, or messages waiting for a commit that does not come).",
+        "Health",
+        errors=("503",),
+    ),
     "/metrics": _get("Prometheus metrics.", None),
     "/openapi.json": {
         "get": {

@@ -1,5 +1,5 @@
 """Checking a running service's live counts against the log (``headcount replay --verify
---service``). How the live counts are fetched is the caller's: any :class:`LiveCounts`."""
+--service``). How the live counts are fetched is the caller's: any :class:`ServiceCounts`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from headcount.history.counts import History
 from headcount.history.replay import Mismatch
 
 
-class LiveCounts(Protocol):
+class ServiceCounts(Protocol):
     """A running service's live counts."""
 
     async def counts(self) -> Mapping[str, int]:
@@ -25,7 +25,7 @@ class LiveCounts(Protocol):
 
 
 async def live_mismatches(
-    history: History, folded: Mapping[str, SpaceState], live: LiveCounts
+    history: History, folded: Mapping[str, SpaceState], live: ServiceCounts
 ) -> list[Mismatch]:
     """The spaces of ``folded`` (each space's fold of the whole log) whose live count
     differs. Events may arrive while the log is folded: a space that differs is asked again

@@ -1,5 +1,5 @@
 """A client of a running service's HTTP API: its live counts, for ``headcount replay
---verify --service`` (a :class:`headcount.history.live_check.LiveCounts`)."""
+--verify --service`` (a :class:`headcount.history.live_check.ServiceCounts`)."""
 
 from __future__ import annotations
 

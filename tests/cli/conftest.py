@@ -10,10 +10,12 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No store or topology from the environment; the default store, if ever reached, lands in
-    the test's own directory."""
+    """No store, topology or tokens from the environment; the default store, if ever reached,
+    lands in the test's own directory."""
     monkeypatch.delenv("HEADCOUNT_STORE", raising=False)
     monkeypatch.delenv("HEADCOUNT_TOPOLOGY", raising=False)
+    monkeypatch.delenv("HEADCOUNT_TOKENS", raising=False)
+    monkeypatch.delenv("HEADCOUNT_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
 
 

@@ -50,6 +50,9 @@ def _as_json(request: web.Request, e: web.HTTPException) -> web.Response:
     elif e.status == 405:
         allowed = ", ".join(sorted(e.headers.get("Allow", "").split(",")))
         detail = f"Method {request.method} is not allowed here; allowed: {allowed}."
+    elif e.status == 413:
+        limit = request.client_max_size
+        detail = f"The request body is too large: this server reads up to {limit:,} bytes."
     else:
         detail = f"{e.reason}."
     headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None

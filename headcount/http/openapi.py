@@ -11,9 +11,11 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from headcount.domain.timefmt import SUPPORTED_RANGE
+from headcount.http.limits import Limits
 
 Schema = dict[str, Any]
 
+_LIMITS = Limits()
 _TS_EXAMPLE = "2018-02-27T00:00:00.000Z"
 
 
@@ -129,8 +131,18 @@ SCHEMAS: dict[str, Schema] = {
 _ERRORS = {
     "400": (
         "The request cannot be read: on any path, a request line or a header that is too long"
-        " or not HTTP; on the counts, a `ts` that is not ISO-8601 with an offset or is outside"
-        f" {SUPPORTED_RANGE}. `detail` says what was expected."
+        f" or not HTTP, more than {_LIMITS.headers} headers or more than"
+        f" {_LIMITS.query_params} query parameters; on the counts, a `ts` that is not ISO-8601"
+        f" with an offset or is outside {SUPPORTED_RANGE}. `detail` says what was expected."
+    ),
+    "401": (
+        "The service needs a token (it was started with `--tokens`) and the request carries"
+        " none, or one it does not know: send `Authorization: Bearer TOKEN`. `detail` says"
+        " which; the `WWW-Authenticate: Bearer` header is set."
+    ),
+    "403": (
+        "The token's scope does not allow the request: a `read` token may GET, a `write`"
+        " token may do anything. `detail` names the token and the scope needed."
     ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
     "500": "The server failed; the error is logged, not shown.",
@@ -169,6 +181,7 @@ def _get(
     *,
     parameters: tuple[Schema, ...] = (),
     errors: tuple[str, ...] = (),
+    open_: bool = False,
 ) -> Schema:
     if schema is None:
         content = {"text/plain": {"schema": {"type": "string"}}}
@@ -177,16 +190,14 @@ def _get(
         content = {"application/json": {"schema": _ref(schema)}}
         ok = "OK."
     responses: Schema = {"200": {"description": ok, "content": content}}
-    # Any path may answer 400 (a request aiohttp cannot read, see headcount.http.server), 500.
-    for status in ("400", *errors, "500"):
+    # Any path may answer 400 (a request aiohttp cannot read, see headcount.http.server), 500;
+    # any but the open ones 401 when the service needs tokens (GETs need only `read`: no 403).
+    for status in ("400", *(() if open_ else ("401",)), *errors, "500"):
         responses[status] = _response(status)
-    return {
-        "get": {
-            "summary": summary,
-            "parameters": list(parameters),
-            "responses": responses,
-        }
-    }
+    operation: Schema = {"summary": summary, "parameters": list(parameters)}
+    if open_:
+        operation["security"] = []
+    return {"get": {**operation, "responses": responses}}
 
 
 _SPACE = _path_param("space_id", "The space's id.")
@@ -221,8 +232,12 @@ PATHS: dict[str, Schema] = {
         " still recovering, or messages waiting for a commit that does not come).",
         "Health",
         errors=("503",),
+        open_=True,
     ),
-    "/metrics": _get("Prometheus metrics.", None),
+    "/metrics": _get(
+        "Prometheus metrics (without a token when the service runs with `--open-metrics`).",
+        None,
+    ),
     "/openapi.json": {
         "get": {
             "summary": "This document.",
@@ -232,6 +247,7 @@ PATHS: dict[str, Schema] = {
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 "400": _response("400"),
+                "401": _response("401"),
                 "500": _response("500"),
             },
         }
@@ -249,10 +265,25 @@ def document() -> dict[str, Any]:
             "description": (
                 "Exact people counts for every space, now and at any past moment. Every error"
                 ' is JSON `{"detail": "..."}`; times are ISO-8601 UTC with milliseconds.'
+                " With tokens on, every path but `/healthz` needs `Authorization: Bearer"
+                " TOKEN`: scope `read` for GET, `write` for every other method."
             ),
         },
         "paths": copy.deepcopy(PATHS),
+        # Needed only when the service runs with --tokens; /healthz never needs it.
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A token made with `headcount tokens add NAME --scope read|write`, for a"
+                        " service started with `--tokens FILE`. Without `--tokens` the API"
+                        " needs none (and listens on loopback only)."
+                    ),
+                }
+            },
             "schemas": copy.deepcopy(SCHEMAS),
             "responses": {
                 status: {

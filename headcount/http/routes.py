@@ -16,8 +16,10 @@ from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
+from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
+from headcount.http.limits import limit_query
 from headcount.http.openapi import document
 from headcount.ingest.dpus import DpuRegistry
 
@@ -27,9 +29,11 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the API's routes, its JSON error middleware, and (on startup, once the
-    resources are attached) the gauges that read the actors and the DPU registry."""
-    app.middlewares.append(json_errors)
+    """Register the API's routes, its middlewares (JSON errors, outermost; the query limit;
+    the token check, which lets every request in when ``app`` has no ``AUTH``), and (on
+    startup, once the resources are attached) the gauges that read the actors and the DPU
+    registry."""
+    app.middlewares.extend([json_errors, limit_query, require_token])
     app.on_startup.append(_watch_gauges)
     app.add_routes(
         [

@@ -32,17 +32,23 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
 from headcount.http.errors import INTERNAL
+from headcount.http.limits import LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
 #: The ``detail`` of a request whose request line or headers cannot be parsed.
+#: aiohttp's message (both parsers) for a request with more headers than ``max_headers``.
+_TOO_MANY_HEADERS = "Too many headers received"
 UNREADABLE = "The request cannot be read as HTTP: its request line or headers are malformed."
 
 
 def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     """A runner for ``app`` (``kwargs`` as for ``web.AppRunner``) whose every error answer,
-    including those aiohttp gives before the application sees the request, is JSON."""
-    return _Runner(app, **kwargs)
+    including those aiohttp gives before the application sees the request, is JSON, and whose
+    connections keep the application's :class:`~headcount.http.limits.Limits` (the defaults
+    when it has none): request line, header sizes and count, and the idle timeout."""
+    limits = app.get(LIMITS) or Limits()
+    return _Runner(app, **{**limits.protocol(), **kwargs})
 
 
 class _Runner(web.AppRunner):
@@ -90,6 +96,8 @@ class _Protocol(web.RequestHandler):
                 f" up to {self.max_line_size:,} bytes and headers of up to"
                 f" {self.max_field_size:,} bytes."
             )
+        if isinstance(exc, HttpProcessingError) and exc.message == _TOO_MANY_HEADERS:
+            return f"The request has too many headers: this server reads up to {self.max_headers}."
         if isinstance(exc, HttpProcessingError):
             return UNREADABLE
         return f"{HTTPStatus(status).phrase}."

@@ -117,7 +117,7 @@ async def test_a_url_too_long_is_a_json_400_without_the_url_nor_an_error_logged(
             b"GET /healthz HTTP/1.1\r\n"
             + b"".join(b"X-%d: y\r\n" % i for i in range(200))
             + b"\r\n",
-            UNREADABLE,
+            "The request has too many headers: this server reads up to 64.",
             id="too-many-headers",
         ),
         pytest.param(b"JRMI\r\n\r\n", UNREADABLE, id="not-http"),

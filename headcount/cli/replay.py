@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from headcount.http.client import ServiceClient
 
 SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
+TOKEN_ENV = "HEADCOUNT_TOKEN"
 
 
 def add_command(commands: Commands) -> None:
@@ -97,6 +98,14 @@ def add_command(commands: Commands) -> None:
         help="--verify: also compare the live counts of the service at this URL,"
         " e.g. http://127.0.0.1:8080 (env HEADCOUNT_SERVICE_URL)",
     )
+    cmd.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        metavar="TOKEN",
+        help="--service: the API token (scope read) of a service started with --tokens"
+        " (env HEADCOUNT_TOKEN, which other users of the machine cannot see in its process"
+        " list as they can a flag)",
+    )
     cmd.set_defaults(handler=run)
 
 
@@ -131,7 +140,7 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:
     url = args.service or os.environ.get(SERVICE_URL_ENV)  # the variable only for --verify
-    service = _service(url) if url else None  # a bad URL fails before the fold
+    service = _service(url, args.token) if url else None  # a bad URL fails before the fold
     replay = Replay(
         store,
         topology,
@@ -147,11 +156,11 @@ async def _verify(args: argparse.Namespace, store: EventStore, topology: Topolog
     return EXIT_FAILED if mismatches else 0
 
 
-def _service(url: str) -> ServiceClient:
+def _service(url: str, token: str | None) -> ServiceClient:
     from headcount.http.client import ServiceClient, ServiceError  # only --service talks HTTP
 
     try:
-        return ServiceClient(url)
+        return ServiceClient(url, token=token)
     except ServiceError as e:
         raise UsageError(f"--service: {e}") from e
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
@@ -11,6 +12,9 @@ import aiohttp
 
 from headcount.errors import HeadcountError
 
+#: What a bearer token may hold: visible ASCII (the tokens headcount makes are URL-safe).
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
 
 class ServiceError(HeadcountError):
     """The service could not be asked: a bad URL, unreachable, or it answered with an error."""
@@ -18,12 +22,20 @@ class ServiceError(HeadcountError):
 
 class ServiceClient:
     """``async with ServiceClient(url) as service``: the API of the service at ``url``, e.g.
-    ``http://127.0.0.1:8080``. Every failure is a :class:`ServiceError` naming the URL; a
-    service that does not answer within ``timeout_s`` is one too."""
+    ``http://127.0.0.1:8080``, asked with ``token`` when the service needs one (sent as
+    ``Authorization: Bearer``, never logged nor shown in an error). Every failure is a
+    :class:`ServiceError` naming the URL; a service that does not answer within
+    ``timeout_s`` is one too."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        if token is not None and not _TOKEN.fullmatch(token):
+            raise ServiceError(  # the token itself is not shown: it may be a real one, mistyped
+                "the token has characters an API token cannot have (spaces, control characters,"
+                " non-ASCII); check --token or HEADCOUNT_TOKEN"
+            )
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ServiceError(f"{url!r} is not a service URL: give http://HOST:PORT")
@@ -33,7 +45,9 @@ class ServiceClient:
     async def __aenter__(self) -> Self:
         try:
             self._session = aiohttp.ClientSession(
-                base_url=self._base, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+                base_url=self._base,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers=self._headers,
             )
         except ValueError as e:  # e.g. a port that is not a number
             raise ServiceError(f"{self.url!r} is not a service URL: {e}") from None
@@ -65,6 +79,8 @@ class ServiceClient:
             raise RuntimeError("use ServiceClient in 'async with'")
         try:
             async with self._session.get(path) as response:
+                if response.status in (401, 403):
+                    raise ServiceError(await self._refused(response, what))
                 response.raise_for_status()
                 return await response.json()
         except aiohttp.ClientError as e:
@@ -74,3 +90,15 @@ class ServiceClient:
                 f"the service at {self.url} did not answer for {what} within"
                 f" {self.timeout_s:g} s; is it overloaded, or is that the right URL?"
             ) from e
+
+    async def _refused(self, response: aiohttp.ClientResponse, what: str) -> str:
+        """Why the service refused the token (or its absence), in its own words."""
+        try:
+            detail = str((await response.json())["detail"])
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError):
+            detail = response.reason or str(response.status)
+        given = "the token given" if self._headers else "no token"
+        return (
+            f"the service at {self.url} refused {what} with {given} ({response.status}:"
+            f" {detail}); give a token with --token or HEADCOUNT_TOKEN"
+        )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +12,11 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from headcount.eventstore.store import EventStore
+from headcount.http.auth import AUTH, Auth
 from headcount.http.client import ServiceClient, ServiceError
+from headcount.http.tokens import Scope, Tokens, add_token
 from headcount.ingest.broker import free_port
-from tests.http.test_routes import MORNING, start
+from tests.http.test_routes import MORNING, service_app, start
 
 
 async def test_live_counts_of_every_space_and_of_one(
@@ -65,3 +68,36 @@ async def test_a_url_that_is_not_a_service_url(url: str) -> None:
     with pytest.raises(ServiceError, match="is not a service URL"):
         async with ServiceClient(url):
             pass
+
+
+async def test_a_token_is_sent_and_a_refusal_says_what_to_give(
+    store: EventStore, aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.toml"
+    token = add_token(path, "checker", Scope.READ)
+    app = service_app(store)
+    app[AUTH] = Auth(Tokens.load(path))
+    url = str((await aiohttp_client(app)).make_url("/"))
+    async with ServiceClient(url, token=token) as client:
+        assert await client.counts() == {"A": 0, "B": 0}
+    async with ServiceClient(url) as client:
+        with pytest.raises(ServiceError) as refused:
+            await client.counts()
+    assert "refused its live counts with no token (401: This API needs a token" in str(
+        refused.value
+    )
+    assert str(refused.value).endswith("give a token with --token or HEADCOUNT_TOKEN")
+    wrong = "hc_" + "x" * 43
+    async with ServiceClient(url, token=wrong) as client:
+        with pytest.raises(
+            ServiceError, match="with the token given \\(401: The bearer token is not"
+        ):
+            await client.count("A")
+    assert wrong not in str(refused.value)
+
+
+@pytest.mark.parametrize("token", ["two words", "line\nbreak", "é"])
+def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(ServiceError, match="characters an API token cannot have") as refused:
+        ServiceClient("http://127.0.0.1:8080", token=token)
+    assert token not in str(refused.value)

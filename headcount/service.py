@@ -11,6 +11,7 @@ final snapshots, then the HTTP API, the broker and the store close.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -30,9 +31,12 @@ from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
+from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
 from headcount.http.keys import ACTORS, DPUS, HISTORY, INGEST, METRICS, STORE
+from headcount.http.limits import new_app
 from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
+from headcount.http.tokens import Tokens
 from headcount.importer.load import import_csv
 from headcount.ingest import wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker
@@ -77,6 +81,13 @@ class Settings:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     ingest: IngestSettings = field(default_factory=IngestSettings)
     demo: bool = False
+    #: The API's tokens file; ``None``: no token needed, and the API listens on loopback only
+    #: unless ``insecure_open_api``.
+    tokens: Path | None = None
+    #: ``/metrics`` without a token (for Prometheus scrapes) when ``tokens`` is set.
+    open_metrics: bool = False
+    #: Serve the API without tokens on an address beyond loopback: a decision, not a default.
+    insecure_open_api: bool = False
 
 
 def demo_files() -> tuple[str, Path]:
@@ -101,6 +112,17 @@ def preflight(settings: Settings) -> None:
             )  # reads and checks the config file; starts nothing
         except BrokerError as e:
             raise ConfigError(f"{e}; check --broker-config") from None
+    if settings.tokens is not None:
+        try:
+            Tokens.load(settings.tokens)  # every problem of the file, before anything opens
+        except ConfigError as e:
+            raise ConfigError(f"--tokens: {e}") from None
+    elif not settings.insecure_open_api and not _is_loopback(settings.host):
+        raise ConfigError(
+            f"--host {settings.host} would open the HTTP API beyond this machine without tokens:"
+            " give --tokens FILE (make one with 'headcount tokens add NAME --scope read'), or"
+            " --insecure-open-api to serve it open on purpose"
+        )
     _check_port(settings.host, settings.http_port, "HTTP", "--http-port")
     if settings.broker_url is None:
         _check_port(settings.host, settings.mqtt_port, "the embedded MQTT broker", "--mqtt-port")
@@ -160,6 +182,7 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             dpus=dpus,
             metrics=metrics,
             ingest=ingest.health,
+            auth=_auth(settings),
         )
         await _start_http(app, settings, stack)
         log.info(
@@ -208,9 +231,12 @@ def build_app(
     dpus: DpuRegistry,
     metrics: Metrics,
     ingest: IngestHealth,
+    auth: Auth | None = None,
 ) -> web.Application:
-    """The HTTP API over the service's parts."""
-    app = web.Application()
+    """The HTTP API over the service's parts; with ``auth``, tokens are needed."""
+    app = new_app()
+    if auth is not None:
+        app[AUTH] = auth
     app[STORE] = store
     app[HISTORY] = history
     app[ACTORS] = actors
@@ -219,6 +245,13 @@ def build_app(
     app[INGEST] = ingest
     add_routes(app)
     return app
+
+
+def _auth(settings: Settings) -> Auth | None:
+    if settings.tokens is None:
+        return None
+    open_paths = OPEN_ALWAYS | ({"/metrics"} if settings.open_metrics else set())
+    return Auth(Tokens.load(settings.tokens), frozenset(open_paths))
 
 
 async def _prepare_store(settings: Settings, choice: TopologyChoice, store: EventStore) -> None:
@@ -251,6 +284,16 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
             f"cannot listen for HTTP on {settings.host}:{settings.http_port} ({e.strerror});"
             " choose another port with --http-port"
         ) from e
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address (``False`` for one that
+    does not resolve: the port check reports it)."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
 def _check_port(host: str, port: int, what: str, flag: str) -> None:

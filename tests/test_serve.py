@@ -1,4 +1,4 @@
-"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop; and
+"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop, tokens; and
 ``headcount broker``, the embedded broker in a process of its own."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import aiomqtt
 
+from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
 from headcount.ingest.mqtt import parse_broker_url
 from tests.serve_process import wait_healthy
@@ -133,3 +134,64 @@ async def test_broker_runs_alone_for_a_service_in_another_process(tmp_path: Path
         log = (await process.stderr.read()).decode()
         assert await process.wait() == 0, log
     assert f"MQTT broker on 127.0.0.1:{port}" in log
+
+
+def test_an_open_host_without_tokens_is_one_line_naming_both_flags(tmp_path: Path) -> None:
+    result = subprocess.run(
+        serve("--demo", "--host", "0.0.0.0", "--http-port", str(free_port()), tmp=tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "--tokens" in line
+    assert "--insecure-open-api" in line
+    assert not (tmp_path / "store.db").exists()
+
+
+async def test_with_tokens_only_healthz_and_open_metrics_answer_without_one(
+    tmp_path: Path,
+) -> None:
+    """``serve --tokens``: the API refuses requests without a token, serves one with it, and
+    ``replay --verify --service`` reaches it with ``HEADCOUNT_TOKEN``; no token in the log."""
+    tokens = tmp_path / "tokens.toml"
+    read = add_token(tokens, "grafana", Scope.READ)
+    http = free_port()
+    command = serve("--demo", "--tokens", str(tokens), "--open-metrics", "--http-port", str(http),
+                    "--mqtt-port", str(free_port()), tmp=tmp_path)  # fmt: skip
+    command.insert(command.index("serve"), "-v")  # debug: the refusals are logged too
+    process = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{http}"
+    try:
+        assert await wait_healthy(url, process)  # /healthz needs no token
+        async with aiohttp.ClientSession(url) as session:
+            async with session.get("/spaces") as response:
+                assert response.status == 401
+            async with session.get("/metrics") as response:
+                assert response.status == 200
+            headers = {"Authorization": f"Bearer {read}"}
+            async with session.get("/spaces", headers=headers) as response:
+                assert response.status == 200
+        replay = [sys.executable, "-m", "headcount", "replay", "--verify", "--service", url,
+                  "--store", f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "HEADCOUNT_TOKEN"}
+        refused = await asyncio.to_thread(
+            subprocess.run, replay, capture_output=True, text=True, timeout=60, env=env
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert "refused its live counts with no token (401" in refused.stderr
+        assert "give a token with --token or HEADCOUNT_TOKEN" in refused.stderr
+        verified = await asyncio.to_thread(
+            subprocess.run, replay, capture_output=True, text=True, timeout=60,
+            env={**env, "HEADCOUNT_TOKEN": read},
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+        assert read not in verified.stdout + verified.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+        assert await process.wait() == 0, log
+    assert read not in log
+    assert "Traceback" not in log

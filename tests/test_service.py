@@ -1,20 +1,24 @@
 """The service's parts as one supervision tree: a failing part stops all of them, a stop
-stops them in order."""
+stops them in order. Preflight: an HTTP API beyond loopback needs tokens or a flag."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
 from headcount.domain.topology import Topology
+from headcount.errors import ConfigError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.service import ServiceFailedError, run_parts
+from headcount.http.tokens import Scope, add_token
+from headcount.ingest.broker import free_port
+from headcount.service import ServiceFailedError, Settings, preflight, run_parts
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -80,3 +84,43 @@ async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snaps
     async with asyncio.timeout(10):
         await parts
     assert log == ["ingest cancelled", "snapshots written, live A=1"]
+
+
+# -- preflight: the HTTP API beyond loopback ----------------------------------------------------
+
+
+def settings(**given: Any) -> Settings:
+    return Settings(http_port=free_port(), mqtt_port=free_port(), **given)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_tokens(host: str) -> None:
+    preflight(settings(host=host))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "192.0.2.1"])
+def test_beyond_loopback_without_tokens_is_refused_naming_both_flags(host: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        preflight(settings(host=host))
+    message = str(refused.value)
+    assert f"--host {host} would open the HTTP API beyond this machine" in message
+    assert "--tokens FILE" in message
+    assert "--insecure-open-api" in message
+
+
+def test_beyond_loopback_with_tokens_or_the_explicit_flag_is_let_through(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    add_token(tokens, "grafana", Scope.READ)
+    preflight(settings(host="0.0.0.0", tokens=tokens))
+    preflight(settings(host="0.0.0.0", insecure_open_api=True))
+
+
+def test_a_tokens_file_that_cannot_be_used_is_refused_before_anything_opens(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"^--tokens: cannot read the tokens file .*missing"):
+        preflight(settings(tokens=tmp_path / "missing.toml"))
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"^--tokens: tokens file .* holds no token"):
+        preflight(settings(tokens=empty))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from headcount.cli.common import (
     Commands,
@@ -58,7 +59,28 @@ def add_command(commands: Commands) -> None:
         default=os.environ.get("HEADCOUNT_HOST", "127.0.0.1"),
         metavar="ADDR",
         help="address the HTTP API and the embedded broker listen on"
-        " (env HEADCOUNT_HOST; default %(default)s)",
+        " (env HEADCOUNT_HOST; default %(default)s). Beyond loopback, the API needs --tokens"
+        " or --insecure-open-api",
+    )
+    cmd.add_argument(
+        "--tokens",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_TOKENS"),
+        metavar="FILE",
+        help="API tokens file (TOML, made by 'headcount tokens add'; env HEADCOUNT_TOKENS):"
+        " every route but /healthz then needs 'Authorization: Bearer TOKEN', scope read for"
+        " GET, write for any other method. Default: no tokens, API on loopback only",
+    )
+    cmd.add_argument(
+        "--open-metrics",
+        action="store_true",
+        help="with --tokens, serve /metrics without a token (for Prometheus scrapes)",
+    )
+    cmd.add_argument(
+        "--insecure-open-api",
+        action="store_true",
+        help="serve the HTTP API without tokens on a --host beyond loopback: anyone who"
+        " reaches the port reads every count",
     )
     cmd.add_argument(
         "--client-id",
@@ -83,6 +105,9 @@ async def run(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         snapshot_every=args.snapshot_every,
         demo=args.demo,
+        tokens=args.tokens,
+        open_metrics=args.open_metrics,
+        insecure_open_api=args.insecure_open_api,
     )
     preflight(settings)  # configuration problems are reported before the store is touched
     if args.demo and args.topology is None:

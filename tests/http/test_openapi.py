@@ -212,3 +212,17 @@ async def test_real_responses_match_the_document(
     body = await response.json()
     doc = document()
     assert problems(doc, response_schema(doc, template, status), body) == []
+
+
+def test_every_path_but_healthz_needs_the_bearer_scheme_and_documents_its_401() -> None:
+    doc = document()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}]
+    for template, item in doc["paths"].items():
+        operation = item["get"]
+        if template == "/healthz":
+            assert operation["security"] == []
+            assert "401" not in operation["responses"]
+        else:
+            assert "security" not in operation, template  # the document's: bearer
+            assert "401" in operation["responses"], template

@@ -175,6 +175,7 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             metrics=metrics,
             settings=settings.ingest,
         )
+        auth = _auth(settings)
         app = build_app(
             store=store,
             history=history,
@@ -182,16 +183,17 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             dpus=dpus,
             metrics=metrics,
             ingest=ingest.health,
-            auth=_auth(settings),
+            auth=auth,
         )
         await _start_http(app, settings, stack)
         log.info(
-            "serving http://%s:%d spaces=%d store=%s broker=%s",
+            "serving http://%s:%d spaces=%d store=%s broker=%s api_tokens=%s",
             settings.host,
             settings.http_port,
             len(choice.topology.spaces),
             _safe_url(settings.store_url),
             "embedded" if settings.broker_url is None else _safe_url(settings.broker_url),
+            "off" if auth is None else auth.summary(),
         )
         await run_parts(system, ingest, stop)
 

@@ -193,5 +193,6 @@ async def test_with_tokens_only_healthz_and_open_metrics_answer_without_one(
         assert process.stderr is not None
         log = (await process.stderr.read()).decode()
         assert await process.wait() == 0, log
+    assert "api_tokens=1 (open: /healthz, /metrics)" in log
     assert read not in log
     assert "Traceback" not in log

@@ -41,6 +41,10 @@ class Auth:
     tokens: Tokens
     open_paths: frozenset[str] = OPEN_ALWAYS
 
+    def summary(self) -> str:
+        """For the log: how many tokens, which paths are open (never a token nor a hash)."""
+        return f"{len(self.tokens.tokens)} (open: {', '.join(sorted(self.open_paths))})"
+
 
 AUTH = web.AppKey("auth", Auth)
 

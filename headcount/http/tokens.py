@@ -180,7 +180,10 @@ def add_token(path: Path, name: str, scope: Scope) -> str:
     entry = (
         f'[[token]]\nname = "{name}"\nscope = "{scope.value}"\nsha256 = "{digest(token).hex()}"\n'
     )
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a", encoding="utf-8") as out:
-        out.write(("\n" if out.tell() else "") + entry)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as out:
+            out.write(("\n" if out.tell() else "") + entry)
+    except OSError as e:
+        raise ConfigError(f"cannot write the tokens file {path}: {e.strerror or e}") from None
     return token

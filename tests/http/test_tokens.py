@@ -116,3 +116,8 @@ def test_a_file_that_cannot_be_used_says_why(tmp_path: Path, text: str, said: li
 def test_a_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read the tokens file .*missing.toml: No such"):
         Tokens.load(tmp_path / "missing.toml")
+
+
+def test_a_file_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot write the tokens file .*: No such file"):
+        add_token(tmp_path / "missing-folder" / "tokens.toml", "grafana", Scope.READ)

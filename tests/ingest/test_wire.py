@@ -177,6 +177,7 @@ def test_reason_codes_are_stable_snake_case() -> None:
         "FUTURE_TS": "future_ts",
         "BAD_TOPIC": "bad_topic",
         "BAD_STATUS": "bad_status",
+        "DPU_MISMATCH": "dpu_mismatch",
         "UNSTORABLE": "unstorable",
     }
     assert f"{Reason.FUTURE_TS}" == "future_ts"
@@ -758,3 +759,45 @@ def test_wire_module_imports_nothing_that_does_io() -> None:
         "headcount.domain.topology",
         "headcount.errors",
     }
+
+
+# --- the optional dpu_id of an event -----------------------------------------------------------
+
+
+def test_an_event_naming_its_own_dpu_is_kept() -> None:
+    payload = pack([event(seq=1, dpu_id="283"), event(seq=2)])
+    assert wire.decode_batch("283", payload) == (
+        [Traversal("283", 1, FEB, 1), Traversal("283", 2, FEB, 1)],
+        [],
+    )
+
+
+def test_an_event_naming_another_dpu_is_refused_alone() -> None:
+    payload = pack([event(seq=1), event(seq=2, dpu_id="283"), event(seq=3)])
+    kept, refused = wire.decode_batch("423", payload)
+    assert kept == [Traversal("423", 1, FEB, 1), Traversal("423", 3, FEB, 1)]
+    [rejection] = refused
+    assert rejection.reason is Reason.DPU_MISMATCH
+    assert rejection.event == Traversal("423", 2, FEB, 1)
+    assert "dpus/423/traversals" in rejection.detail
+    assert "'283'" in rejection.detail
+
+
+def test_decode_refuses_a_payload_with_a_mismatched_event_whole() -> None:
+    with pytest.raises(WireError) as caught:
+        decode("423", pack(event(dpu_id="283")))
+    assert caught.value.rejection.reason is Reason.DPU_MISMATCH
+
+
+def test_a_dpu_id_that_is_not_a_string_is_a_bad_field() -> None:
+    with pytest.raises(WireError) as caught:
+        wire.decode_batch("283", pack(event(dpu_id=283)))
+    assert caught.value.rejection.reason is Reason.BAD_FIELD
+    assert "dpu_id is an integer 283" in caught.value.rejection.detail
+
+
+def test_encode_with_dpu_id_round_trips() -> None:
+    traversal = Traversal("283", 7, FEB, -1)
+    payload = wire.encode([traversal], with_dpu_id=True)
+    assert msgpack.unpackb(payload) == [{"seq": 7, "ts": FEB, "direction": -1, "dpu_id": "283"}]
+    assert wire.decode_batch("283", payload) == ([traversal], [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,12 @@ import pytest
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
 from headcount.domain.topology import Topology
+from headcount.errors import ConfigError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.service import ServiceFailedError, run_parts
+from headcount.ingest.broker import free_port
+from headcount.ingest.credentials import issue
+from headcount.service import ServiceFailedError, Settings, preflight, run_parts
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -80,3 +84,29 @@ async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snaps
     async with asyncio.timeout(10):
         await parts
     assert log == ["ingest cancelled", "snapshots written, live A=1"]
+
+
+# --- the embedded broker beyond loopback -------------------------------------------------------
+
+
+def open_settings() -> Settings:
+    """Settings listening on every address (beyond loopback), on free ports."""
+    return Settings(host="0.0.0.0", http_port=free_port(), mqtt_port=free_port())
+
+
+def test_the_embedded_broker_beyond_loopback_needs_dpu_auth_or_a_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        preflight(open_settings())
+    assert "--dpu-auth DIR" in str(refused.value)
+    assert "--insecure-open-broker" in str(refused.value)
+    preflight(replace(open_settings(), insecure_open_broker=True))
+    issue(["283"], tmp_path / "auth")
+    preflight(replace(open_settings(), dpu_auth=tmp_path / "auth"))
+    preflight(replace(open_settings(), host="127.0.0.1"))  # the demo's loopback: as before
+    external = replace(open_settings(), broker_url="mqtt://broker.example:1883")
+    preflight(external)  # an external broker guards itself
+
+
+def test_dpu_auth_without_credentials_says_how_to_make_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="headcount dpus credentials --out"):
+        preflight(Settings(http_port=free_port(), mqtt_port=free_port(), dpu_auth=tmp_path))

@@ -146,6 +146,12 @@ async def test_wrong_passwords_and_anonymous_clients_cannot_connect(
     assert await refused(broker.as_user(None), "283")
     assert await refused(broker.as_user(SERVICE_USERNAME, "guess"), SERVICE_CLIENT_ID)
     assert not await refused(broker.as_dpu("283"), "283")
+    # A client id belongs to one account: amqtt refuses another's; Mosquitto replaces every
+    # client id with the username, so DPU 283 only ever gets its own session.
+    assert await refused(broker.as_dpu("283"), "423") == (broker.kind == "amqtt")
+    if broker.kind == "amqtt":  # (on Mosquitto this would replace the running service)
+        service = broker.as_user(SERVICE_USERNAME, broker.passwords[SERVICE_USERNAME])
+        assert await refused(service, "283")  # nor the service a DPU's
 
 
 async def test_the_simulator_logs_in_per_dpu_and_is_counted(

@@ -26,8 +26,8 @@ def add_command(commands: Commands) -> None:
         help="make one broker account per DPU, and the service's",
         description="Give every DPU of the topology a random password, and the service its"
         " account 'headcount'. New passwords are printed once on stdout, one"
-        " 'name<TAB>password' per line: give each DPU its own, keep none of them. DIR keeps"
-        " only hashes: amqtt.passwd and amqtt-acl.yaml for 'serve --dpu-auth DIR' and"
+        " 'name<TAB>password' per line: give each DPU its own; they are kept nowhere else."
+        " DIR keeps only hashes: amqtt.passwd and amqtt-acl.yaml for 'serve --dpu-auth DIR' and"
         " 'headcount broker --dpu-auth DIR'; mosquitto.passwd, mosquitto.acl and the lines"
         " to add to mosquitto.conf for Mosquitto 2; and service.password (mode 0600), which"
         " the service reads. Run again after adding DPUs: existing accounts keep their"

@@ -11,12 +11,11 @@ final snapshots, then the HTTP API, the broker and the store close.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Protocol
@@ -38,11 +37,11 @@ from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
 from headcount.http.tokens import Tokens
 from headcount.importer.load import import_csv
-from headcount.ingest import wire
-from headcount.ingest.broker import BrokerError, EmbeddedBroker
+from headcount.ingest import credentials, wire
+from headcount.ingest.broker import BrokerError, EmbeddedBroker, exposure_problem, is_loopback
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.health import IngestHealth
-from headcount.ingest.mqtt import BrokerUrlError, Subscriber, parse_broker_url
+from headcount.ingest.mqtt import BrokerAddress, BrokerUrlError, Subscriber, parse_broker_url
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 
@@ -78,6 +77,10 @@ class Settings:
     mqtt_port: int = 1883
     broker_config: Path | None = None
     client_id: str = "headcount"
+    #: ``headcount dpus credentials`` output: the embedded broker's accounts and ACL, and
+    #: the service's own account (for an external broker too, when its URL names no user).
+    dpu_auth: Path | None = None
+    insecure_open_broker: bool = False
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     ingest: IngestSettings = field(default_factory=IngestSettings)
     demo: bool = False
@@ -105,19 +108,31 @@ def preflight(settings: Settings) -> None:
             parse_broker_url(settings.broker_url)
         except BrokerUrlError as e:
             raise ConfigError(f"{e}; check --broker") from None
+        if settings.dpu_auth is not None:
+            credentials.load(settings.dpu_auth)  # ConfigError naming --dpu-auth
     else:
         try:
             EmbeddedBroker(
-                settings.host, settings.mqtt_port, config_file=settings.broker_config
-            )  # reads and checks the config file; starts nothing
+                settings.host,
+                settings.mqtt_port,
+                config_file=settings.broker_config,
+                dpu_auth=settings.dpu_auth,
+            )  # reads and checks the config file and the credentials; starts nothing
         except BrokerError as e:
             raise ConfigError(f"{e}; check --broker-config") from None
+        problem = exposure_problem(
+            settings.host,
+            dpu_auth=settings.dpu_auth,
+            insecure_open=settings.insecure_open_broker,
+        )
+        if problem is not None:
+            raise ConfigError(problem)
     if settings.tokens is not None:
         try:
             Tokens.load(settings.tokens)  # every problem of the file, before anything opens
         except ConfigError as e:
             raise ConfigError(f"--tokens: {e}") from None
-    elif not settings.insecure_open_api and not _is_loopback(settings.host):
+    elif not settings.insecure_open_api and not is_loopback(settings.host):
         raise ConfigError(
             f"--host {settings.host} would open the HTTP API beyond this machine without tokens:"
             " give --tokens FILE (make one with 'headcount tokens add NAME --scope read'), or"
@@ -161,7 +176,7 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         url = settings.broker_url or await _start_broker(settings, stack)
         subscriber = await stack.enter_async_context(
             Subscriber(
-                parse_broker_url(url),
+                _broker_address(url, settings.dpu_auth),
                 client_id=settings.client_id,
                 topics=[wire.SUBSCRIPTION],
             )
@@ -265,8 +280,23 @@ async def _prepare_store(settings: Settings, choice: TopologyChoice, store: Even
         log.info("demo: imported %d seed events from %s", summary.stored, csv.name)
 
 
+def _broker_address(url: str, dpu_auth: Path | None) -> BrokerAddress:
+    """The broker to subscribe at; a URL without a user takes the service's account from
+    ``--dpu-auth``."""
+    address = parse_broker_url(url)
+    if dpu_auth is None or address.username is not None:
+        return address
+    password = credentials.load(dpu_auth).service_password
+    return replace(address, username=credentials.SERVICE_USERNAME, password=password)
+
+
 async def _start_broker(settings: Settings, stack: AsyncExitStack) -> str:
-    broker = EmbeddedBroker(settings.host, settings.mqtt_port, config_file=settings.broker_config)
+    broker = EmbeddedBroker(
+        settings.host,
+        settings.mqtt_port,
+        config_file=settings.broker_config,
+        dpu_auth=settings.dpu_auth,
+    )
     try:
         await stack.enter_async_context(broker)
     except BrokerError as e:
@@ -286,16 +316,6 @@ async def _start_http(app: web.Application, settings: Settings, stack: AsyncExit
             f"cannot listen for HTTP on {settings.host}:{settings.http_port} ({e.strerror});"
             " choose another port with --http-port"
         ) from e
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether every address ``host`` names is a loopback address (``False`` for one that
-    does not resolve: the port check reports it)."""
-    try:
-        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return False
-    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
 def _check_port(host: str, port: int, what: str, flag: str) -> None:

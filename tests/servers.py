@@ -66,13 +66,15 @@ class MosquittoServer:
         self.port = free_port(HOST)
         self.conf = directory / "mosquitto.conf"
         self.log = directory / "mosquitto.log"
-        lines = [
+        # The listener first: listener options in ``config`` (use_username_as_clientid, say)
+        # then apply to it, instead of opening a default listener on port 1883.
+        lines = [f"listener {self.port} {HOST}"]
+        lines += [
             line
             for line in config.splitlines()
             if not line.strip().startswith(("listener", "persistence_location", "log_dest"))
         ]
         lines += [
-            f"listener {self.port} {HOST}",
             f"persistence_location {directory}/",
             f"log_dest file {self.log}",
         ]

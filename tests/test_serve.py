@@ -16,6 +16,7 @@ import aiomqtt
 
 from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
+from headcount.ingest.credentials import issue
 from headcount.ingest.mqtt import parse_broker_url
 from tests.serve_process import wait_healthy
 
@@ -138,7 +139,17 @@ async def test_broker_runs_alone_for_a_service_in_another_process(tmp_path: Path
 
 def test_an_open_host_without_tokens_is_one_line_naming_both_flags(tmp_path: Path) -> None:
     result = subprocess.run(
-        serve("--demo", "--host", "0.0.0.0", "--http-port", str(free_port()), tmp=tmp_path),
+        serve(
+            "--demo",
+            "--host",
+            "0.0.0.0",
+            "--http-port",
+            str(free_port()),
+            "--mqtt-port",
+            str(free_port()),
+            "--insecure-open-broker",
+            tmp=tmp_path,
+        ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -196,3 +207,59 @@ async def test_with_tokens_only_healthz_and_open_metrics_answer_without_one(
     assert "api_tokens=1 (open: /healthz, /metrics)" in log
     assert read not in log
     assert "Traceback" not in log
+
+
+def test_beyond_loopback_without_dpu_auth_is_refused_naming_both_flags(tmp_path: Path) -> None:
+    for command in (
+        serve("--demo", "--host", "0.0.0.0", "--http-port", str(free_port()), tmp=tmp_path),
+        [sys.executable, "-m", "headcount", "broker", "--host", "0.0.0.0"],
+    ):
+        result = subprocess.run(
+            [*command, "--mqtt-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert "--dpu-auth DIR" in line
+        assert "--insecure-open-broker" in line
+        assert not (tmp_path / "store.db").exists()
+
+
+async def test_broker_with_dpu_auth_admits_dpu_accounts_only(tmp_path: Path) -> None:
+    passwords = issue(["283"], tmp_path / "auth")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "headcount", "broker", "--mqtt-port", str(port),
+        "--dpu-auth", str(tmp_path / "auth"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(30):
+            while b"MQTT broker on" not in await process.stderr.readline():
+                pass
+        service = ("headcount", passwords["headcount"], "headcount-service")
+        async with aiomqtt.Client(
+            "127.0.0.1", port, username=service[0], password=service[1], identifier=service[2]
+        ) as client:
+            await client.subscribe("dpus/#", qos=1)
+            async with aiomqtt.Client(
+                "127.0.0.1", port, username="283", password=passwords["283"], identifier="283"
+            ) as dpu:
+                await dpu.publish("dpus/283/traversals", b"x", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+            assert (str(message.topic), message.payload) == ("dpus/283/traversals", b"x")
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous"):
+                raise AssertionError("an anonymous client was let in")
+        except aiomqtt.MqttCodeError:
+            pass
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout is not None
+        printed = (await process.stdout.read()).decode()
+        assert await process.wait() == 0
+    assert printed == ""  # the service's password is in the directory, not printed

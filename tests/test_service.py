@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
+from headcount.ingest.credentials import issue
 from headcount.service import ServiceFailedError, Settings, preflight, run_parts
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.toml"
@@ -90,7 +92,10 @@ async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snaps
 
 
 def settings(**given: Any) -> Settings:
-    return Settings(http_port=free_port(), mqtt_port=free_port(), **given)
+    """Free ports; the embedded broker's own rule beyond loopback is tested below, not here."""
+    return Settings(
+        http_port=free_port(), mqtt_port=free_port(), insecure_open_broker=True, **given
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
@@ -124,3 +129,32 @@ def test_a_tokens_file_that_cannot_be_used_is_refused_before_anything_opens(
     empty.write_text("")
     with pytest.raises(ConfigError, match=r"^--tokens: tokens file .* holds no token"):
         preflight(settings(tokens=empty))
+
+
+# --- the embedded broker beyond loopback -------------------------------------------------------
+
+
+def open_settings() -> Settings:
+    """Settings listening on every address (beyond loopback), on free ports; the HTTP API's
+    own rule beyond loopback is tested above, not here."""
+    return Settings(
+        host="0.0.0.0", http_port=free_port(), mqtt_port=free_port(), insecure_open_api=True
+    )
+
+
+def test_the_embedded_broker_beyond_loopback_needs_dpu_auth_or_a_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        preflight(open_settings())
+    assert "--dpu-auth DIR" in str(refused.value)
+    assert "--insecure-open-broker" in str(refused.value)
+    preflight(replace(open_settings(), insecure_open_broker=True))
+    issue(["283"], tmp_path / "auth")
+    preflight(replace(open_settings(), dpu_auth=tmp_path / "auth"))
+    preflight(replace(open_settings(), host="127.0.0.1"))  # the demo's loopback: as before
+    external = replace(open_settings(), broker_url="mqtt://broker.example:1883")
+    preflight(external)  # an external broker guards itself
+
+
+def test_dpu_auth_without_credentials_says_how_to_make_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="headcount dpus credentials --out"):
+        preflight(Settings(http_port=free_port(), mqtt_port=free_port(), dpu_auth=tmp_path))

@@ -9,7 +9,7 @@ import os
 import signal
 
 from headcount.cli.common import Commands, embedded_parent
-from headcount.errors import PortTakenError
+from headcount.errors import ConfigError, PortTakenError
 
 
 def add_command(commands: Commands) -> None:
@@ -20,9 +20,10 @@ def add_command(commands: Commands) -> None:
         description="Run the embedded amqtt broker in a process of its own until SIGINT or"
         " SIGTERM. 'headcount serve --broker URL' then survives being killed without losing"
         " what the broker accepted, and on two cores ingests faster than with the broker"
-        " inside (BENCHMARKS.md). The service user's password comes from"
-        " HEADCOUNT_BROKER_PASSWORD; without it one is generated and the URL for"
-        " 'serve --broker' is printed on stdout.",
+        " inside (BENCHMARKS.md). The service user's password comes from --dpu-auth DIR,"
+        " else HEADCOUNT_BROKER_PASSWORD; without either one is generated and the URL for"
+        " 'serve --broker' is printed on stdout. Listening beyond loopback needs"
+        " --dpu-auth (or --insecure-open-broker).",
     )
     cmd.add_argument(
         "--host",
@@ -35,12 +36,27 @@ def add_command(commands: Commands) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     # The broker's imports stay out of the other commands.
-    from headcount.ingest.broker import PASSWORD_ENV, BrokerError, EmbeddedBroker
+    from headcount.ingest.broker import (
+        PASSWORD_ENV,
+        BrokerError,
+        EmbeddedBroker,
+        exposure_problem,
+    )
 
-    broker = EmbeddedBroker(args.host, args.mqtt_port, config_file=args.broker_config)
+    try:
+        broker = EmbeddedBroker(
+            args.host, args.mqtt_port, config_file=args.broker_config, dpu_auth=args.dpu_auth
+        )
+    except BrokerError as e:
+        raise ConfigError(f"{e}; check --broker-config") from None
+    problem = exposure_problem(
+        broker.host, dpu_auth=args.dpu_auth, insecure_open=args.insecure_open_broker
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         async with broker:
-            if not os.environ.get(PASSWORD_ENV):
+            if args.dpu_auth is None and not os.environ.get(PASSWORD_ENV):
                 print(broker.url, flush=True)  # the generated password: only here
             logging.getLogger(__name__).info(
                 "MQTT broker on %s:%d; stop it with SIGINT or SIGTERM", broker.host, broker.port

@@ -73,7 +73,8 @@ def snapshots_parent() -> argparse.ArgumentParser:
 
 
 def embedded_parent() -> argparse.ArgumentParser:
-    """The embedded broker's ``--mqtt-port N`` and ``--broker-config FILE``."""
+    """The embedded broker's ``--mqtt-port N``, ``--broker-config FILE``, ``--dpu-auth DIR``
+    and ``--insecure-open-broker``."""
     embedded = argparse.ArgumentParser(add_help=False)
     embedded.add_argument(
         "--mqtt-port",
@@ -88,6 +89,21 @@ def embedded_parent() -> argparse.ArgumentParser:
         default=os.environ.get("HEADCOUNT_BROKER_CONFIG"),
         metavar="FILE",
         help="amqtt YAML overriding the embedded broker's defaults (see broker_config/)",
+    )
+    embedded.add_argument(
+        "--dpu-auth",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_DPU_AUTH"),
+        metavar="DIR",
+        help="DPU accounts made by 'headcount dpus credentials --out DIR': every client needs"
+        " one, anonymous ones are refused, a DPU publishes only under its own id, and only"
+        " the service's account may use the service's client id (env HEADCOUNT_DPU_AUTH)",
+    )
+    embedded.add_argument(
+        "--insecure-open-broker",
+        action="store_true",
+        help="let the embedded broker listen beyond loopback (--host) without --dpu-auth:"
+        " anyone who reaches it can then publish as any DPU",
     )
     return embedded
 

@@ -45,7 +45,8 @@ def add_command(commands: Commands) -> None:
         default=os.environ.get("HEADCOUNT_BROKER"),
         metavar="URL",
         help="external MQTT broker, mqtt://user:pass@host:port (env HEADCOUNT_BROKER;"
-        " default: start the embedded broker)",
+        " default: start the embedded broker); without a user in it, --dpu-auth DIR gives"
+        " the service's account",
     )
     cmd.add_argument(
         "--http-port",
@@ -103,6 +104,8 @@ async def run(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         broker_config=args.broker_config,
         client_id=args.client_id,
+        dpu_auth=args.dpu_auth,
+        insecure_open_broker=args.insecure_open_broker,
         snapshot_every=args.snapshot_every,
         demo=args.demo,
         tokens=args.tokens,

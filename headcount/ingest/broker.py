@@ -4,15 +4,20 @@ The configuration is built here in code, so it works from an installed package w
 beside it; ``broker_config/amqtt.yaml`` is the documented example of an override file
 (``--broker-config FILE``) whose keys are merged over these defaults.
 
-Authentication: DPUs connect anonymously (no username); the service connects as its own user
-from a password file written at start. The service must not be anonymous: amqtt keeps QoS 1
-messages for a disconnected persistent session only when that session authenticated.
+Authentication: by default DPUs connect anonymously (no username); the service connects as its
+own user from a password file written at start. The service must not be anonymous: amqtt keeps
+QoS 1 messages for a disconnected persistent session only when that session authenticated.
+With ``dpu_auth`` (``--dpu-auth DIR``, files from ``headcount dpus credentials``) every client
+needs an account: anonymous clients are refused, a DPU may publish only under its own id and
+must use its id as client id, and only the service's account may use any other client id, so
+nobody else can take over the service's session (see ``_amqtt_sessions``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import secrets
 import shutil
@@ -32,13 +37,14 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from headcount.errors import HeadcountError
-from headcount.ingest import _amqtt_redelivery, _amqtt_topics
+from headcount.ingest import _amqtt_redelivery, _amqtt_sessions, _amqtt_topics, credentials
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
-SERVICE_USERNAME = "headcount"
+SERVICE_USERNAME = credentials.SERVICE_USERNAME
 PASSWORD_ENV = "HEADCOUNT_BROKER_PASSWORD"
 AUTH_PLUGIN = f"{__name__}.ServiceAuthPlugin"
+ACL_PLUGIN = f"{_amqtt_sessions.__name__}.TopicAclPlugin"
 ANONYMOUS_PLUGIN = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
 
@@ -51,7 +57,9 @@ __all__ = [
     "Credentials",
     "EmbeddedBroker",
     "ServiceAuthPlugin",
+    "exposure_problem",
     "free_port",
+    "is_loopback",
 ]
 
 
@@ -65,6 +73,29 @@ class Credentials:
 
     username: str
     password: str = field(repr=False)
+
+
+def exposure_problem(host: str, *, dpu_auth: Path | None, insecure_open: bool) -> str | None:
+    """Why the embedded broker must not listen on ``host`` as configured, or None: beyond
+    loopback it needs DPU credentials (``--dpu-auth``) or ``--insecure-open-broker``."""
+    if dpu_auth is not None or insecure_open or is_loopback(host):
+        return None
+    return (
+        f"the embedded MQTT broker would listen on {host}, beyond this machine, and let anyone"
+        " there publish as any DPU; give the DPUs accounts with --dpu-auth DIR (made by"
+        " 'headcount dpus credentials --out DIR'), or pass --insecure-open-broker to accept"
+        " anonymous DPUs from the network"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address: only this machine can
+    reach a listener there (``False`` for a name that does not resolve)."""
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -81,6 +112,11 @@ class ServiceAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt's base c
     """amqtt authentication: a client without a username is anonymous and let in when
     ``allow_anonymous`` (DPUs); a client with a username must match the password file.
 
+    With ``own_client_ids`` (``--dpu-auth``) a client id belongs to one account: a DPU's
+    account (any user but ``service_user``) must connect with its own id as client id, and
+    only ``service_user`` may use any other client id (the service's). :meth:`admit` applies
+    all of it before amqtt touches the session of that client id (``_amqtt_sessions``).
+
     amqtt's own AnonymousAuthPlugin marks *every* session anonymous when anonymous access is
     on, even one with valid credentials, and amqtt drops the offline queue of anonymous
     sessions; this plugin keeps authenticated sessions non-anonymous.
@@ -90,12 +126,60 @@ class ServiceAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt's base c
     class Config:
         password_file: str | None = None
         allow_anonymous: bool = True
+        own_client_ids: bool = False
+        service_user: str = SERVICE_USERNAME
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        # Clients admitted by a full check in admit(), whose authenticate() then need not
+        # hash their password again: (client id, username, password) -> pending count.
+        self._admitted: dict[tuple[str, str, str], int] = {}
+
+    async def admit(self, session: Session) -> bool:
+        """The whole check, from the CONNECT alone, when client ids belong to accounts; else
+        (DPUs anonymous) admit, and leave it to :meth:`authenticate` as amqtt does."""
+        if not self.config.own_client_ids:
+            return True
+        admitted = await self._check(session)
+        if admitted:
+            key = _admission(session)
+            self._admitted[key] = self._admitted.get(key, 0) + 1
+            if len(self._admitted) > 10_000:  # connections that died before authenticate()
+                self._admitted.clear()
+        return admitted
 
     async def authenticate(self, *, session: Session) -> bool:
-        if session.username:
-            return bool(await super().authenticate(session=session))
-        session.is_anonymous = True
-        return bool(self.config.allow_anonymous)
+        key = _admission(session)
+        pending = self._admitted.pop(key, 0)
+        if pending > 1:
+            self._admitted[key] = pending - 1
+        if pending:
+            return True
+        return await self._check(session)
+
+    async def _check(self, session: Session) -> bool:
+        username = session.username
+        if not username:
+            session.is_anonymous = True
+            return bool(self.config.allow_anonymous)
+        if self.config.own_client_ids and not self._may_use(username, session.client_id):
+            self.context.logger.warning(
+                "refused %r: client id %r belongs to another account (a DPU's client id is"
+                " its DPU id)",
+                username,
+                session.client_id,
+            )
+            return False
+        return bool(await super().authenticate(session=session))
+
+    def _may_use(self, username: str, client_id: str | None) -> bool:
+        if username == self.config.service_user:
+            return client_id not in self._users or client_id == username
+        return client_id == username
+
+
+def _admission(session: Session) -> tuple[str, str, str]:
+    return (session.client_id or "", session.username or "", session.password or "")
 
 
 class EmbeddedBroker:
@@ -105,7 +189,9 @@ class EmbeddedBroker:
     127.0.0.1:1883; port 0 means "pick a free port now". The service user is ``username``
     with ``password``, else ``$HEADCOUNT_BROKER_PASSWORD``, else a password generated for
     this object. The password file (an Argon2 hash) goes in ``data_dir`` or a temporary
-    directory removed on exit. The broker keeps sessions in memory only: whatever it holds
+    directory removed on exit. With ``dpu_auth``, a directory ``headcount dpus credentials``
+    wrote, the DPU accounts, topic ACL and service password come from there, and anonymous
+    clients are refused. The broker keeps sessions in memory only: whatever it holds
     is lost when the process stops. While it runs, a QoS 1 message stays queued for a persistent
     session until that session acknowledges it, across reconnections (amqtt 0.12 alone forgets
     it after 5 s or when the connection drops: see ``_amqtt_redelivery``). The object may be
@@ -121,7 +207,11 @@ class EmbeddedBroker:
         data_dir: Path | None = None,
         username: str = SERVICE_USERNAME,
         password: str | None = None,
+        dpu_auth: Path | None = None,
     ) -> None:
+        self._dpu_auth = credentials.load(dpu_auth) if dpu_auth is not None else None
+        if self._dpu_auth is not None:
+            password = self._dpu_auth.service_password
         self._overrides = _read_overrides(config_file) if config_file else {}
         bind_host, bind_port = _configured_bind(self._overrides)
         self.host = host if host is not None else bind_host
@@ -152,6 +242,7 @@ class EmbeddedBroker:
             config = await asyncio.to_thread(self._prepare)
             _amqtt_redelivery.install()
             _amqtt_topics.install()
+            _amqtt_sessions.install()
             self._broker = Broker(config)
             await self._broker.start()
         except Exception as e:
@@ -184,6 +275,14 @@ class EmbeddedBroker:
         config = _merge(_default_config(), self._overrides)
         config["listeners"]["default"]["bind"] = f"{self.host}:{self.port}"
         auth = config["plugins"][AUTH_PLUGIN] = dict(config["plugins"].get(AUTH_PLUGIN) or {})
+        if self._dpu_auth is not None:
+            auth.update(
+                password_file=str(self._dpu_auth.amqtt_passwd),
+                allow_anonymous=False,
+                own_client_ids=True,
+                service_user=self._credentials.username,
+            )
+            config["plugins"][ACL_PLUGIN] = dict(self._dpu_auth.acl)
         passwd = directory / "broker.passwd"
         _write_password_file(passwd, self._credentials, auth.get("password_file"))
         auth["password_file"] = str(passwd)

@@ -188,7 +188,7 @@ class Ingest(Generic[M]):
                     self.metrics.status.labels("unknown_dpu").inc()
                 return part
             self.metrics.messages.inc()
-            events = wire.decode(
+            events, mismatched = wire.decode_batch(
                 dpu_id, message.payload, max_payload=s.max_payload, max_batch=s.max_batch
             )
         except wire.WireError as e:
@@ -197,10 +197,10 @@ class Ingest(Generic[M]):
             return part
         kept, rejections = wire.screen(events, self.topology, now=now, max_skew_ms=s.max_skew_ms)
         part.traversals.extend(kept)
-        for rejection in rejections:
+        for rejection in [*mismatched, *rejections]:
             part.rejected.append(rejection.reason.value)
             part.quarantine.append(self._refused(message, rejection, now))
-        if self.topology.knows_dpu(dpu_id):
+        if events and self.topology.knows_dpu(dpu_id):
             self.dpus.seen(dpu_id, now, max(t.seq for t in events))
         return part
 

@@ -3,10 +3,15 @@
 A DPU publishes on ``dpus/{dpu_id}/traversals`` (QoS 1) a msgpack payload: one traversal, a map
 ``{"seq": int, "ts": int, "direction": 1 or -1}`` with ``ts`` in integer milliseconds since the
 Unix epoch (UTC), or a non-empty array of such maps (its backlog). The DPU id comes from the
-topic only: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
+topic: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
 ``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
 ``offline`` (retained; ``offline`` is the DPU's MQTT last will); only DPUs the topology knows
 are marked online, a status from any other is counted and otherwise ignored.
+
+An event map may also carry ``"dpu_id": str``, the id of the DPU that made it (defence in
+depth: the broker already lets a DPU publish only under its own id when it has credentials).
+When present it must equal the topic's DPU id; an event claiming another DPU is refused alone
+(``DPU_MISMATCH``) and the rest of its payload kept. Firmware should send it.
 
 headcount subscribes to everything under ``dpus/`` (:data:`SUBSCRIPTION`), so that nothing
 published there goes unseen: a message on any other topic (``dpus/283/traversals/extra``, a
@@ -14,8 +19,9 @@ topic that is not valid UTF-8) is refused into quarantine as ``BAD_TOPIC``.
 
 Two levels of checks, each with a stable :class:`Reason` code:
 
-* :func:`decode` refuses a payload that is structurally wrong as a whole, by raising
-  :class:`WireError`; nothing in it is used.
+* :func:`decode_batch` refuses a payload that is structurally wrong as a whole, by raising
+  :class:`WireError`; nothing in it is used. An event that claims another DPU than the
+  topic's comes back as a :class:`Rejection` (:func:`decode` refuses the whole payload).
 * :func:`screen` checks decoded traversals one by one against the topology and the clock; the
   refused ones come back as :class:`Rejection` values and the rest of the batch is kept.
 
@@ -66,9 +72,11 @@ TS_LIMIT: Final = 2**53
 TopicKind = Literal["traversals", "status"]
 
 _KEYS: Final = frozenset({"seq", "ts", "direction"})
+#: Keys an event map may carry besides :data:`_KEYS`.
+_OPTIONAL_KEYS: Final = frozenset({"dpu_id"})
 _EXPECTED: Final = (
     'expected one msgpack map {"seq": int, "ts": int, "direction": 1 or -1}'
-    " or a non-empty array of such maps"
+    ' (optionally "dpu_id": str) or a non-empty array of such maps'
 )
 # Reading limits for msgpack. A valid payload holds only short string keys, small maps and one
 # top-level array; these bounds keep a hostile header from making the unpacker allocate more
@@ -114,6 +122,8 @@ class Reason(StrEnum):
     BAD_TOPIC = "bad_topic"
     #: A status payload other than ``online`` or ``offline``.
     BAD_STATUS = "bad_status"
+    #: The event's ``dpu_id`` is not the DPU id of the topic it was published on.
+    DPU_MISMATCH = "dpu_mismatch"
     #: A message the store refused to hold as it was (a value it cannot store): kept in
     #: quarantine in a minimal form instead (see ``headcount.ingest.pipeline``).
     UNSTORABLE = "unstorable"
@@ -271,28 +281,45 @@ def _check_event(dpu_id: str, seq: object, ts: object, direction: object) -> Tra
     return Traversal(dpu_id, checked_seq, checked_ts, checked_direction)
 
 
-def _read_event(dpu_id: str, item: object) -> Traversal:
+def _read_event(dpu_id: str, item: object) -> tuple[Traversal, Rejection | None]:
+    """The event, and a ``DPU_MISMATCH`` rejection of it if it claims another DPU."""
     if not isinstance(item, dict):
         raise _refuse(
             Reason.BAD_SHAPE,
             f"the event is {_described(item)}, not a map; {_EXPECTED}",
         )
     keys = set(item)
-    if keys != _KEYS:
+    if not keys >= _KEYS or not keys <= _KEYS | _OPTIONAL_KEYS:
         problems = []
         missing = sorted(_KEYS - keys)
         if missing:
             problems.append("missing key(s) " + ", ".join(repr(key) for key in missing))
-        extra = sorted(_preview(key) for key in keys - _KEYS)
+        extra = sorted(_preview(key) for key in keys - _KEYS - _OPTIONAL_KEYS)
         if extra:
             more = f" and {len(extra) - 4} more" if len(extra) > 4 else ""
             problems.append("unexpected key(s) " + ", ".join(extra[:4]) + more)
         raise _refuse(
             Reason.BAD_SHAPE,
             f"the event map has {' and '.join(problems)};"
-            ' expected exactly the string keys "seq", "ts" and "direction"',
+            ' expected the string keys "seq", "ts" and "direction", and optionally "dpu_id"',
         )
-    return _check_event(dpu_id, item["seq"], item["ts"], item["direction"])
+    event = _check_event(dpu_id, item["seq"], item["ts"], item["direction"])
+    claimed = item.get("dpu_id", dpu_id)
+    if type(claimed) is not str:
+        raise _refuse(
+            Reason.BAD_FIELD,
+            f"dpu_id is {_described(claimed)}; expected a string, the DPU id of the topic",
+        )
+    if claimed == dpu_id:
+        return event, None
+    topic = TRAVERSALS_TOPIC.format(dpu_id=dpu_id)
+    return event, Rejection(
+        Reason.DPU_MISMATCH,
+        f"{_describe(event)} on topic {_preview(topic)} says it comes from"
+        f" DPU {_preview(claimed)}; a DPU publishes only under its own id, so check which"
+        " credentials and topic that DPU's firmware uses",
+        event,
+    )
 
 
 def _declared_array_length(payload: bytes) -> int | None:
@@ -361,12 +388,30 @@ def decode(
     max_payload: int = DEFAULT_MAX_PAYLOAD,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> list[Traversal]:
-    """The traversals in a ``dpus/{dpu_id}/traversals`` payload, in payload order.
+    """The traversals in a ``dpus/{dpu_id}/traversals`` payload, in payload order: what
+    :func:`decode_batch` keeps, and a :class:`WireError` for the whole payload if it refused
+    an event (one claiming another DPU)."""
+    events, refused = decode_batch(dpu_id, payload, max_payload=max_payload, max_batch=max_batch)
+    if refused:
+        raise WireError(refused[0])
+    return events
 
-    ``dpu_id`` comes from the topic (see :func:`parse_topic`). Anything structurally wrong
-    refuses the whole payload with :class:`WireError`; no other exception escapes, whatever
-    the bytes. The size is checked before anything is unpacked, and so is the declared length
-    of a top-level array. For a batch the detail names the index of the first bad event.
+
+def decode_batch(
+    dpu_id: str,
+    payload: bytes,
+    *,
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> tuple[list[Traversal], list[Rejection]]:
+    """The traversals in a ``dpus/{dpu_id}/traversals`` payload, in payload order, and the
+    events refused alone: those whose ``dpu_id`` is not the topic's (``DPU_MISMATCH``).
+
+    ``dpu_id`` comes from the topic (see :func:`parse_topic`); every traversal returned, kept
+    or refused, carries it. Anything structurally wrong refuses the whole payload with
+    :class:`WireError`; no other exception escapes, whatever the bytes. The size is checked
+    before anything is unpacked, and so is the declared length of a top-level array. For a
+    batch the detail names the index of the first bad event.
     """
     if max_payload < 1 or max_batch < 1:
         raise ValueError(f"limits must be positive, got {max_payload=} and {max_batch=}")
@@ -384,8 +429,11 @@ def decode(
             " in one payload, so split the backlog into several payloads",
         )
     data = _unpack(payload, max_batch)
+    events: list[Traversal] = []
+    refused: list[Rejection] = []
     if isinstance(data, dict):
-        return [_read_event(dpu_id, data)]
+        event, rejection = _read_event(dpu_id, data)
+        return ([], [rejection]) if rejection else ([event], [])
     if not isinstance(data, list):
         raise _refuse(
             Reason.BAD_SHAPE,
@@ -398,38 +446,49 @@ def decode(
             Reason.TOO_MANY,
             f"the payload holds {len(data)} events; at most {max_batch} are accepted",
         )
-    events: list[Traversal] = []
     for index, item in enumerate(data):
         try:
-            events.append(_read_event(dpu_id, item))
+            event, rejection = _read_event(dpu_id, item)
         except WireError as error:
             raise _refuse(
                 error.rejection.reason, f"event {index}: {error.rejection.detail}"
             ) from None
-    return events
+        if rejection is None:
+            events.append(event)
+        else:
+            refused.append(rejection)
+    return events, refused
 
 
-def _plain(traversal: Traversal) -> dict[str, int]:
+def _plain(traversal: Traversal, with_dpu_id: bool) -> dict[str, int | str]:
     try:
         _check_event(traversal.dpu_id, traversal.seq, traversal.ts, traversal.direction)
     except WireError as error:
         raise ValueError(f"cannot encode {traversal!r}: {error.rejection.detail}") from None
-    return {"seq": traversal.seq, "ts": traversal.ts, "direction": traversal.direction}
+    plain: dict[str, int | str] = {
+        "seq": traversal.seq,
+        "ts": traversal.ts,
+        "direction": traversal.direction,
+    }
+    if with_dpu_id:
+        plain["dpu_id"] = traversal.dpu_id
+    return plain
 
 
-def encode(traversals: Traversal | Sequence[Traversal]) -> bytes:
+def encode(traversals: Traversal | Sequence[Traversal], *, with_dpu_id: bool = False) -> bytes:
     """The wire payload for one traversal (a map) or a sequence of them (an array of maps).
 
-    ``dpu_id`` is not encoded: it travels in the topic. Raises ValueError for an empty
+    ``dpu_id`` travels in the topic; ``with_dpu_id`` also puts it in each event map, as
+    firmware should (see the module doc). Raises ValueError for an empty
     sequence or a traversal :func:`decode` would refuse (seq, ts or direction out of range);
     batch and size limits are the caller's to respect.
     """
     if isinstance(traversals, Traversal):
-        data: object = _plain(traversals)
+        data: object = _plain(traversals, with_dpu_id)
     else:
         if not traversals:
             raise ValueError("cannot encode an empty batch: the wire refuses empty arrays")
-        data = [_plain(traversal) for traversal in traversals]
+        data = [_plain(traversal, with_dpu_id) for traversal in traversals]
     packed: bytes = msgpack.packb(data, use_bin_type=True)
     return packed
 

@@ -32,6 +32,7 @@ from headcount.ingest import wire
 from headcount.ingest.mqtt import parse_broker_url
 from headcount.progress import Progress
 from headcount.sim import people
+from headcount.sim.accounts import CREDENTIALS_FILE, read_credentials
 from headcount.sim.errors import SimulatorError
 from headcount.sim.floorplan import FloorPlan
 from headcount.sim.pace import Pace, Rate, Speed
@@ -78,6 +79,14 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="URL",
         help="MQTT broker, mqtt://[user:pass@]host[:port] (env HEADCOUNT_BROKER;"
         " default %(default)s)",
+    )
+    where.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="DPU passwords, 'dpu_id<TAB>password' lines as 'headcount dpus credentials'"
+        f" prints them (a directory: its {CREDENTIALS_FILE}): each DPU then logs in as itself"
+        " on a connection of its own, instead of sharing --connections",
     )
     where.add_argument(
         "--topology",
@@ -268,6 +277,7 @@ async def run(args: argparse.Namespace) -> int:
     """Plan, write the files, publish (unless ``--dry-run``), print the summary."""
     began = time.monotonic()
     address = None if args.dry_run else parse_broker_url(args.broker)
+    passwords = None if args.credentials is None else read_credentials(args.credentials)
     plan = await asyncio.to_thread(prepare, args, now_ms())
     stats: Stats | None = None
     if address is not None:
@@ -285,6 +295,7 @@ async def run(args: argparse.Namespace) -> int:
             client_prefix=f"headcount-sim-{uuid.uuid4().hex[:8]}",
             drain_timeout=args.drain_timeout,
             progress=progress,
+            credentials=passwords,
         )
         progress.finish(stats.acknowledged)
     print(json.dumps(summary(args, plan, stats, time.monotonic() - began), indent=2))

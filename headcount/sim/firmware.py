@@ -17,10 +17,13 @@ publishing it: "online" on every connection it gets, "offline" when one of its o
 (the message its will would have caused) and "offline" at a clean end. With as many connections
 as DPUs each DPU has its own connection and will, like real firmware. If the simulator dies, the
 broker marks only the first DPU of each connection offline; the others keep their last status.
+With ``credentials`` (DPU accounts, ``headcount dpus credentials``) every DPU logs in as itself
+on a connection of its own, its DPU id as username and client id, as a broker that lets a DPU
+publish only under its own id requires. Every event carries its ``dpu_id`` (see ``wire``).
 
-About 420 lines, a little over this project's usual 400: the buffers, the connection pool and
-the publish-and-acknowledge loop share the rule "an event leaves its buffer only once
-acknowledged", and reading that rule in one module is worth the length.
+About 470 lines, over this project's usual 400: the buffers, the connection pool (shared, or one
+per DPU account) and the publish-and-acknowledge loop share the rule "an event leaves its buffer
+only once acknowledged", and reading that rule in one module is worth the length.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ import itertools
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Final
 
 import aiomqtt
@@ -102,8 +105,10 @@ class Connection:
         stats: Stats,
         backoff: Backoff,
         timeout: float,
+        refused_hint: str = "check the user and password in --broker (mqtt://user:password@host:port)",
     ) -> None:
         self.address = address
+        self._refused_hint = refused_hint
         self.client_id = client_id
         self.dpus: list[SimulatedDpu] = []
         self._stats = stats
@@ -129,8 +134,8 @@ class Connection:
             except MqttConnectError as e:
                 if _refusal(e) not in _TRANSIENT_REFUSALS:
                     raise SimulatorError(
-                        f"the MQTT broker {self.address} refused the connection: {e}; check the"
-                        " user and password in --broker (mqtt://user:password@host:port)"
+                        f"the MQTT broker {self.address} refused the connection of"
+                        f" {self.client_id!r}: {e}; {self._refused_hint}"
                     ) from e
                 warned = self._cannot_connect(e, warned)
             except aiomqtt.MqttError as e:
@@ -298,7 +303,7 @@ class SimulatedDpu:
                 self._stats.retransmitted += 1
             item.attempts += 1
         self._stats.sent += len(chunk)
-        payload = wire.encode(events[0] if len(events) == 1 else events)
+        payload = wire.encode(events[0] if len(events) == 1 else events, with_dpu_id=True)
         if not await self.connection.publish(self.topic, payload):
             return
         for _ in chunk:
@@ -326,27 +331,35 @@ async def run_firmware(
     publish_timeout: float = 10.0,
     drain_timeout: float = 60.0,
     progress: Progress | None = None,
+    credentials: Mapping[str, str] | None = None,
 ) -> Stats:
     """Carry out ``schedule`` against the broker at ``address`` at ``pace``, then wait up to
     ``drain_timeout`` seconds for every buffer to empty, and disconnect cleanly.
 
-    Client ids are ``{client_prefix}-{n}``. Raises :class:`SimulatorError` when the broker
-    refuses the connection for good; an unreachable broker is retried until the end, and what
-    it never took is counted in :attr:`Stats.buffered`.
+    Client ids are ``{client_prefix}-{n}``; with ``credentials`` (DPU id to password) each DPU
+    has a connection of its own, its id as username and client id, and ``connections`` is
+    not used. Raises :class:`SimulatorError` when the broker refuses the connection for good,
+    or when a DPU has no password in ``credentials``; an unreachable broker is retried until
+    the end, and what it never took is counted in :attr:`Stats.buffered`.
     """
     if not 1 <= batch <= wire.DEFAULT_MAX_BATCH:
         raise ValueError(f"batch must be 1 to {wire.DEFAULT_MAX_BATCH}, not {batch}")
     stats = Stats()
-    pool = [
-        Connection(
-            address,
-            f"{client_prefix}-{n}",
-            stats=stats,
-            backoff=backoff or Backoff(),
-            timeout=publish_timeout,
+    if credentials is None:
+        pool = [
+            Connection(
+                address,
+                f"{client_prefix}-{n}",
+                stats=stats,
+                backoff=backoff or Backoff(),
+                timeout=publish_timeout,
+            )
+            for n in range(max(1, min(connections, len(schedule.dpu_ids))))
+        ]
+    else:
+        pool = _own_connections(
+            schedule.dpu_ids, address, credentials, stats, backoff or Backoff(), publish_timeout
         )
-        for n in range(max(1, min(connections, len(schedule.dpu_ids))))
-    ]
     report = progress.update if progress is not None else _ignore
     dpus = {
         dpu_id: SimulatedDpu(
@@ -378,6 +391,38 @@ async def run_firmware(
         raise failure from None
     stats.buffered = sum(dpu.unacknowledged for dpu in dpus.values())
     return stats
+
+
+def _own_connections(
+    dpu_ids: Sequence[str],
+    address: BrokerAddress,
+    credentials: Mapping[str, str],
+    stats: Stats,
+    backoff: Backoff,
+    timeout: float,
+) -> list[Connection]:
+    """A connection per DPU, logged in as that DPU, in ``dpu_ids`` order."""
+    missing = [dpu_id for dpu_id in dpu_ids if dpu_id not in credentials]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise SimulatorError(
+            f"--credentials has no password for DPU {shown}; make them with 'headcount dpus"
+            " credentials' for the simulated topology (--write-topology writes it)"
+        )
+    hint = "check that DPU's password in --credentials and that the broker knows its account"
+    return [
+        Connection(
+            replace(address, username=dpu_id, password=credentials[dpu_id]),
+            dpu_id,
+            stats=stats,
+            backoff=backoff,
+            timeout=timeout,
+            refused_hint=hint,
+        )
+        for dpu_id in dpu_ids
+    ]
 
 
 async def _until_lost(client: aiomqtt.Client) -> None:

@@ -107,6 +107,30 @@ async def test_bad_input_is_quarantined_acked_and_changes_nothing(store: EventSt
         assert f'headcount_quarantined_total{{reason="{reason}"}} 1.0' in rendered
 
 
+async def test_an_event_claiming_another_dpu_is_quarantined_and_counts_nothing(
+    store: EventStore,
+) -> None:
+    spoofed = Traversal("283", 2, NOW - 4000, 1)  # 283 would add 1 to A; 423 would add to A too
+    messages = [
+        traversal("283", 1, NOW - 5000),
+        Msg(
+            wire.traversals_topic("423"),
+            msgpack.packb([
+                {"seq": 5, "ts": NOW - 3000, "direction": -1, "dpu_id": "423"},
+                {"seq": spoofed.seq, "ts": spoofed.ts, "direction": 1, "dpu_id": "283"},
+            ]),
+        ),
+    ]  # fmt: skip
+    acked, metrics, system, _ = await run_ingest(store, messages)
+    assert acked == messages
+    assert await store.log.count_traversals() == 2  # 283's seq 1 and 423's seq 5
+    assert system.live("A").count == 0  # +1 from 283, -1 from 423; the claimed +1 not counted
+    [entry] = await quarantined(store)
+    assert entry.reason.startswith("dpu_mismatch: ")
+    assert entry.origin == "mqtt:dpus/423/traversals"
+    assert counted(metrics, "quarantined", "dpu_mismatch") == 1
+
+
 # -- no message stops ingest ---------------------------------------------------------------
 
 NOT_UTF8_TOPIC = b"dpus/\xff/traversals".decode("utf-8", "surrogateescape")  # as MQTT gives it

@@ -62,6 +62,7 @@ STRUCTURAL = frozenset(
         Reason.BAD_DIRECTION,
         Reason.OVERSIZE,
         Reason.TOO_MANY,
+        Reason.DPU_MISMATCH,  # decode() refuses a payload with such an event whole
     }
 )
 
@@ -136,14 +137,19 @@ field_values = (
 )
 event_like = st.fixed_dictionaries(
     {"seq": field_values | seqs, "ts": field_values | timestamps, "direction": field_values},
-    optional={"extra": msgpack_scalars},
+    optional={
+        "extra": msgpack_scalars,
+        "dpu_id": st.sampled_from(["283", "423"]) | msgpack_scalars,
+    },
 )
 payload_objects = event_like | st.lists(event_like, max_size=4) | msgpack_objects
 
 
 def is_valid_event(obj: object) -> bool:
     """An independent statement of the contract for one event map."""
-    if not isinstance(obj, dict) or set(obj) != {"seq", "ts", "direction"}:
+    if not isinstance(obj, dict) or set(obj) - {"dpu_id"} != {"seq", "ts", "direction"}:
+        return False
+    if obj.get("dpu_id", "283") != "283":  # decoded as DPU 283's: it may name only 283
         return False
     seq, ts, direction = obj["seq"], obj["ts"], obj["direction"]
     return (
@@ -177,6 +183,7 @@ def test_reason_codes_are_stable_snake_case() -> None:
         "FUTURE_TS": "future_ts",
         "BAD_TOPIC": "bad_topic",
         "BAD_STATUS": "bad_status",
+        "DPU_MISMATCH": "dpu_mismatch",
         "UNSTORABLE": "unstorable",
     }
     assert f"{Reason.FUTURE_TS}" == "future_ts"
@@ -505,7 +512,8 @@ def test_msgpack_objects_decode_exactly_when_the_contract_says(obj: object) -> N
     else:
         assert is_valid_payload(obj)
         maps = obj if isinstance(obj, list) else [obj]
-        assert [{"seq": e.seq, "ts": e.ts, "direction": e.direction} for e in result] == maps
+        sent = [{k: v for k, v in m.items() if k != "dpu_id"} for m in maps if isinstance(m, dict)]
+        assert [{"seq": e.seq, "ts": e.ts, "direction": e.direction} for e in result] == sent
         assert all(e.dpu_id == "283" for e in result)
 
 
@@ -758,3 +766,45 @@ def test_wire_module_imports_nothing_that_does_io() -> None:
         "headcount.domain.topology",
         "headcount.errors",
     }
+
+
+# --- the optional dpu_id of an event -----------------------------------------------------------
+
+
+def test_an_event_naming_its_own_dpu_is_kept() -> None:
+    payload = pack([event(seq=1, dpu_id="283"), event(seq=2)])
+    assert wire.decode_batch("283", payload) == (
+        [Traversal("283", 1, FEB, 1), Traversal("283", 2, FEB, 1)],
+        [],
+    )
+
+
+def test_an_event_naming_another_dpu_is_refused_alone() -> None:
+    payload = pack([event(seq=1), event(seq=2, dpu_id="283"), event(seq=3)])
+    kept, refused = wire.decode_batch("423", payload)
+    assert kept == [Traversal("423", 1, FEB, 1), Traversal("423", 3, FEB, 1)]
+    [rejection] = refused
+    assert rejection.reason is Reason.DPU_MISMATCH
+    assert rejection.event == Traversal("423", 2, FEB, 1)
+    assert "dpus/423/traversals" in rejection.detail
+    assert "'283'" in rejection.detail
+
+
+def test_decode_refuses_a_payload_with_a_mismatched_event_whole() -> None:
+    with pytest.raises(WireError) as caught:
+        decode("423", pack(event(dpu_id="283")))
+    assert caught.value.rejection.reason is Reason.DPU_MISMATCH
+
+
+def test_a_dpu_id_that_is_not_a_string_is_a_bad_field() -> None:
+    with pytest.raises(WireError) as caught:
+        wire.decode_batch("283", pack(event(dpu_id=283)))
+    assert caught.value.rejection.reason is Reason.BAD_FIELD
+    assert "dpu_id is an integer 283" in caught.value.rejection.detail
+
+
+def test_encode_with_dpu_id_round_trips() -> None:
+    traversal = Traversal("283", 7, FEB, -1)
+    payload = wire.encode([traversal], with_dpu_id=True)
+    assert msgpack.unpackb(payload) == [{"seq": 7, "ts": FEB, "direction": -1, "dpu_id": "283"}]
+    assert wire.decode_batch("283", payload) == ([traversal], [])

@@ -23,10 +23,10 @@ from typing import Any, Final
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 
 from headcount.http.openapi import document
 from headcount.ingest.broker import free_port
+from tests.fuzzing import fuzz
 
 #: Generated cases per operation (the document has 9 operations).
 CASES_PER_OPERATION: Final = 20
@@ -92,10 +92,6 @@ schema.config.generation.update(
 
 
 @schema.parametrize()
-@settings(
-    max_examples=CASES_PER_OPERATION,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@fuzz(CASES_PER_OPERATION)
 def test_every_answer_matches_the_document(case: Any, service: str) -> None:
     case.call_and_validate(base_url=service, headers=AUTH_HEADERS)

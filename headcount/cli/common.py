@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 from headcount.argtypes import at_least_one
 from headcount.domain.timefmt import parse_iso
-from headcount.domain.topology import Topology, TopologyChoice
+from headcount.domain.topology import Topology, TopologyChoice, document_text
 from headcount.errors import HeadcountError, InvalidTimestampError
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.store import EventStore
@@ -127,9 +127,10 @@ async def choose_topology(
                 " the store has none recorded yet"
             )
     try:
-        document = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
+    document = document_text(data, source=str(path))
     return _choice(Topology.from_toml(document, source=str(path)), document, str(path))
 
 

@@ -22,7 +22,7 @@ from headcount.errors import HeadcountError
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.importer.csvfile import read_csv
+from headcount.importer.csvfile import open_export, read_csv
 from headcount.importer.load import import_csv
 from headcount.progress import Progress
 
@@ -112,6 +112,6 @@ def _read_errors(path: Path) -> list[str]:
 
 def _open_csv(path: Path) -> Any:
     try:
-        return path.open(encoding="utf-8", newline="")
+        return open_export(path)
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from e

@@ -292,6 +292,20 @@ class TopologyChoice:
     origin: str
 
 
+def document_text(data: bytes, *, source: str) -> str:
+    """A topology file's bytes as the text :meth:`Topology.from_toml` reads: UTF-8, or a
+    :class:`TopologyError` saying where it is not (TOML files are UTF-8 by definition)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TopologyError(
+            [
+                f"{source}: is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start});"
+                " save the file as UTF-8."
+            ]
+        ) from None
+
+
 def document_digest(document: str) -> str:
     """The digest that names a topology document (its exact text) in the store and in
     replays: SHA-256 of its UTF-8 bytes, in hex."""

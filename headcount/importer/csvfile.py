@@ -4,14 +4,16 @@ The export has one row per traversal with the columns ``timestamp`` (ISO-8601 wi
 offset), ``direction`` (``1`` or ``-1``) and ``dpu_id``. Rows carry no per-DPU sequence number,
 so :func:`imported_seq` derives one from the row itself. Exact duplicate rows are dropped;
 rows that cannot be read are reported as :class:`RowError` and skipped, so one bad row never
-stops an import.
+stops an import. That includes a row with bytes that are not UTF-8: :func:`open_export` opens
+a file so that such bytes reach the row check instead of stopping the whole read.
 """
 
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from headcount.domain.events import Direction, Traversal
 from headcount.domain.timefmt import parse_iso
@@ -75,6 +77,22 @@ def imported_seq(ts: int, direction: int) -> int:
     exact duplicate rows collapse into one.
     """
     return 2 * ts + (1 if direction > 0 else 0)
+
+
+def open_export(path: Path) -> TextIO:
+    """``path`` opened for :func:`read_csv`: UTF-8, with any byte that is not UTF-8 kept as a
+    lone surrogate (``surrogateescape``), so that the row holding it is reported and skipped
+    rather than ending the import with a decoding error."""
+    return path.open(encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _not_utf8(fields: list[str]) -> str | None:
+    """The first byte of the row that was not UTF-8 (see :func:`open_export`), as ``0xff``."""
+    for text in fields:
+        for char in text:
+            if 0xDC80 <= ord(char) <= 0xDCFF:
+                return f"0x{ord(char) - 0xDC00:02x}"
+    return None
 
 
 def read_csv(
@@ -216,6 +234,14 @@ def _parse_row(
     fields: list[str], columns: _Columns, start: int, end: int
 ) -> Traversal | list[RowError]:
     """One data row to a traversal, or every problem found in it."""
+    byte = _not_utf8(fields)
+    if byte is not None:
+        return [
+            RowError(
+                start,
+                f"the row is not valid UTF-8 text (byte {byte}); save the export as UTF-8",
+            )
+        ]
     if len(fields) != columns.width:
         reason = (
             f"the row has {len(fields)} field(s) but the header has {columns.width}; "

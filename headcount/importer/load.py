@@ -12,7 +12,7 @@ from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.records import QuarantineEntry
 from headcount.eventstore.store import EventStore
-from headcount.importer.csvfile import CsvBatch, RowError, read_csv
+from headcount.importer.csvfile import CsvBatch, RowError, open_export, read_csv
 from headcount.progress import Progress
 
 
@@ -46,7 +46,7 @@ async def import_csv(
     """Append every valid row of the CSV at ``path``. Rows from a DPU that has no doorway at
     their time go to quarantine (an assignment added later and a re-import stores them)."""
     summary = ImportSummary(file=str(path))
-    with path.open(encoding="utf-8", newline="") as lines:
+    with open_export(path) as lines:
         batches = read_csv(lines, on_progress=None if progress is None else progress.update)
         for batch in batches:
             for error in batch.errors:

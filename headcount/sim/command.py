@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from headcount.argtypes import at_least_one, non_negative
 from headcount.clock import now_ms
 from headcount.domain.timefmt import format_ms, parse_iso
-from headcount.domain.topology import Topology
+from headcount.domain.topology import Topology, document_text
 from headcount.errors import InvalidTimestampError
 from headcount.ingest import wire
 from headcount.ingest.mqtt import parse_broker_url
@@ -430,9 +430,10 @@ def _topology(args: argparse.Namespace) -> tuple[Topology, str]:
             "--spaces and --dpus generate a topology: leave them out when giving --topology FILE"
         )
     try:
-        document = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as e:
         raise SimulatorError(f"cannot read topology file {path}: {e.strerror}") from e
+    document = document_text(data, source=str(path))
     return Topology.from_toml(document, source=str(path)), str(path)
 
 

@@ -10,6 +10,7 @@ from time_machine import TimeMachineFixture
 
 from headcount.domain.timefmt import format_ms, from_ms
 from headcount.domain.topology import Topology
+from headcount.errors import TopologyError
 from headcount.ingest.broker import free_port
 from headcount.sim.command import run
 from headcount.sim.errors import SimulatorError
@@ -204,3 +205,11 @@ async def test_a_run_at_a_rate_delivers_every_event(
     events = result.summary["events"]
     assert result.summary["rate"] == 400
     assert result.summary["acknowledged"] == events > 50
+
+
+async def test_a_topology_file_that_is_not_utf8_is_a_topology_error(tmp_path: Path) -> None:
+    path = tmp_path / "topology.toml"
+    path.write_bytes(b'[[spaces]]\nid = "\xff"\n')
+    args = parse("--topology", str(path), "--broker", f"mqtt://127.0.0.1:{free_port()}")
+    with pytest.raises(TopologyError, match=r"is not UTF-8 text \(byte 0xff at offset 17\)"):
+        await run(args)

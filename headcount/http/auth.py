@@ -6,8 +6,9 @@ With :data:`AUTH` set on the application, every route but the open ones (``/heal
 What a request needs goes by its method, so routes added later are covered as they come: GET
 and HEAD need ``read``; every other method (POST and the admin actions) needs ``write``. A path
 that matches no route is refused the same way, so an unauthenticated client learns nothing of
-which paths exist. Without :data:`AUTH` every request is let in (the service then listens on
-loopback only, unless told otherwise: see ``headcount.service.preflight``).
+which paths exist; a client with a token is told 404 or 405. Without :data:`AUTH` every
+request is let in (the service then listens on loopback only, unless told otherwise: see
+``headcount.service.preflight``).
 
 The token is never logged: refusals are logged at DEBUG with the token's name when it has
 one, and aiohttp's access log does not print the ``Authorization`` header.
@@ -78,7 +79,9 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
             " 'headcount tokens add' and restart the service.",
             'Bearer realm="headcount", error="invalid_token"',
         )
-    _check_scope(request, token)
+    if request.match_info.http_exception is None:  # a route matched: its method's scope
+        _check_scope(request, token)
+    # else 404 or 405: told to a client with a token, whatever its scope
     return await handler(request)
 
 

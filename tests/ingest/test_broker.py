@@ -140,6 +140,13 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path: Path, content: str, proble
         EmbeddedBroker(config_file=config)
 
 
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "amqtt.yaml"
+    config.write_bytes(b"listeners:\n  default:\n    bind: 127.0.0.1:1883 # \xff\n")
+    with pytest.raises(BrokerError, match=r"cannot read the broker config .*utf-8"):
+        EmbeddedBroker(config_file=config)
+
+
 async def test_an_unknown_setting_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "amqtt.yaml"
     config.write_text("no_such_setting: 1\n")

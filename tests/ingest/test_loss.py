@@ -24,7 +24,8 @@ from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest import wire
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.broker import EmbeddedBroker, free_port
+from headcount.ingest.dpus import Delivery, DpuRegistry
 from headcount.ingest.mqtt import Received, Subscriber, parse_broker_url
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
@@ -147,9 +148,7 @@ async def test_a_new_count_and_a_restart_are_counted_from_the_store(store: Event
         assert (delivery.first, delivery.sent, delivery.stored, delivery.missing) == (5, 3, 2, 1)
     async with service(store) as restarted:  # the retained status comes again
         await restarted.deliver(status("283", 3, 5, 7))
-        assert restarted.dpus.get("283").delivery == delivery.__class__(
-            5, 7, 3, 2, delivery.reported_at
-        )
+        assert restarted.dpus.get("283").delivery == Delivery(5, 7, 3, 2, delivery.reported_at)
         assert restarted.missing_gauge("283") == 1
 
 
@@ -265,9 +264,12 @@ async def test_stock_mosquitto_loss_is_reported_per_dpu(
 ) -> None:
     with MosquittoServer(tmp_path / "mosquitto", STOCK_CONF) as mosquitto:
         sent, stored, missing, gauge = await burst_through(mosquitto, sqlite_store)
+        mosquitto.stop()
+        said = "Outgoing messages are being dropped" in mosquitto.log_text()
     print(f"stock Mosquitto: sent {sent}, stored {stored}, reported missing {missing}")
     assert sent == BURST
     assert stored < BURST, "the stock queue kept the whole burst: make the burst larger"
+    assert said, "Mosquitto's log does not say it dropped messages: then who did?"
     assert missing == sent - stored
     assert gauge == missing
     assert any(f"{missing} of them are not stored" in m for m in warnings(caplog))
@@ -282,3 +284,74 @@ async def test_project_mosquitto_conf_loses_nothing_and_reports_zero(
     print(f"project mosquitto.conf: sent {sent}, stored {stored}, reported missing {missing}")
     assert (sent, stored, missing, gauge) == (BURST, BURST, 0, 0)
     assert warnings(caplog) == []
+
+
+# --- what each broker keeps across its own restart, while the service is away ------------------
+
+AWAY = 200
+
+
+async def _leave_a_session(url: str) -> None:
+    """The service subscribes with its persistent session, then goes away."""
+    async with Subscriber(parse_broker_url(url), client_id="service", topics=[wire.SUBSCRIPTION]):
+        pass
+
+
+async def _comes_back(url: str, store: EventStore, sent: int) -> Delivery:
+    """The service comes back to ``url``; the DPU repeats its report until it was compared."""
+    topology = Topology.from_toml(SEED.read_text())
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    dpus = DpuRegistry()
+    address = parse_broker_url(url)
+    async with (
+        system.running(),
+        Subscriber(address, client_id="service", topics=[wire.SUBSCRIPTION]) as subscriber,
+        aiomqtt.Client(address.host, address.port) as dpu,  # DPUs connect anonymously
+    ):
+        ingest = Ingest(
+            subscriber.messages(), subscriber.ack, store=store, actors=system, dpus=dpus,
+            metrics=Metrics(), clock=lambda: NOW,
+        )  # fmt: skip
+        task = asyncio.create_task(ingest.run())
+        report = wire.encode_status(True, wire.Report(sent, 1, sent))
+
+        async def heartbeat() -> None:
+            await dpu.publish(wire.status_topic("283"), report, qos=1, retain=True)
+
+        try:
+            return await _until(lambda: dpus.get("283").delivery, heartbeat)
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
+
+@pytest.mark.parametrize(
+    "restart",
+    ["amqtt-embedded", "mosquitto-project-sigterm", "mosquitto-project-kill9"],
+)
+async def test_a_broker_restart_while_the_service_is_away_is_reported(
+    restart: str, tmp_path: Path, sqlite_store: EventStore
+) -> None:
+    """What each broker keeps of the messages it queued for the service when it restarts, and
+    that whatever it loses is reported, not silent."""
+    if restart == "amqtt-embedded":
+        port = free_port()
+        async with EmbeddedBroker(port=port, data_dir=tmp_path / "amqtt") as broker:
+            await _leave_a_session(broker.url)
+            await _publish_burst(broker.url, "283", AWAY)
+        async with EmbeddedBroker(port=port, data_dir=tmp_path / "amqtt") as broker:
+            delivery = await _comes_back(broker.url, sqlite_store, AWAY)
+    else:
+        conf = PROJECT_CONF.read_text(encoding="utf-8")
+        with MosquittoServer(tmp_path / "mosquitto", conf) as mosquitto:
+            await _leave_a_session(mosquitto.url)
+            await _publish_burst(mosquitto.url, "283", AWAY)
+            await asyncio.to_thread(mosquitto.kill if restart.endswith("kill9") else mosquitto.stop)
+            await asyncio.to_thread(mosquitto.start)
+            delivery = await _comes_back(mosquitto.url, sqlite_store, AWAY)
+    stored = await sqlite_store.log.count_seqs("283", 1, AWAY)
+    print(f"{restart}: sent {AWAY}, stored {stored}, reported missing {delivery.missing}")
+    assert (delivery.sent, delivery.stored) == (AWAY, stored)
+    assert delivery.missing == AWAY - stored
+    kept = {"amqtt-embedded": 0, "mosquitto-project-sigterm": AWAY, "mosquitto-project-kill9": 0}
+    assert stored == kept[restart]

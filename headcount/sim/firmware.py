@@ -286,8 +286,9 @@ class SimulatedDpu:
         return OFFLINE if self.offline or (self.finished and not self.buffer) else ONLINE
 
     def _heartbeat_in(self) -> float | None:
-        """Seconds until a heartbeat is due (0: now), None while none is needed."""
-        if self.offline or self._reported == self._report:
+        """Seconds until a heartbeat is due (0: now), None while none is needed or none can
+        be sent (a new connection wakes the DPU)."""
+        if self.offline or not self.connection.up or self._reported == self._report:
             return None
         loop = asyncio.get_running_loop()
         return max(0.0, self._reported_at + self._heartbeat - loop.time())

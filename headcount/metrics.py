@@ -67,6 +67,14 @@ class Metrics:
             "headcount_dpus_online", "DPUs whose last status was online", registry=r
         )
 
+        self.dpu_missing = Gauge(
+            "headcount_dpu_missing_events",
+            "Traversals a DPU's last delivery report says the broker acknowledged that are not"
+            " stored (lost on the way, or refused into quarantine), by DPU",
+            ["dpu_id"],
+            registry=r,
+        )
+
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Let ``gauge`` read its value when scraped."""
         gauge.set_function(read)

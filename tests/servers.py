@@ -72,12 +72,17 @@ class MosquittoServer:
         lines += [
             line
             for line in config.splitlines()
-            if not line.strip().startswith(("listener", "persistence_location", "log_dest"))
+            if not line.strip().startswith(("listener", "persistence_location", "log_dest", "user"))
         ]
         lines += [
             f"persistence_location {directory}/",
             f"log_dest file {self.log}",
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto becomes the user 'mosquitto', who cannot write to the
+            # test's private temporary directory: it would run with no persistence file and no
+            # log, silently.
+            lines.append("user root")
         self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -225,6 +225,17 @@ class EventLog:
         async with read_transaction(self.engine) as conn:
             return int(await conn.scalar(select(func.count()).select_from(traversals)) or 0)
 
+    async def count_seqs(self, dpu_id: str, first: int, last: int) -> int:
+        """How many traversals of ``dpu_id`` are stored with ``first <= seq <= last`` (a range
+        of the unique index: it reads those rows' index entries only)."""
+        async with read_transaction(self.engine) as conn:
+            query = (
+                select(func.count())
+                .select_from(traversals)
+                .where(traversals.c.dpu_id == dpu_id, traversals.c.seq.between(first, last))
+            )
+            return int(await conn.scalar(query) or 0)
+
     async def newest_ts(self, dpu_ids: Iterable[str]) -> int | None:
         """The newest event time reported by any of ``dpu_ids``."""
         newest: int | None = None

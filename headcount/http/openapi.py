@@ -63,6 +63,21 @@ _DPU_FIELDS: dict[str, Schema] = {
     "online": _of("boolean", "Its last status message; null: never heard.", nullable=True),
     "last_seen": _timestamp("When its last traversal message arrived.", nullable=True),
     "last_seq": _of("integer", "The highest seq it reported.", nullable=True),
+    "delivery": {
+        **_obj(
+            "The DPU's last delivery report (its status map) against the store; null: no"
+            " report yet, or firmware that sends none. `missing` above 0 means traversals the"
+            " broker acknowledged to the DPU never reached the store, or were refused into"
+            " quarantine.",
+            first=_of("integer", "The seq its count starts at; null when sent is 0.", True),
+            seq=_of("integer", "The highest seq it counted; null when sent is 0.", True),
+            sent=_of("integer", "Distinct traversals with seq in [first, seq] it sent."),
+            stored=_of("integer", "How many of those are in the store."),
+            missing=_of("integer", "sent - stored (never below 0)."),
+            reported_at=_timestamp("When its report was compared with the store."),
+        ),
+        "type": ["object", "null"],
+    },
 }
 
 SCHEMAS: dict[str, Schema] = {

@@ -21,7 +21,7 @@ from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
 from headcount.http.limits import limit_query
 from headcount.http.openapi import document
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.dpus import Delivery, DpuRegistry
 
 #: The classic Prometheus text format, which ``generate_latest`` writes. Newer prometheus_client
 #: releases name a later version in ``CONTENT_TYPE_LATEST`` and offer it only on request.
@@ -231,6 +231,18 @@ def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[s
         "online": status.online,
         "last_seen": None if status.last_seen is None else format_ms(status.last_seen),
         "last_seq": status.last_seq,
+        "delivery": None if status.delivery is None else _delivery(status.delivery),
+    }
+
+
+def _delivery(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "first": delivery.first,
+        "seq": delivery.seq,
+        "sent": delivery.sent,
+        "stored": delivery.stored,
+        "missing": delivery.missing,
+        "reported_at": format_ms(delivery.reported_at),
     }
 
 

@@ -37,6 +37,7 @@ from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.health import IngestHealth
+from headcount.ingest.loss import LossAudit
 from headcount.metrics import Metrics
 
 __all__ = ["Ingest", "IngestSettings", "Message"]
@@ -82,6 +83,8 @@ class _Part(Generic[M]):
     traversals: list[Traversal] = field(default_factory=list)
     quarantine: list[QuarantineEntry] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    #: A DPU's delivery report (its status map), compared once the batch is committed.
+    report: tuple[str, wire.Report] | None = None
     #: An attempt to commit this part failed in a way that may have committed it after all
     #: (a lost connection at COMMIT): its traversals may come back as duplicates.
     uncertain: bool = False
@@ -124,6 +127,7 @@ class Ingest(Generic[M]):
         self._clock = clock
         self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
         self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
+        self.loss = LossAudit(store.log, dpus, metrics, clock=clock)
 
     async def run(self) -> None:
         """Read, batch and commit until cancelled."""
@@ -140,6 +144,9 @@ class Ingest(Generic[M]):
         while True:
             batch = await self._next_batch()
             await self._store(batch.parts)
+            for part in batch.parts:
+                if part.report is not None:
+                    await self.loss.reported(*part.report)
             for part in batch.parts:
                 await self._ack(part.message)
             self.health.acknowledged(len(batch.parts))
@@ -179,9 +186,11 @@ class Ingest(Generic[M]):
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
             if kind == "status":
-                online = wire.decode_status(message.payload)
+                status = wire.decode_status(message.payload)
                 if self.topology.knows_dpu(dpu_id):
-                    self.dpus.set_online(dpu_id, online)
+                    self.dpus.set_online(dpu_id, status.online)
+                    if status.report is not None:
+                        part.report = (dpu_id, status.report)
                     self.metrics.status.labels("applied").inc()
                 else:
                     # Anyone can publish: a made-up DPU neither counts as online nor shows.
@@ -266,6 +275,8 @@ class Ingest(Generic[M]):
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
         self.health.committed()
+        self.loss.stored(result.new)
+        self.loss.forget(t.dpu_id for p in parts if p.uncertain for t in p.traversals)
         m = self.metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.batch_events.observe(len(traversals))

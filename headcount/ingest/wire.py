@@ -4,9 +4,32 @@ A DPU publishes on ``dpus/{dpu_id}/traversals`` (QoS 1) a msgpack payload: one t
 ``{"seq": int, "ts": int, "direction": 1 or -1}`` with ``ts`` in integer milliseconds since the
 Unix epoch (UTC), or a non-empty array of such maps (its backlog). The DPU id comes from the
 topic: 1 to 64 printable characters (no control characters, valid UTF-8) without ``/``,
-``+`` or ``#``. Its status rides on ``dpus/{dpu_id}/status`` as the UTF-8 text ``online`` or
-``offline`` (retained; ``offline`` is the DPU's MQTT last will); only DPUs the topology knows
-are marked online, a status from any other is counted and otherwise ignored.
+``+`` or ``#``.
+
+A DPU's status rides on ``dpus/{dpu_id}/status`` (retained; ``offline`` as plain text is the
+DPU's MQTT last will), in one of two forms:
+
+* the UTF-8 text ``online`` or ``offline`` (any case, surrounding whitespace allowed): what old
+  firmware sends, and the last will;
+* a msgpack map ``{"state": "online" or "offline", "first": int, "seq": int, "sent": int}``:
+  the status with the DPU's delivery report, sent with every status change and as a heartbeat
+  (every 30 s or so while it has sent something new). ``sent`` is how many distinct
+  traversals the broker has acknowledged (PUBACK received) with ``first <= seq' <= seq``:
+  each seq is counted once however often it was sent again; ``seq`` is the highest of them,
+  ``first`` the seq the count starts at. With ``sent`` 0, ``first`` and ``seq`` are nil or
+  absent. Other keys are ignored, so later firmware may add some.
+
+  The count may start anywhere: a DPU that keeps it across reboots (in flash, with its seq)
+  keeps ``first``; one that loses it starts afresh, ``sent`` 0 and ``first`` the next seq it
+  publishes. headcount compares ``sent`` with the traversals it stored for that DPU with seq in
+  ``[first, seq]``: the difference is what was lost on the way (the broker dropped it) or
+  refused into quarantine, reported per DPU (``/dpus/{id}``, ``headcount_dpu_missing_events``).
+  A DPU must never start its seq again from a lower value: stored keys would collide (the
+  store keeps the first and quarantines the rest as conflicts); if it does, the report shows
+  them as missing.
+
+Only DPUs the topology knows are marked online (and have their reports compared); a status
+from any other is counted and otherwise ignored.
 
 An event map may also carry ``"dpu_id": str``, the id of the DPU that made it (defence in
 depth: the broker already lets a DPU publish only under its own id when it has credentials).
@@ -27,7 +50,7 @@ Two levels of checks, each with a stable :class:`Reason` code:
 
 Pure functions: no I/O, no asyncio.
 
-About 520 lines, over this project's usual 400, on purpose: it is the contract firmware
+About 650 lines, over this project's usual 400, on purpose: it is the contract firmware
 authors read, and every rule of it (topics, payload shape, field limits, screening, reason
 codes) is easier to keep consistent, and to find, in one module.
 """
@@ -120,7 +143,7 @@ class Reason(StrEnum):
     FUTURE_TS = "future_ts"
     #: The MQTT topic is not one of headcount's DPU topics.
     BAD_TOPIC = "bad_topic"
-    #: A status payload other than ``online`` or ``offline``.
+    #: A status payload other than ``online``, ``offline`` or a status map (see the module doc).
     BAD_STATUS = "bad_status"
     #: The event's ``dpu_id`` is not the DPU id of the topic it was published on.
     DPU_MISMATCH = "dpu_mismatch"
@@ -495,31 +518,131 @@ def encode(traversals: Traversal | Sequence[Traversal], *, with_dpu_id: bool = F
 
 # --- status payloads ---------------------------------------------------------------------------
 
+_STATUS_EXPECTED: Final = (
+    "expected the UTF-8 text 'online' or 'offline', or a msgpack map"
+    ' {"state": "online" or "offline", "first": int, "seq": int, "sent": int}'
+)
 
-def decode_status(payload: bytes) -> bool:
-    """True for ``online``, False for ``offline`` (any case, surrounding whitespace allowed).
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A DPU's delivery report: ``sent`` distinct traversals acknowledged by the broker with
+    ``first <= seq' <= seq`` (``first`` and ``seq`` None when ``sent`` is 0)."""
+
+    sent: int
+    first: int | None = None
+    seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sent < 0:
+            raise ValueError(f"sent must not be negative, got {self.sent}")
+        if (self.sent == 0) != (self.first is None) or (self.first is None) != (self.seq is None):
+            raise ValueError(f"first and seq go with a positive sent, got {self}")
+        if self.first is not None and self.seq is not None:
+            if not 0 <= self.first <= self.seq < SEQ_LIMIT:
+                raise ValueError(f"need 0 <= first <= seq < 2**63, got {self}")
+            if self.sent > self.seq - self.first + 1:
+                raise ValueError(f"{self.sent} distinct seqs cannot fit in [first, seq]: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A decoded status message: ``online``, and the delivery report if it carried one."""
+
+    online: bool
+    report: Report | None = None
+
+
+def decode_status(payload: bytes) -> Status:
+    """The status in a ``dpus/{dpu_id}/status`` payload: the text ``online``/``offline`` (any
+    case, surrounding whitespace allowed) or a status map (see the module doc).
 
     Anything else raises :class:`WireError` with ``BAD_STATUS``.
     """
-    expected = "expected the UTF-8 text 'online' or 'offline'"
     if len(payload) > _MAX_STATUS_LEN:
         raise _refuse(
             Reason.BAD_STATUS,
-            f"the status payload is {len(payload)} bytes long; {expected}",
+            f"the status payload is {len(payload)} bytes long; {_STATUS_EXPECTED}",
         )
+    payload = bytes(payload)
+    if payload and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF)):  # a msgpack map
+        return _status_map(payload)
     try:
-        text = bytes(payload).decode("utf-8")
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise _refuse(
             Reason.BAD_STATUS,
-            f"the status payload {_preview(bytes(payload))} is not UTF-8 text; {expected}",
+            f"the status payload {_preview(payload)} is not UTF-8 text; {_STATUS_EXPECTED}",
         ) from None
-    word = text.strip().casefold()
-    if word == "online":
-        return True
-    if word == "offline":
-        return False
-    raise _refuse(Reason.BAD_STATUS, f"the status payload is {_preview(text)}; {expected}")
+    online = _state(text.strip().casefold())
+    if online is None:
+        raise _refuse(
+            Reason.BAD_STATUS, f"the status payload is {_preview(text)}; {_STATUS_EXPECTED}"
+        )
+    return Status(online)
+
+
+def _state(word: object) -> bool | None:
+    return True if word == "online" else False if word == "offline" else None
+
+
+def _status_map(payload: bytes) -> Status:
+    try:
+        data = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=_MAX_STR_LEN,
+            max_bin_len=_MAX_BIN_LEN,
+            max_ext_len=_MAX_EXT_LEN,
+            max_map_len=_MAX_MAP_LEN,
+            max_array_len=_MAX_MAP_LEN,
+        )
+    except Exception as exc:  # every unpacking failure, as in _unpack
+        raise _refuse(
+            Reason.BAD_STATUS,
+            f"the status map is not readable msgpack: {_why(exc)}; {_STATUS_EXPECTED}",
+        ) from None
+    online = _state(data.get("state"))
+    if online is None:
+        raise _refuse(
+            Reason.BAD_STATUS,
+            f"the status map's state is {_described(data.get('state'))}; {_STATUS_EXPECTED}",
+        )
+    if all(data.get(name) is None for name in ("sent", "first", "seq")):
+        return Status(online)
+    sent = _status_int(data, "sent")
+    first, seq = _status_int(data, "first"), _status_int(data, "seq")
+    try:
+        report = Report(0 if sent is None else sent, first, seq)
+    except ValueError:
+        raise _refuse(
+            Reason.BAD_STATUS,
+            f"the status map says sent={sent}, first={first}, seq={seq}; expected first <= seq"
+            " and sent at most seq - first + 1, or sent 0 with first and seq nil",
+        ) from None
+    return Status(online, report)
+
+
+def _status_int(data: dict[Any, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    try:
+        return _int_field(name, value, SEQ_LIMIT, "an integer 0 <= value < 2**63")
+    except WireError as error:
+        raise _refuse(Reason.BAD_STATUS, f"the status map's {error.rejection.detail}") from None
+
+
+def encode_status(online: bool, report: Report | None = None) -> bytes:
+    """A status payload: the plain text old firmware sends when ``report`` is None, else the
+    status map with the report."""
+    state = "online" if online else "offline"
+    if report is None:
+        return state.encode()
+    data = {"state": state, "first": report.first, "seq": report.seq, "sent": report.sent}
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
 
 
 # --- per-event screening -----------------------------------------------------------------------

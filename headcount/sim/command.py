@@ -197,6 +197,14 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="at the end, how long to wait for the broker to take every buffered event"
         " (default %(default)s)",
     )
+    when.add_argument(
+        "--heartbeat",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often each DPU repeats its status with its delivery report (what it sent,"
+        " for the service to compare with what it stored) while it sends (default %(default)s)",
+    )
 
     faults = cmd.add_argument_group("faults")
     faults.add_argument(
@@ -296,6 +304,7 @@ async def run(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             progress=progress,
             credentials=passwords,
+            heartbeat=args.heartbeat,
         )
         progress.finish(stats.acknowledged)
     print(json.dumps(summary(args, plan, stats, time.monotonic() - began), indent=2))

@@ -21,9 +21,15 @@ With ``credentials`` (DPU accounts, ``headcount dpus credentials``) every DPU lo
 on a connection of its own, its DPU id as username and client id, as a broker that lets a DPU
 publish only under its own id requires. Every event carries its ``dpu_id`` (see ``wire``).
 
-About 470 lines, over this project's usual 400: the buffers, the connection pool (shared, or one
-per DPU account) and the publish-and-acknowledge loop share the rule "an event leaves its buffer
-only once acknowledged", and reading that rule in one module is worth the length.
+Every status it publishes is the status map with its delivery report (see
+:mod:`headcount.ingest.wire`): the distinct traversals the broker acknowledged, counted from the
+start of the run, and their lowest and highest seq. While online it publishes it again as a
+heartbeat every ``heartbeat`` seconds when the count has changed, so the service can compare
+what was sent with what it stored. (The last will stays the plain text ``offline``.)
+
+About 500 lines, over this project's usual 400: the buffers, the connection pool (shared, or one
+per DPU account) and the publish-and-acknowledge loop share the rule "an event leaves its
+buffer only once acknowledged", and reading that rule in one module is worth the length.
 """
 
 from __future__ import annotations
@@ -232,6 +238,7 @@ class SimulatedDpu:
         batch: int,
         stats: Stats,
         on_acknowledged: Callable[[int], None],
+        heartbeat: float = 30.0,
     ) -> None:
         self.dpu_id = dpu_id
         self.topic = wire.traversals_topic(dpu_id)
@@ -245,6 +252,11 @@ class SimulatedDpu:
         self._on_acknowledged = on_acknowledged
         self._announced: bytes | None = None
         self._changed = asyncio.Event()
+        self._heartbeat = heartbeat
+        # The delivery report: distinct traversals the broker acknowledged, and their seqs.
+        self._report = wire.Report(0)
+        self._reported: wire.Report | None = None  # the report last published
+        self._reported_at = 0.0
         connection.dpus.append(self)
 
     def release(self, traversal: Traversal, duplicate: bool) -> None:
@@ -278,20 +290,36 @@ class SimulatedDpu:
     def _status(self) -> bytes:
         return OFFLINE if self.offline or (self.finished and not self.buffer) else ONLINE
 
+    def _heartbeat_in(self) -> float | None:
+        """Seconds until a heartbeat is due (0: now), None while none is needed or none can
+        be sent (a new connection wakes the DPU)."""
+        if self.offline or not self.connection.up or self._reported == self._report:
+            return None
+        loop = asyncio.get_running_loop()
+        return max(0.0, self._reported_at + self._heartbeat - loop.time())
+
     async def run(self) -> None:
         """Upload until finished with an empty buffer and "offline" announced."""
         while True:
             status = self._status()
-            if self.connection.up and self._announced != status:
-                if await self.connection.publish(self.status_topic, status, retain=True):
-                    self._announced = status
+            if self.connection.up and (self._announced != status or self._heartbeat_in() == 0):
+                await self._announce(status)
             elif self.finished and not self.buffer and self._announced == OFFLINE:
                 return
             elif self.buffer and not self.offline and self.connection.up:
                 await self._upload()
             else:
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._heartbeat_in()):
+                        await self._changed.wait()
+
+    async def _announce(self, status: bytes) -> None:
+        report = self._report
+        payload = wire.encode_status(status == ONLINE, report)
+        if await self.connection.publish(self.status_topic, payload, retain=True):
+            self._announced, self._reported = status, report
+            self._reported_at = asyncio.get_running_loop().time()
 
     async def _upload(self) -> None:
         """Publish the head of the buffer; on acknowledgement drop it and queue the copies the
@@ -313,10 +341,20 @@ class SimulatedDpu:
             self._stats.batches += 1
         copies = [_Outgoing(item.traversal, copy=True) for item in chunk if item.duplicate]
         self.buffer.extendleft(reversed(copies))
+        self._count([item.traversal.seq for item in chunk if not item.copy])
         acknowledged = sum(1 for item in chunk if not item.copy)
         self._stats.duplicates += len(chunk) - acknowledged
         self._stats.acknowledged += acknowledged
         self._on_acknowledged(self._stats.acknowledged)
+
+    def _count(self, seqs: list[int]) -> None:
+        """``seqs`` were acknowledged by the broker for the first time: add them to the report."""
+        if not seqs:
+            return
+        r = self._report
+        first = min(seqs) if r.first is None else min(r.first, *seqs)
+        last = max(seqs) if r.seq is None else max(r.seq, *seqs)
+        self._report = wire.Report(r.sent + len(seqs), first, last)
 
 
 async def run_firmware(
@@ -332,14 +370,17 @@ async def run_firmware(
     drain_timeout: float = 60.0,
     progress: Progress | None = None,
     credentials: Mapping[str, str] | None = None,
+    heartbeat: float = 30.0,
 ) -> Stats:
     """Carry out ``schedule`` against the broker at ``address`` at ``pace``, then wait up to
     ``drain_timeout`` seconds for every buffer to empty, and disconnect cleanly.
 
     Client ids are ``{client_prefix}-{n}``; with ``credentials`` (DPU id to password) each DPU
     has a connection of its own, its id as username and client id, and ``connections`` is
-    not used. Raises :class:`SimulatorError` when the broker refuses the connection for good,
-    or when a DPU has no password in ``credentials``; an unreachable broker is retried until
+    not used. Each DPU repeats its status with its delivery report every ``heartbeat`` seconds
+    while its count changes. Raises :class:`SimulatorError` when the broker refuses the
+    connection for good, or when a DPU has no password in ``credentials``; an unreachable
+    broker is retried until
     the end, and what it never took is counted in :attr:`Stats.buffered`.
     """
     if not 1 <= batch <= wire.DEFAULT_MAX_BATCH:
@@ -363,7 +404,12 @@ async def run_firmware(
     report = progress.update if progress is not None else _ignore
     dpus = {
         dpu_id: SimulatedDpu(
-            dpu_id, pool[n % len(pool)], batch=batch, stats=stats, on_acknowledged=report
+            dpu_id,
+            pool[n % len(pool)],
+            batch=batch,
+            stats=stats,
+            on_acknowledged=report,
+            heartbeat=heartbeat,
         )
         for n, dpu_id in enumerate(schedule.dpu_ids)
     }

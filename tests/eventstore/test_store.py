@@ -777,3 +777,15 @@ async def test_open_postgres_on_a_closed_port_raises_store_error(closed_port: in
     assert type(raised.value) is StoreError
     assert str(closed_port) in str(raised.value)
     assert isinstance(raised.value.__cause__, OSError)
+
+
+async def test_count_seqs_counts_one_dpus_stored_seqs_in_a_closed_range(store: EventStore) -> None:
+    await store.log.append(
+        [Traversal("283", s, 1_000, 1) for s in (1, 2, 5, 9, 2**63 - 1)]
+        + [Traversal("423", s, 1_000, 1) for s in (2, 3, 4)]
+    )
+    assert await store.log.count_seqs("283", 2, 9) == 3  # both ends included
+    assert await store.log.count_seqs("283", 3, 4) == 0
+    assert await store.log.count_seqs("283", 0, 2**63 - 1) == 5
+    assert await store.log.count_seqs("423", 1, 9) == 3
+    assert await store.log.count_seqs("777", 0, 2**63 - 1) == 0

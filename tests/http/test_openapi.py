@@ -21,7 +21,7 @@ from headcount.history import History
 from headcount.http.keys import ACTORS, DPUS, HISTORY, METRICS, STORE
 from headcount.http.openapi import document
 from headcount.http.routes import add_routes
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.dpus import Delivery, DpuRegistry
 from headcount.metrics import Metrics
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -151,6 +151,8 @@ async def client(
             await system.route((await store.log.append(events)).new)
             await system.drain()
             app[DPUS].seen("283", NOW, 1)
+            app[DPUS].set_delivery("283", Delivery(1, 3, 3, 1, NOW))
+            app[DPUS].set_delivery("423", Delivery(None, None, 0, 0, NOW))
             yield
 
     app = web.Application()

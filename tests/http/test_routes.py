@@ -23,7 +23,7 @@ from headcount.history import History
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.routes import add_routes
 from headcount.ingest import wire
-from headcount.ingest.dpus import DpuRegistry
+from headcount.ingest.dpus import Delivery, DpuRegistry
 from headcount.ingest.health import IngestHealth
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
@@ -369,6 +369,7 @@ async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
     service.dpus.set_online("283", True)
     service.dpus.seen("283", NOW - 1000, 5)
     service.dpus.set_online("423", False)
+    service.dpus.set_delivery("283", Delivery(first=1, seq=7, sent=7, stored=5, reported_at=NOW))
     assert await service.get("/dpus") == {
         "dpus": [
             {
@@ -377,8 +378,23 @@ async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
                 "online": True,
                 "last_seen": "2023-11-14T22:13:19.000Z",
                 "last_seq": 5,
+                "delivery": {
+                    "first": 1,
+                    "seq": 7,
+                    "sent": 7,
+                    "stored": 5,
+                    "missing": 2,
+                    "reported_at": "2023-11-14T22:13:20.000Z",
+                },
             },
-            {"id": "423", "doorway": "Z", "online": False, "last_seen": None, "last_seq": None},
+            {
+                "id": "423",
+                "doorway": "Z",
+                "online": False,
+                "last_seen": None,
+                "last_seq": None,
+                "delivery": None,
+            },
         ]
     }
     assert await service.get("/dpus/423") == {
@@ -387,6 +403,7 @@ async def test_dpus_show_topology_and_what_was_heard(service: Service) -> None:
         "online": False,
         "last_seen": None,
         "last_seq": None,
+        "delivery": None,
         "assignments": [
             {"doorway": "Z", "valid_from": "2018-01-01T00:00:00.000Z", "valid_until": None}
         ],

@@ -250,4 +250,14 @@ status_payloads = (
         st.sampled_from(["", " ", "\n", "\x00", "!", "\u3000"]),
     )
     | st.sampled_from(["online", "offline"]).map(pack)
+    | st.fixed_dictionaries(
+        {},
+        optional={
+            "state": st.sampled_from(["online", "offline", "ONLINE", "away", 1, None]),
+            "first": st.none() | st.integers(-2, 2**64 - 1) | st.sampled_from([1.5, "1", True]),
+            "seq": st.none() | st.integers(-2, 2**64 - 1) | st.sampled_from([2.0, "9", False]),
+            "sent": st.none() | st.integers(-2, 2**64 - 1) | st.sampled_from([0.0, "3", True]),
+            "extra": st.integers(-(2**63), 2**64 - 1),
+        },
+    ).map(pack)
 )

@@ -33,7 +33,7 @@ from headcount.ingest.mqtt import (
 )
 from headcount.ingest.pipeline import Ingest
 from headcount.metrics import Metrics
-from tests.mqtt_fixtures import MqttNames
+from tests.mqtt_fixtures import MOSQUITTOS, MqttNames
 from tests.polling import eventually
 from tests.store_readers import quarantined
 
@@ -346,7 +346,7 @@ async def test_a_topic_that_is_not_utf8_reaches_the_subscriber_as_published(
             await next_message(sub.messages(), timeout=0.5)
 
 
-@pytest.mark.parametrize("broker_url", ["mosquitto"], indirect=True)
+@pytest.mark.parametrize("broker_url", MOSQUITTOS, indirect=True)
 async def test_mosquitto_refuses_a_topic_that_is_not_utf8(
     broker_url: str, mqtt_names: MqttNames
 ) -> None:

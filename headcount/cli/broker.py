@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from headcount.cli.common import Commands, embedded_parent
+from headcount.cli.common import Commands, embedded_parent, server_tls
 from headcount.errors import PortTakenError
 
 
@@ -22,7 +22,8 @@ def add_command(commands: Commands) -> None:
         " what the broker accepted, and on two cores ingests faster than with the broker"
         " inside (BENCHMARKS.md). The service user's password comes from"
         " HEADCOUNT_BROKER_PASSWORD; without it one is generated and the URL for"
-        " 'serve --broker' is printed on stdout.",
+        " 'serve --broker' is printed on stdout (with TLS, an mqtts:// URL trusting the"
+        " certificate file, which must then name the host).",
     )
     cmd.add_argument(
         "--host",
@@ -37,7 +38,10 @@ async def run(args: argparse.Namespace) -> int:
     # The broker's imports stay out of the other commands.
     from headcount.ingest.broker import PASSWORD_ENV, BrokerError, EmbeddedBroker
 
-    broker = EmbeddedBroker(args.host, args.mqtt_port, config_file=args.broker_config)
+    tls = server_tls(args)
+    if tls is not None:
+        tls.check()
+    broker = EmbeddedBroker(args.host, args.mqtt_port, config_file=args.broker_config, tls=tls)
     try:
         async with broker:
             if not os.environ.get(PASSWORD_ENV):

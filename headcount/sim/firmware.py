@@ -31,6 +31,7 @@ import functools
 import itertools
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from headcount.domain.events import Traversal
 from headcount.errors import HeadcountError
 from headcount.ingest import wire
-from headcount.ingest.mqtt import Backoff, BrokerAddress
+from headcount.ingest.mqtt import Backoff, BrokerAddress, tls_context
+from headcount.ingest.tls import is_untrusted
 from headcount.progress import Progress
 from headcount.sim.errors import SimulatorError
 from headcount.sim.pace import Pace
@@ -102,8 +104,10 @@ class Connection:
         stats: Stats,
         backoff: Backoff,
         timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
+        self._tls = tls
         self.client_id = client_id
         self.dpus: list[SimulatedDpu] = []
         self._stats = stats
@@ -134,6 +138,7 @@ class Connection:
                     ) from e
                 warned = self._cannot_connect(e, warned)
             except aiomqtt.MqttError as e:
+                self._refuse_untrusted(e)
                 warned = self._cannot_connect(e, warned)
             else:
                 # Connected, then stopped or lost (the loss is logged): back off afresh.
@@ -142,13 +147,20 @@ class Connection:
                 async with asyncio.timeout(next(delays)):
                     await stop.wait()
 
+    def _refuse_untrusted(self, error: aiomqtt.MqttError) -> None:
+        """A certificate we do not trust stays untrusted however long we wait."""
+        if is_untrusted(error):
+            raise SimulatorError(
+                f"cannot connect to {self.address}: {self.address.explain(error)} (--broker)"
+            ) from error
+
     def _cannot_connect(self, error: aiomqtt.MqttError, warned: bool) -> bool:
         """Log a failed attempt: at WARNING the first time, then at DEBUG until connected."""
         log.log(
             logging.DEBUG if warned else logging.WARNING,
             "cannot connect to the MQTT broker %s (%s); DPUs buffer their events and retry",
             self.address,
-            error,
+            self.address.explain(error),
         )
         return True
 
@@ -164,6 +176,7 @@ class Connection:
             will=aiomqtt.Will(self.dpus[0].status_topic, OFFLINE, qos=1, retain=True),
             timeout=self._timeout,
             max_inflight_messages=max(20, 2 * len(self.dpus)),
+            tls_context=self._tls,
         )
         # Every DPU of the connection may wait for an acknowledgement at once: that is the point.
         client.pending_calls_threshold = 4 * len(self.dpus) + 10
@@ -337,6 +350,7 @@ async def run_firmware(
     if not 1 <= batch <= wire.DEFAULT_MAX_BATCH:
         raise ValueError(f"batch must be 1 to {wire.DEFAULT_MAX_BATCH}, not {batch}")
     stats = Stats()
+    tls = tls_context(address)  # one for every connection: it reads the CA file once
     pool = [
         Connection(
             address,
@@ -344,6 +358,7 @@ async def run_firmware(
             stats=stats,
             backoff=backoff or Backoff(),
             timeout=publish_timeout,
+            tls=tls,
         )
         for n in range(max(1, min(connections, len(schedule.dpu_ids))))
     ]

@@ -7,6 +7,7 @@ beside it; ``broker_config/amqtt.yaml`` is the documented example of an override
 Authentication: DPUs connect anonymously (no username); the service connects as its own user
 from a password file written at start. The service must not be anonymous: amqtt keeps QoS 1
 messages for a disconnected persistent session only when that session authenticated.
+Passwords are checked off the event loop, Argon2 once per password (``_password_check``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from urllib.parse import quote
 
 import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dependency
 from amqtt.broker import Broker
-from amqtt.plugins.authentication import FileAuthPlugin
 from amqtt.session import Session
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from headcount.errors import HeadcountError
-from headcount.ingest import _amqtt_redelivery, _amqtt_topics
+from headcount.ingest import _amqtt_admission, _amqtt_redelivery, _amqtt_topics
+from headcount.ingest._password_check import PasswordFileAuthPlugin
 from headcount.ingest.mqtt import BrokerAddress
 from headcount.ingest.tls import CA_PARAMETER, ClientTls, ServerTls
 
@@ -79,7 +80,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return port
 
 
-class ServiceAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt's base class is untyped
+class ServiceAuthPlugin(PasswordFileAuthPlugin):
     """amqtt authentication: a client without a username is anonymous and let in when
     ``allow_anonymous`` (DPUs); a client with a username must match the password file.
 
@@ -177,6 +178,7 @@ class EmbeddedBroker:
             config = await asyncio.to_thread(self._prepare)
             _amqtt_redelivery.install()
             _amqtt_topics.install()
+            _amqtt_admission.install()
             self._broker = Broker(config)
             await self._broker.start()
         except Exception as e:

@@ -1,4 +1,4 @@
-"""New amqtt connections are let in one per pass of the event loop."""
+"""New amqtt connections are let in one at a time, a few milliseconds apart."""
 
 from __future__ import annotations
 
@@ -8,19 +8,12 @@ import itertools
 from headcount.ingest._amqtt_admission import Turns
 
 
-async def passes_until(done: asyncio.Future[None]) -> int:
-    """Loop passes until ``done``, counted by a task that yields once per pass."""
-    passes = 0
-    while not done.done():
-        await asyncio.sleep(0)
-        passes += 1
-    return passes
-
-
-async def test_waiters_get_one_turn_per_loop_pass_in_order() -> None:
-    turns = Turns()
+async def test_waiters_get_turns_in_order_an_interval_apart() -> None:
+    turns = Turns(interval=0.01)
+    loop = asyncio.get_running_loop()
     order: list[int] = []
     passes_at_turn: list[int] = []
+    times: list[float] = []
     passes = 0
 
     async def count_passes() -> None:
@@ -33,13 +26,15 @@ async def test_waiters_get_one_turn_per_loop_pass_in_order() -> None:
         await turns.wait()
         order.append(n)
         passes_at_turn.append(passes)
+        times.append(loop.time())
 
     counter = asyncio.create_task(count_passes())
     await asyncio.gather(*(waiter(n) for n in range(5)))
     counter.cancel()
     assert order == [0, 1, 2, 3, 4]
-    # Other work ran between any two turns: at least one pass of the loop apart.
+    # Other work ran between any two turns, at least the interval apart.
     assert all(b > a for a, b in itertools.pairwise(passes_at_turn))
+    assert all(b - a >= 0.009 for a, b in itertools.pairwise(times))
 
 
 async def test_a_cancelled_waiter_holds_nobody_up() -> None:

@@ -115,8 +115,8 @@ def explain_connect_failure(error: BaseException, *, tls: bool, where: str) -> s
         )
     if not tls and _lost_before_connack(error):
         return (
-            f"the broker at {where} closed the connection before answering: if that port takes"
-            " TLS, use an mqtts:// broker URL (with ?ca=FILE for a private CA)"
+            f"no answer to the MQTT CONNECT from {where}: if that port takes TLS, use an"
+            " mqtts:// broker URL (with ?ca=FILE for a private CA)"
         )
     return None
 

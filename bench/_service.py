@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +46,25 @@ async def serve(
     store_url: str,
     *,
     broker_url: str | None = None,
+    mqtt_port: int | None = None,
+    extra: Sequence[str] = (),
     ready_timeout_s: float = 60.0,
     stop_timeout_s: float = 60.0,
 ) -> AsyncIterator[Service]:
-    """Start ``headcount serve`` (embedded amqtt broker unless ``broker_url``), wait until
-    ``/healthz`` says ready; on leaving, SIGTERM and wait (SIGKILL after ``stop_timeout_s``;
-    ``stop_s`` stays ``None`` then)."""
+    """Start ``headcount serve`` (embedded amqtt broker on ``mqtt_port``, default a free one,
+    unless ``broker_url``; ``extra``: more of its flags), wait until ``/healthz`` says ready;
+    on leaving, SIGTERM and wait (SIGKILL after ``stop_timeout_s``; ``stop_s`` stays ``None``
+    then)."""
     http = free_port()
     args = [
         sys.executable, "-m", "headcount", "serve",
         "--topology", str(topology_file), "--store", store_url,
         "--http-port", str(http), "--client-id", f"bench-{os.getpid()}-{http}",
     ]  # fmt: skip
-    args += ["--broker", broker_url] if broker_url else ["--mqtt-port", str(free_port())]
+    args += (
+        ["--broker", broker_url] if broker_url else ["--mqtt-port", str(mqtt_port or free_port())]
+    )
+    args += extra
     with (workdir / "service.log").open("ab") as log:
         started = time.perf_counter()
         process = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log)

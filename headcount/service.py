@@ -41,8 +41,15 @@ from headcount.ingest import credentials, wire
 from headcount.ingest.broker import BrokerError, EmbeddedBroker, exposure_problem, is_loopback
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.health import IngestHealth
-from headcount.ingest.mqtt import BrokerAddress, BrokerUrlError, Subscriber, parse_broker_url
+from headcount.ingest.mqtt import (
+    BrokerAddress,
+    BrokerUrlError,
+    Subscriber,
+    parse_broker_url,
+    tls_context,
+)
 from headcount.ingest.pipeline import Ingest, IngestSettings
+from headcount.ingest.tls import ServerTls
 from headcount.metrics import Metrics
 
 __all__ = [
@@ -67,8 +74,8 @@ class ServiceFailedError(Exception):
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``headcount serve`` is configured with, but the topology. ``broker_url``
-    ``None`` starts the embedded broker on ``host:mqtt_port``; ``demo`` imports the seed data
-    into an empty store."""
+    ``None`` starts the embedded broker on ``host:mqtt_port`` (over TLS with ``mqtt_tls``);
+    ``demo`` imports the seed data into an empty store."""
 
     store_url: str = DEFAULT_URL
     broker_url: str | None = None
@@ -76,6 +83,7 @@ class Settings:
     http_port: int = 8080
     mqtt_port: int = 1883
     broker_config: Path | None = None
+    mqtt_tls: ServerTls | None = None
     client_id: str = "headcount"
     #: ``headcount dpus credentials`` output: the embedded broker's accounts and ACL, and
     #: the service's own account (for an external broker too, when its URL names no user).
@@ -105,12 +113,14 @@ def preflight(settings: Settings) -> None:
     :class:`ConfigError` naming its own cause and the flag to change."""
     if settings.broker_url is not None:
         try:
-            parse_broker_url(settings.broker_url)
+            tls_context(parse_broker_url(settings.broker_url))  # reads a ?ca= file
         except BrokerUrlError as e:
             raise ConfigError(f"{e}; check --broker") from None
         if settings.dpu_auth is not None:
             credentials.load(settings.dpu_auth)  # ConfigError naming --dpu-auth
     else:
+        if settings.mqtt_tls is not None:
+            settings.mqtt_tls.check()
         try:
             EmbeddedBroker(
                 settings.host,
@@ -173,10 +183,13 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         system = ActorSystem(history, on_late=metrics.late.inc)
         await system.recover()
         dpus = DpuRegistry()
-        url = settings.broker_url or await _start_broker(settings, stack)
+        if settings.broker_url is not None:
+            address = _broker_address(settings.broker_url, settings.dpu_auth)
+        else:
+            address = await _start_broker(settings, stack)
         subscriber = await stack.enter_async_context(
             Subscriber(
-                _broker_address(url, settings.dpu_auth),
+                address,
                 client_id=settings.client_id,
                 topics=[wire.SUBSCRIPTION],
             )
@@ -290,19 +303,25 @@ def _broker_address(url: str, dpu_auth: Path | None) -> BrokerAddress:
     return replace(address, username=credentials.SERVICE_USERNAME, password=password)
 
 
-async def _start_broker(settings: Settings, stack: AsyncExitStack) -> str:
+async def _start_broker(settings: Settings, stack: AsyncExitStack) -> BrokerAddress:
     broker = EmbeddedBroker(
         settings.host,
         settings.mqtt_port,
         config_file=settings.broker_config,
         dpu_auth=settings.dpu_auth,
+        tls=settings.mqtt_tls,
     )
     try:
         await stack.enter_async_context(broker)
     except BrokerError as e:
         raise PortTakenError(f"{e}; choose another port with --mqtt-port") from e
-    log.info("embedded MQTT broker on %s:%d", broker.host, broker.port)
-    return broker.url
+    log.info(
+        "embedded MQTT broker on %s:%d%s",
+        broker.host,
+        broker.port,
+        " (TLS)" if settings.mqtt_tls else "",
+    )
+    return broker.service_address()
 
 
 async def _start_http(app: web.Application, settings: Settings, stack: AsyncExitStack) -> None:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -49,12 +49,19 @@ def wait_port(
 class MosquittoServer:
     """``mosquitto -c`` with ``config`` (the listener line is added) on a free port in
     ``directory``; persistence, when the config asks for it, goes to ``directory``.
+    ``listener_options`` are lines for that listener (``certfile ...``, ``keyfile ...`` for TLS).
 
     ``start``/``stop``/``restart``/``kill`` are synchronous: they are quick and a test calls
     them between awaits. Use as a context manager or call ``stop`` at the end.
     """
 
-    def __init__(self, directory: Path, config: str = "allow_anonymous true\n") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: str = "allow_anonymous true\n",
+        *,
+        listener_options: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -68,7 +75,7 @@ class MosquittoServer:
         self.log = directory / "mosquitto.log"
         # The listener first: listener options in ``config`` (use_username_as_clientid, say)
         # then apply to it, instead of opening a default listener on port 1883.
-        lines = [f"listener {self.port} {HOST}"]
+        lines = [f"listener {self.port} {HOST}", *listener_options]
         lines += [
             line
             for line in config.splitlines()

@@ -1,4 +1,4 @@
-"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop, tokens; and
+"""``headcount serve`` as a person runs it: the demo, taken ports, a clean stop, tokens, TLS; and
 ``headcount broker``, the embedded broker in a process of its own."""
 
 from __future__ import annotations
@@ -13,12 +13,17 @@ from pathlib import Path
 
 import aiohttp
 import aiomqtt
+import pytest
 
+from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
 from headcount.ingest.credentials import issue
-from headcount.ingest.mqtt import parse_broker_url
+from headcount.ingest.mqtt import parse_broker_url, tls_context
+from headcount.sim.truth import Truth
+from tests.certificates import make_certificates
 from tests.serve_process import wait_healthy
+from tests.sim.harness import simulate
 
 
 def serve(*args: str, tmp: Path) -> list[str]:
@@ -263,3 +268,117 @@ async def test_broker_with_dpu_auth_admits_dpu_accounts_only(tmp_path: Path) -> 
         printed = (await process.stdout.read()).decode()
         assert await process.wait() == 0
     assert printed == ""  # the service's password is in the directory, not printed
+
+
+async def test_serve_and_the_simulator_over_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The embedded broker over TLS only: the service connects to it inside its process, the
+    simulated DPUs by ``mqtts://`` trusting the test's private CA, and the counts are the
+    truth. The certificate names ``localhost``, not 127.0.0.1, where the service connects."""
+    certs = make_certificates(tmp_path / "certs", "localhost")
+    port = free_port()
+    args: list[str | Path] = [
+        "--spaces", "3", "--people", "30", "--seed", "7",
+        "--start", "2024-03-05T08:00:00Z", "--duration", "4h", "--speed", "3600",
+        "--truth", tmp_path / "truth.csv", "--write-topology", tmp_path / "topology.toml",
+        "--broker", f"mqtts://localhost:{port}?ca={certs.ca}",
+    ]  # fmt: skip
+    planned = await simulate(capsys, *args, "--dry-run")
+    http = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *serve(
+            "--topology", str(tmp_path / "topology.toml"),
+            "--http-port", str(http), "--mqtt-port", str(port),
+            "--mqtt-tls-cert", str(certs.chain), "--mqtt-tls-key", str(certs.key),
+            tmp=tmp_path,
+        ),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http}"
+    try:
+        assert await wait_healthy(url, process)
+        with socket.create_connection(("127.0.0.1", port)) as plain:  # TLS only: no MQTT
+            plain.sendall(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00")
+            plain.settimeout(10)
+            assert plain.recv(4) == b""  # closed, no CONNACK
+        ran = await simulate(capsys, *args)
+        assert ran.code == 0, ran.err
+        assert ran.summary["acknowledged"] == planned.summary["events"] > 0
+        truth = Truth.load(tmp_path / "truth.csv")
+        at = format_ms(parse_iso(ran.summary["end"]))
+        expected = {space_id: truth.final(space_id) for space_id in truth.spaces}
+        counts: dict[str, int] = {}
+        async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+            while counts != expected:  # until ingest has stored every event
+                for space_id in expected:
+                    async with session.get(f"{url}/spaces/{space_id}/count?ts={at}") as response:
+                        counts[space_id] = (await response.json())["count"]
+                await asyncio.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+        assert await process.wait() == 0, log
+    assert f"embedded MQTT broker on 127.0.0.1:{port} (TLS)" in log
+    assert "Traceback" not in log
+
+
+def test_tls_flags_come_in_pairs_and_must_fit(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs", "localhost")
+    other = make_certificates(tmp_path / "other", "localhost")
+    cases = {
+        "--mqtt-tls-cert needs --mqtt-tls-key": ["--mqtt-tls-cert", str(certs.chain)],
+        "--mqtt-tls-key needs --mqtt-tls-cert": ["--mqtt-tls-key", str(certs.key)],
+        "check --mqtt-tls-cert and --mqtt-tls-key": [
+            "--mqtt-tls-cert", str(certs.chain), "--mqtt-tls-key", str(other.key),
+        ],
+        "check ?ca= in the mqtts:// broker URL": [
+            "--broker", f"mqtts://localhost?ca={tmp_path / 'missing.pem'}",
+        ],
+    }  # fmt: skip
+    for problem, args in cases.items():
+        result = subprocess.run(
+            serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert problem in lines[0]
+        assert not (tmp_path / "store.db").exists(), problem
+
+
+async def test_broker_alone_over_tls_prints_an_mqtts_url_that_works(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs", "127.0.0.1")
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "headcount", "broker", "--mqtt-port", str(port),
+        "--mqtt-tls-cert", str(certs.chain), "--mqtt-tls-key", str(certs.key),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "HEADCOUNT_BROKER_PASSWORD"},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+        assert url.startswith("mqtts://headcount:")
+        address = parse_broker_url(url)
+        async with aiomqtt.Client(
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            tls_context=tls_context(address),
+        ) as service:
+            await service.subscribe("dpus/+/traversals", qos=1)
+            await service.publish("dpus/7/traversals", b"x", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(service.messages))
+            assert message.payload == b"x"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+        assert await process.wait() == 0, log

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from headcount.cli.common import Commands, embedded_parent
+from headcount.cli.common import Commands, embedded_parent, server_tls
 from headcount.errors import ConfigError, PortTakenError
 
 
@@ -22,7 +22,8 @@ def add_command(commands: Commands) -> None:
         " what the broker accepted, and on two cores ingests faster than with the broker"
         " inside (BENCHMARKS.md). The service user's password comes from --dpu-auth DIR,"
         " else HEADCOUNT_BROKER_PASSWORD; without either one is generated and the URL for"
-        " 'serve --broker' is printed on stdout. Listening beyond loopback needs"
+        " 'serve --broker' is printed on stdout (with TLS, an mqtts:// URL trusting the"
+        " certificate file, which must then name the host). Listening beyond loopback needs"
         " --dpu-auth (or --insecure-open-broker).",
     )
     cmd.add_argument(
@@ -43,9 +44,16 @@ async def run(args: argparse.Namespace) -> int:
         exposure_problem,
     )
 
+    tls = server_tls(args)
+    if tls is not None:
+        tls.check()
     try:
         broker = EmbeddedBroker(
-            args.host, args.mqtt_port, config_file=args.broker_config, dpu_auth=args.dpu_auth
+            args.host,
+            args.mqtt_port,
+            config_file=args.broker_config,
+            dpu_auth=args.dpu_auth,
+            tls=tls,
         )
     except BrokerError as e:
         raise ConfigError(f"{e}; check --broker-config") from None

@@ -17,6 +17,7 @@ from headcount.errors import HeadcountError, InvalidTimestampError
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY
+from headcount.ingest.tls import ServerTls
 
 #: Exit codes: 1 the work failed, 2 the command was given something it cannot use.
 EXIT_FAILED = 1
@@ -73,8 +74,9 @@ def snapshots_parent() -> argparse.ArgumentParser:
 
 
 def embedded_parent() -> argparse.ArgumentParser:
-    """The embedded broker's ``--mqtt-port N``, ``--broker-config FILE``, ``--dpu-auth DIR``
-    and ``--insecure-open-broker``."""
+    """The embedded broker's ``--mqtt-port N``, ``--broker-config FILE``, ``--dpu-auth DIR``,
+    ``--insecure-open-broker`` and ``--mqtt-tls-cert FILE --mqtt-tls-key FILE`` (read those
+    two with :func:`server_tls`)."""
     embedded = argparse.ArgumentParser(add_help=False)
     embedded.add_argument(
         "--mqtt-port",
@@ -105,7 +107,35 @@ def embedded_parent() -> argparse.ArgumentParser:
         help="let the embedded broker listen beyond loopback (--host) without --dpu-auth:"
         " anyone who reaches it can then publish as any DPU",
     )
+    embedded.add_argument(
+        "--mqtt-tls-cert",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_MQTT_TLS_CERT"),
+        metavar="FILE",
+        help="serve MQTT over TLS only, with this certificate chain (PEM; env"
+        " HEADCOUNT_MQTT_TLS_CERT); needs --mqtt-tls-key. Clients connect with mqtts://",
+    )
+    embedded.add_argument(
+        "--mqtt-tls-key",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_MQTT_TLS_KEY"),
+        metavar="FILE",
+        help="the private key of --mqtt-tls-cert (PEM, unencrypted; env HEADCOUNT_MQTT_TLS_KEY)",
+    )
     return embedded
+
+
+def server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """The embedded broker's TLS from ``--mqtt-tls-cert`` and ``--mqtt-tls-key``: both or
+    neither."""
+    cert: Path | None = args.mqtt_tls_cert
+    key: Path | None = args.mqtt_tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--mqtt-tls-cert", "--mqtt-tls-key")[:: 1 if cert else -1]
+        raise UsageError(f"{given} needs {missing} too: TLS takes a certificate and its key")
+    return ServerTls(cert, key)
 
 
 async def choose_topology(

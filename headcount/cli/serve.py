@@ -11,6 +11,7 @@ from headcount.cli.common import (
     Commands,
     choose_topology,
     embedded_parent,
+    server_tls,
     snapshots_parent,
     store_parent,
     topology_parent,
@@ -44,7 +45,8 @@ def add_command(commands: Commands) -> None:
         "--broker",
         default=os.environ.get("HEADCOUNT_BROKER"),
         metavar="URL",
-        help="external MQTT broker, mqtt://user:pass@host:port (env HEADCOUNT_BROKER;"
+        help="external MQTT broker, mqtt://user:pass@host:port, or mqtts://... for TLS"
+        " (port 8883 by default; add ?ca=FILE to trust a private CA) (env HEADCOUNT_BROKER;"
         " default: start the embedded broker); without a user in it, --dpu-auth DIR gives"
         " the service's account",
     )
@@ -103,6 +105,7 @@ async def run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         mqtt_port=args.mqtt_port,
         broker_config=args.broker_config,
+        mqtt_tls=server_tls(args),
         client_id=args.client_id,
         dpu_auth=args.dpu_auth,
         insecure_open_broker=args.insecure_open_broker,

@@ -4,7 +4,8 @@ Its public modules, each imported on its own so that the pure wire format costs 
 client or database: ``wire`` (the wire format, decoding and screening; pure), ``mqtt`` (the
 persistent, hand-acknowledged subscription), ``pipeline`` (decode, group commit, route, ack),
 ``health`` (how ingest is doing, for ``/healthz``), ``dpus`` (what each DPU last
-reported), ``broker`` (the embedded amqtt broker).
+reported), ``broker`` (the embedded amqtt broker), ``tls`` (certificates and trust for MQTT over
+TLS).
 """
 
-__all__ = ["broker", "dpus", "health", "mqtt", "pipeline", "wire"]
+__all__ = ["broker", "dpus", "health", "mqtt", "pipeline", "tls", "wire"]

@@ -11,6 +11,7 @@ With ``dpu_auth`` (``--dpu-auth DIR``, files from ``headcount dpus credentials``
 needs an account: anonymous clients are refused, a DPU may publish only under its own id and
 must use its id as client id, and only the service's account may use any other client id, so
 nobody else can take over the service's session (see ``_amqtt_sessions``).
+Passwords are checked off the event loop, Argon2 once per password (``_password_check``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,21 @@ from urllib.parse import quote
 
 import yaml  # type: ignore[import-untyped]  # types-PyYAML is not a dependency
 from amqtt.broker import Broker
-from amqtt.plugins.authentication import FileAuthPlugin
 from amqtt.session import Session
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 from headcount.errors import HeadcountError
-from headcount.ingest import _amqtt_redelivery, _amqtt_sessions, _amqtt_topics, credentials
+from headcount.ingest import (
+    _amqtt_admission,
+    _amqtt_redelivery,
+    _amqtt_sessions,
+    _amqtt_topics,
+    credentials,
+)
+from headcount.ingest._password_check import PasswordFileAuthPlugin
+from headcount.ingest.mqtt import BrokerAddress
+from headcount.ingest.tls import CA_PARAMETER, ClientTls, ServerTls
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
@@ -108,7 +117,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return port
 
 
-class ServiceAuthPlugin(FileAuthPlugin):  # type: ignore[misc]  # amqtt's base class is untyped
+class ServiceAuthPlugin(PasswordFileAuthPlugin):
     """amqtt authentication: a client without a username is anonymous and let in when
     ``allow_anonymous`` (DPUs); a client with a username must match the password file.
 
@@ -196,6 +205,7 @@ class EmbeddedBroker:
     session until that session acknowledges it, across reconnections (amqtt 0.12 alone forgets
     it after 5 s or when the connection drops: see ``_amqtt_redelivery``). The object may be
     entered again after it exits (a restart on the same port with the same credentials).
+    With ``tls`` the listener speaks MQTT over TLS only, with that certificate and key.
     """
 
     def __init__(
@@ -208,6 +218,7 @@ class EmbeddedBroker:
         username: str = SERVICE_USERNAME,
         password: str | None = None,
         dpu_auth: Path | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._dpu_auth = credentials.load(dpu_auth) if dpu_auth is not None else None
         if self._dpu_auth is not None:
@@ -221,6 +232,7 @@ class EmbeddedBroker:
             username, password or os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
         )
         self._data_dir = data_dir
+        self.tls = tls
         self._temp_dir: Path | None = None
         self._broker: Any = None
 
@@ -231,11 +243,31 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         """``mqtt://user:password@host:port`` for the service; a wildcard bind address is
-        replaced by the loopback address, since the service runs on this machine."""
-        host = DEFAULT_HOST if self.host in ("", "0.0.0.0", "::") else self.host
+        replaced by the loopback address, since the service runs on this machine. With TLS,
+        ``mqtts://...?ca=CERT``: it trusts the broker's certificate file, which must then name
+        that host (see :meth:`service_address` for a connection that need not)."""
         user = quote(self._credentials.username, safe="")
         password = quote(self._credentials.password, safe="")
-        return f"mqtt://{user}:{password}@{host}:{self.port}"
+        if self.tls is None:
+            return f"mqtt://{user}:{password}@{self._local_host}:{self.port}"
+        ca = quote(str(self.tls.cert_file.resolve()))
+        return f"mqtts://{user}:{password}@{self._local_host}:{self.port}?{CA_PARAMETER}={ca}"
+
+    def service_address(self) -> BrokerAddress:
+        """Where the service in this process connects, as its own user; with TLS it trusts
+        exactly this broker's certificate, whatever host names it carries."""
+        pinned = ClientTls(pinned_pem=self.tls.first_certificate()) if self.tls else None
+        return BrokerAddress(
+            self._local_host,
+            self.port,
+            self._credentials.username,
+            self._credentials.password,
+            tls=pinned,
+        )
+
+    @property
+    def _local_host(self) -> str:
+        return DEFAULT_HOST if self.host in ("", "0.0.0.0", "::") else self.host
 
     async def __aenter__(self) -> Self:
         try:
@@ -243,6 +275,7 @@ class EmbeddedBroker:
             _amqtt_redelivery.install()
             _amqtt_topics.install()
             _amqtt_sessions.install()
+            _amqtt_admission.install()
             self._broker = Broker(config)
             await self._broker.start()
         except Exception as e:
@@ -273,7 +306,12 @@ class EmbeddedBroker:
             directory = self._temp_dir = Path(tempfile.mkdtemp(prefix="headcount-broker-"))
         directory.mkdir(parents=True, exist_ok=True)
         config = _merge(_default_config(), self._overrides)
-        config["listeners"]["default"]["bind"] = f"{self.host}:{self.port}"
+        listener = config["listeners"]["default"]
+        listener["bind"] = f"{self.host}:{self.port}"
+        if self.tls is not None:
+            listener.update(
+                ssl=True, certfile=str(self.tls.cert_file), keyfile=str(self.tls.key_file)
+            )
         auth = config["plugins"][AUTH_PLUGIN] = dict(config["plugins"].get(AUTH_PLUGIN) or {})
         if self._dpu_auth is not None:
             auth.update(

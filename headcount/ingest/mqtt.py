@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -27,8 +29,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from headcount.errors import HeadcountError
+from headcount.ingest.tls import CA_PARAMETER, ClientTls, client_context, explain_connect_failure
 
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 
 __all__ = [
     "Backoff",
@@ -38,6 +42,7 @@ __all__ = [
     "Subscriber",
     "SubscriberError",
     "parse_broker_url",
+    "tls_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,40 +62,74 @@ class SubscriberError(HeadcountError):
 
 @dataclass(frozen=True)
 class BrokerAddress:
-    """Where the broker is and who we are to it."""
+    """Where the broker is and who we are to it; ``tls`` ``None`` is plaintext."""
 
     host: str
     port: int = DEFAULT_PORT
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    tls: ClientTls | None = None
 
     def __str__(self) -> str:
         """The address as a URL without the password, for logs and errors."""
         user = f"{self.username}@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def explain(self, error: BaseException) -> str:
+        """``error``'s text, with what to change when it is about TLS."""
+        hint = explain_connect_failure(
+            error, tls=self.tls is not None, where=f"{self.host}:{self.port}"
+        )
+        return f"{error}; {hint}" if hint else str(error)
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext | None:
+    """The SSL context to connect to ``address`` with, ``None`` for plaintext."""
+    return client_context(address.tls) if address.tls is not None else None
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user[:password]@]host[:port]``; the port defaults to 1883. User and password
-    are percent-decoded."""
+    """``mqtt://[user[:password]@]host[:port]`` (port 1883 by default) or the same with
+    ``mqtts://`` for TLS (port 8883), trusting the system's CAs or, with ``?ca=FILE``, the
+    certificates in FILE. User and password are percent-decoded."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as e:
         raise BrokerUrlError(_without_password(url), str(e)) from None
     shown = _without_password(url)
-    if parts.scheme != "mqtt":
-        raise BrokerUrlError(shown, "the scheme must be mqtt://")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise BrokerUrlError(shown, "the scheme must be mqtt:// or mqtts:// (TLS)")
     if not parts.hostname:
         raise BrokerUrlError(shown, "no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerUrlError(shown, "only mqtt://[user[:password]@]host[:port] is understood")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise BrokerUrlError(shown, "only mqtt[s]://[user[:password]@]host[:port] is understood")
+    tls = ClientTls(_ca_file(shown, parts.query)) if parts.scheme == "mqtts" else None
+    if tls is None and parts.query:
+        raise BrokerUrlError(shown, f"?{CA_PARAMETER}= is for mqtts:// (TLS) URLs only")
     return BrokerAddress(
         host=parts.hostname,
-        port=DEFAULT_PORT if port is None else port,
+        port=port if port is not None else DEFAULT_TLS_PORT if tls else DEFAULT_PORT,
         username=unquote(parts.username) if parts.username is not None else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
     )
+
+
+def _ca_file(shown: str, query: str) -> Path | None:
+    try:
+        parameters = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        parameters = {"": [query]}
+    unknown = sorted(set(parameters) - {CA_PARAMETER})
+    if unknown:
+        raise BrokerUrlError(
+            shown, f"unknown parameter {unknown[0]!r}: only ?{CA_PARAMETER}=FILE is understood"
+        )
+    values = parameters.get(CA_PARAMETER, [])
+    if len(values) > 1 or (values and not values[0]):
+        raise BrokerUrlError(shown, f"give ?{CA_PARAMETER}= once, with the path of a PEM file")
+    return Path(values[0]) if values else None
 
 
 def _without_password(url: str) -> str:
@@ -180,6 +219,7 @@ class Subscriber:
         self.qos = qos
         self.reconnect = reconnect or Backoff()
         self.keepalive = keepalive
+        self._tls = tls_context(address)
         self._client: aiomqtt.Client | None = None
         self._connection = AsyncExitStack()
         self._subscribing: asyncio.Task[None] | None = None
@@ -192,7 +232,8 @@ class Subscriber:
             await self._connect()
         except aiomqtt.MqttError as e:
             raise SubscriberError(
-                f"cannot connect to the MQTT broker {self.address} as {self.client_id!r}: {e}"
+                f"cannot connect to the MQTT broker {self.address} as {self.client_id!r}:"
+                f" {self.address.explain(e)}"
             ) from e
         return self
 
@@ -259,6 +300,7 @@ class Subscriber:
             identifier=self.client_id,
             clean_session=False,
             keepalive=self.keepalive,
+            tls_context=self._tls,
         )
         session = _hook_paho(client)
         await self._connection.enter_async_context(client)
@@ -302,7 +344,7 @@ class Subscriber:
             try:
                 await self._connect()
             except aiomqtt.MqttError as e:
-                logger.debug("reconnecting to %s failed: %s", self.address, e)
+                logger.debug("reconnecting to %s failed: %s", self.address, self.address.explain(e))
             else:
                 return
 

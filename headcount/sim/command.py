@@ -77,8 +77,8 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--broker",
         default=os.environ.get("HEADCOUNT_BROKER", DEFAULT_BROKER),
         metavar="URL",
-        help="MQTT broker, mqtt://[user:pass@]host[:port] (env HEADCOUNT_BROKER;"
-        " default %(default)s)",
+        help="MQTT broker, mqtt://[user:pass@]host[:port], or mqtts://... for TLS (port 8883"
+        " by default; ?ca=FILE trusts a private CA) (env HEADCOUNT_BROKER; default %(default)s)",
     )
     where.add_argument(
         "--credentials",

@@ -40,6 +40,7 @@ import functools
 import itertools
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,7 +53,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from headcount.domain.events import Traversal
 from headcount.errors import HeadcountError
 from headcount.ingest import wire
-from headcount.ingest.mqtt import Backoff, BrokerAddress
+from headcount.ingest.mqtt import Backoff, BrokerAddress, tls_context
+from headcount.ingest.tls import is_untrusted
 from headcount.progress import Progress
 from headcount.sim.errors import SimulatorError
 from headcount.sim.pace import Pace
@@ -112,9 +114,11 @@ class Connection:
         backoff: Backoff,
         timeout: float,
         refused_hint: str = "check the user and password in --broker (mqtt://user:password@host:port)",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
         self._refused_hint = refused_hint
+        self._tls = tls
         self.client_id = client_id
         self.dpus: list[SimulatedDpu] = []
         self._stats = stats
@@ -145,6 +149,7 @@ class Connection:
                     ) from e
                 warned = self._cannot_connect(e, warned)
             except aiomqtt.MqttError as e:
+                self._refuse_untrusted(e)
                 warned = self._cannot_connect(e, warned)
             else:
                 # Connected, then stopped or lost (the loss is logged): back off afresh.
@@ -153,13 +158,20 @@ class Connection:
                 async with asyncio.timeout(next(delays)):
                     await stop.wait()
 
+    def _refuse_untrusted(self, error: aiomqtt.MqttError) -> None:
+        """A certificate we do not trust stays untrusted however long we wait."""
+        if is_untrusted(error):
+            raise SimulatorError(
+                f"cannot connect to {self.address}: {self.address.explain(error)} (--broker)"
+            ) from error
+
     def _cannot_connect(self, error: aiomqtt.MqttError, warned: bool) -> bool:
         """Log a failed attempt: at WARNING the first time, then at DEBUG until connected."""
         log.log(
             logging.DEBUG if warned else logging.WARNING,
             "cannot connect to the MQTT broker %s (%s); DPUs buffer their events and retry",
             self.address,
-            error,
+            self.address.explain(error),
         )
         return True
 
@@ -175,6 +187,7 @@ class Connection:
             will=aiomqtt.Will(self.dpus[0].status_topic, OFFLINE, qos=1, retain=True),
             timeout=self._timeout,
             max_inflight_messages=max(20, 2 * len(self.dpus)),
+            tls_context=self._tls,
         )
         # Every DPU of the connection may wait for an acknowledgement at once: that is the point.
         client.pending_calls_threshold = 4 * len(self.dpus) + 10
@@ -380,12 +393,13 @@ async def run_firmware(
     not used. Each DPU repeats its status with its delivery report every ``heartbeat`` seconds
     while its count changes. Raises :class:`SimulatorError` when the broker refuses the
     connection for good, or when a DPU has no password in ``credentials``; an unreachable
-    broker is retried until
-    the end, and what it never took is counted in :attr:`Stats.buffered`.
+    broker is retried until the end, and what it never took is counted in
+    :attr:`Stats.buffered`.
     """
     if not 1 <= batch <= wire.DEFAULT_MAX_BATCH:
         raise ValueError(f"batch must be 1 to {wire.DEFAULT_MAX_BATCH}, not {batch}")
     stats = Stats()
+    tls = tls_context(address)  # one for every connection: it reads the CA file once
     if credentials is None:
         pool = [
             Connection(
@@ -394,12 +408,19 @@ async def run_firmware(
                 stats=stats,
                 backoff=backoff or Backoff(),
                 timeout=publish_timeout,
+                tls=tls,
             )
             for n in range(max(1, min(connections, len(schedule.dpu_ids))))
         ]
     else:
         pool = _own_connections(
-            schedule.dpu_ids, address, credentials, stats, backoff or Backoff(), publish_timeout
+            schedule.dpu_ids,
+            address,
+            credentials,
+            stats,
+            backoff or Backoff(),
+            publish_timeout,
+            tls,
         )
     report = progress.update if progress is not None else _ignore
     dpus = {
@@ -446,6 +467,7 @@ def _own_connections(
     stats: Stats,
     backoff: Backoff,
     timeout: float,
+    tls: ssl.SSLContext | None,
 ) -> list[Connection]:
     """A connection per DPU, logged in as that DPU, in ``dpu_ids`` order."""
     missing = [dpu_id for dpu_id in dpu_ids if dpu_id not in credentials]
@@ -466,6 +488,7 @@ def _own_connections(
             backoff=backoff,
             timeout=timeout,
             refused_hint=hint,
+            tls=tls,
         )
         for dpu_id in dpu_ids
     ]

@@ -32,6 +32,7 @@ from headcount.ingest.mqtt import (
     parse_broker_url,
 )
 from headcount.ingest.pipeline import Ingest
+from headcount.ingest.tls import ClientTls
 from headcount.metrics import Metrics
 from tests.mqtt_fixtures import MOSQUITTOS, MqttNames
 from tests.polling import eventually
@@ -95,8 +96,13 @@ async def publish_until_received(
         ("mqtt://10.0.0.5:1884", BrokerAddress("10.0.0.5", 1884)),
         ("mqtt://svc:s%40cret@h:2000/", BrokerAddress("h", 2000, "svc", "s@cret")),
         ("mqtt://only-user@h", BrokerAddress("h", 1883, "only-user", None)),
+        ("mqtts://h", BrokerAddress("h", 8883, tls=ClientTls())),
+        (
+            "mqtts://svc:pw@h:9000?ca=/etc/ca%20files/ca.pem",
+            BrokerAddress("h", 9000, "svc", "pw", ClientTls(Path("/etc/ca files/ca.pem"))),
+        ),
     ],
-    ids=["host", "port", "credentials", "user"],
+    ids=["host", "port", "credentials", "user", "tls", "tls-private-ca"],
 )
 def test_parse_broker_url(url: str, expected: BrokerAddress) -> None:
     assert parse_broker_url(url) == expected
@@ -104,8 +110,30 @@ def test_parse_broker_url(url: str, expected: BrokerAddress) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://h", "mqtts://h", "mqtt://", "mqtt://h:notaport", "mqtt://h/topic", "h:1883"],
-    ids=["http", "tls", "no-host", "bad-port", "path", "no-scheme"],
+    [
+        "http://h",
+        "mqtt://",
+        "mqtt://h:notaport",
+        "mqtt://h/topic",
+        "h:1883",
+        "mqtt://h?ca=ca.pem",
+        "mqtts://h?cafile=ca.pem",
+        "mqtts://h?ca=",
+        "mqtts://h?ca=a.pem&ca=b.pem",
+        "mqtts://h?ca",
+    ],
+    ids=[
+        "http",
+        "no-host",
+        "bad-port",
+        "path",
+        "no-scheme",
+        "ca-without-tls",
+        "unknown-parameter",
+        "empty-ca",
+        "two-cas",
+        "ca-without-value",
+    ],
 )
 def test_parse_broker_url_refuses(url: str) -> None:
     with pytest.raises(BrokerUrlError, match="bad MQTT broker URL"):
@@ -114,11 +142,12 @@ def test_parse_broker_url_refuses(url: str) -> None:
 
 def test_broker_url_errors_and_reprs_hide_the_password() -> None:
     with pytest.raises(BrokerUrlError) as caught:
-        parse_broker_url("mqtts://svc:topsecret@h")
+        parse_broker_url("mqtts://svc:topsecret@h/path")
     assert "topsecret" not in str(caught.value)
     address = parse_broker_url("mqtt://svc:topsecret@h")
     assert "topsecret" not in repr(address)
     assert str(address) == "mqtt://svc@h:1883"
+    assert str(parse_broker_url("mqtts://svc:topsecret@h")) == "mqtts://svc@h:8883"
 
 
 def test_backoff_grows_to_its_maximum_without_jitter() -> None:

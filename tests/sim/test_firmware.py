@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -23,6 +24,7 @@ from headcount.sim.firmware import run_firmware
 from headcount.sim.pace import Speed
 from headcount.sim.schedule import Faults, Schedule
 from headcount.sim.synthetic import synthetic_topology
+from tests.certificates import make_certificates
 from tests.mqtt_fixtures import MqttNames
 from tests.sim.reference import DAY, HOUR, TUESDAY, plan_run
 
@@ -300,3 +302,18 @@ async def test_a_broker_that_refuses_the_credentials_stops_the_run(tmp_path: Pat
                 await run_firmware(
                     schedule, address, a_day_in(5.0), batch=BATCH, connections=1, backoff=FAST
                 )
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")  # paho's, on refusal
+async def test_a_broker_certificate_not_trusted_stops_the_run(tmp_path: Path) -> None:
+    """Waiting will not make a certificate trusted: the run stops, naming ``?ca=``."""
+    certs = make_certificates(tmp_path / "certs", "localhost")
+    async with EmbeddedBroker(port=0, data_dir=tmp_path / "broker", tls=certs.server) as broker:
+        address = parse_broker_url(f"mqtts://localhost:{broker.port}")  # system CAs only
+        schedule = plan_run(synthetic_topology(2, 2).to_toml(), people=5).schedule
+        with pytest.raises(SimulatorError, match=r"not trusted.*\?ca=FILE.*--broker"):
+            async with asyncio.timeout(10):
+                await run_firmware(
+                    schedule, address, a_day_in(5.0), batch=BATCH, connections=1, backoff=FAST
+                )
+    gc.collect()  # the refused sockets, while their warning is ignored

@@ -71,6 +71,10 @@ class MosquittoServer:
             for line in config.splitlines()
             if not line.strip().startswith(("listener", "persistence_location", "log_dest"))
         ]
+        if os.geteuid() == 0 and not any(line.strip().startswith("user ") for line in lines):
+            # As root Mosquitto switches to the user "mosquitto", who cannot write the test's
+            # private directory: no log, and no persistence file saved on the way out.
+            lines.append("user root")
         lines += [
             f"listener {self.port} {HOST}",
             f"persistence_location {directory}/",

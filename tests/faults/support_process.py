@@ -8,7 +8,9 @@ times while the publisher sends, stops the publisher, then counts. Every event t
 acknowledged must end in the store exactly once and in every answer, whatever was killed.
 
 ``HEADCOUNT_FAULTS_SCALE`` (default 1) multiplies the events sent and the faults injected, for
-a longer run by hand: ``HEADCOUNT_FAULTS_SCALE=5 .venv/bin/python -m pytest tests/faults``.
+a longer run by hand, without the suite's per-test timeout:
+``HEADCOUNT_FAULTS_SCALE=5 .venv/bin/python -m pytest tests/faults --timeout 0 -s`` (``-s``
+shows each test's figures).
 """
 
 from __future__ import annotations

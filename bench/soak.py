@@ -65,6 +65,8 @@ class Soak:
     faults: Counter[str] = field(default_factory=Counter)
     rss_warm_kib: int = 0
     rss_end_kib: int = 0
+    #: (seconds into the run, RSS KiB) of the service, every tenth of the run from warm-up on.
+    rss_series: list[tuple[float, int]] = field(default_factory=list)
 
 
 def rss_kib(pid: int) -> int:
@@ -118,6 +120,8 @@ async def inject(
 
     for step in range(1, 10):
         await at(step / 10)
+        if step >= 3 and service.process is not None:
+            soak.rss_series.append((time.monotonic() - began, rss_kib(service.process.pid)))
         if step == 2:
             await service.stop(9)
             await service.start()
@@ -161,6 +165,8 @@ async def run(soak: Soak, workdir: Path) -> bool:
         f"service RSS: {soak.rss_warm_kib / 1024:.1f} MiB after warm-up,"
         f" {soak.rss_end_kib / 1024:.1f} MiB at the end ({ratio:.3f}x; limit 1.10x)"
     )
+    series = ", ".join(f"{t:.0f} s {kib / 1024:.1f}" for t, kib in soak.rss_series)
+    print(f"service RSS (MiB) from warm-up on: {series}")
     print(f"warnings no injected fault explains: {len(strange)}")
     for line in strange[:20]:
         print(f"  {line}")

@@ -2,7 +2,7 @@
 publishes at a steady rate and the faults of tests/faults are injected over and over: the
 service killed -9 and restarted, Mosquitto restarted, PostgreSQL stopped and started.
 
-    python bench/soak.py [--quick] [--minutes M] [--rate N]
+    python bench/soak.py [--quick] [--minutes M] [--rate N] [--no-faults]
 
 ``--quick`` runs one minute (CI). Mosquitto and PostgreSQL are the run's own (tests/servers.py:
 free ports, a temporary directory), never the machine's. The figures: faults injected by kind,
@@ -14,6 +14,7 @@ unexplained.
 
 The service is killed early on (at a fifth of the run); its memory is measured a tenth of the
 run after that restart and again at the end, so both figures are of one process.
+``--no-faults`` runs and measures the same with nothing injected: what the faults cost.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ EVENTS_PER_PERSON = 3
 class Soak:
     seconds: float
     rate: float
+    #: False: the same run and measurements without any fault (to tell what the faults cost).
+    inject: bool = True
     faults: Counter[str] = field(default_factory=Counter)
     rss_warm_kib: int = 0
     rss_end_kib: int = 0
@@ -122,6 +125,11 @@ async def inject(
         await at(step / 10)
         if step >= 3 and service.process is not None:
             soak.rss_series.append((time.monotonic() - began, rss_kib(service.process.pid)))
+        if not soak.inject:
+            if step == 3:
+                assert service.process is not None
+                soak.rss_warm_kib = rss_kib(service.process.pid)
+            continue
         if step == 2:
             await service.stop(9)
             await service.start()
@@ -178,11 +186,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one minute (CI)")
     parser.add_argument("--minutes", type=float, help="length of the run (default 10)")
     parser.add_argument("--rate", type=float, default=100.0, help="events/s (default 100)")
+    parser.add_argument(
+        "--no-faults", action="store_true", help="inject nothing: the baseline of the same run"
+    )
     args = parser.parse_args()
     minutes = args.minutes or (1.0 if args.quick else 10.0)
-    soak = Soak(seconds=minutes * 60, rate=args.rate)
+    soak = Soak(seconds=minutes * 60, rate=args.rate, inject=not args.no_faults)
     print(
-        f"python bench/soak.py{' --quick' if args.quick else ''}: {minutes:g} min at"
+        f"python bench/soak.py{' --quick' if args.quick else ''}"
+        f"{' --no-faults' if args.no_faults else ''}: {minutes:g} min at"
         f" {args.rate:g} events/s on {platform.node()} ({platform.machine()},"
         f" python {platform.python_version()})",
         flush=True,

@@ -35,14 +35,24 @@ async def wait_healthy(
 
 
 class ServeProcess:
-    """``headcount serve --topology TOPOLOGY`` with a store in ``tmp``, on ``broker_url``."""
+    """``headcount serve --topology TOPOLOGY`` on ``broker_url``, with a SQLite store in ``tmp``
+    or the store at ``store_url``."""
 
-    def __init__(self, tmp: Path, topology: Path, broker_url: str, client_id: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        topology: Path,
+        broker_url: str,
+        client_id: str,
+        *,
+        store_url: str | None = None,
+    ) -> None:
         self.http = f"http://127.0.0.1:{free_port()}"
+        self.store_url = store_url or f"sqlite+aiosqlite:///{tmp / 'store.db'}"
         self.args = [
             sys.executable, "-m", "headcount", "serve",
             "--topology", str(topology),
-            "--store", f"sqlite+aiosqlite:///{tmp / 'store.db'}",
+            "--store", self.store_url,
             "--broker", broker_url,
             "--client-id", client_id,
             "--http-port", self.http.rsplit(":", 1)[1],

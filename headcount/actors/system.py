@@ -16,7 +16,7 @@ from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState
-from headcount.errors import HeadcountError, UnknownSpaceError
+from headcount.errors import HeadcountError, StoreDataError, StoreError, UnknownSpaceError
 from headcount.eventstore.records import StoredReset
 from headcount.history import History
 from headcount.history.replay import Replay
@@ -306,6 +306,14 @@ class ActorSystem:
                 # holding the store's write lock for the final snapshots to wait on.
                 await asyncio.wait([refresh])
                 raise
+            except StoreDataError:
+                log.exception("snapshots of space %s failed; retried after more events", space_id)
+            except StoreError as e:  # down or busy: no bug to trace, the reason says it all
+                log.warning(
+                    "snapshots of space %s not written (%s); retried after more events",
+                    space_id,
+                    e,
+                )
             except HeadcountError:
                 log.exception("snapshots of space %s failed; retried after more events", space_id)
 
@@ -317,6 +325,12 @@ class ActorSystem:
         folded = [space_id for space_id, n in self._since_snapshot.items() if n > 0]
         try:
             return await self.history.refresh_snapshots(folded)
+        except StoreDataError:
+            log.exception("final snapshots not written; the next start folds more of the log")
+            return 0
+        except StoreError as e:
+            log.warning("final snapshots not written (%s); the next start folds more of the log", e)
+            return 0
         except HeadcountError:
             log.exception("final snapshots not written; the next start folds more of the log")
             return 0

@@ -1,5 +1,6 @@
 """Every error the API answers is JSON ``{"detail": "..."}``: the ones handlers raise, the
-router's 404 and 405, domain errors, and crashes (logged, never shown)."""
+router's 404 and 405, domain errors, a store that is down (503: past counts need it, live
+counts do not), and crashes (logged, never shown)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from headcount.errors import InvalidTimestampError, UnknownSpaceError
+from headcount.errors import (
+    InvalidTimestampError,
+    StoreDataError,
+    StoreError,
+    UnknownSpaceError,
+)
 
 log = logging.getLogger(__name__)
 
 NOT_FOUND = "Not found."
 INTERNAL = "Internal server error; it has been logged."
+STORE_DOWN = (
+    "The event store is unavailable, so this answer (a count at a past ts, or of a space"
+    " another shard serves) cannot be given now; live counts still answer. Try again shortly."
+)
+#: Seconds a client is asked to wait before asking again while the store is down.
+RETRY_AFTER_S = 5
 JSON = "application/json"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,6 +50,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         raise error(web.HTTPNotFound, NOT_FOUND) from None
     except InvalidTimestampError as e:
         raise error(web.HTTPBadRequest, str(e)) from None
+    except StoreError as e:
+        if isinstance(e, StoreDataError):  # the store refused what we read: our bug
+            log.exception("%s %s failed", request.method, request.path_qs)
+            raise error(web.HTTPInternalServerError, INTERNAL) from None
+        # The driver's text names hosts and ports: for the log, not for the client.
+        log.warning("%s %s: %s", request.method, request.path_qs, e)
+        unavailable = error(web.HTTPServiceUnavailable, STORE_DOWN)
+        unavailable.headers["Retry-After"] = str(RETRY_AFTER_S)
+        raise unavailable from None
     except Exception:
         log.exception("%s %s failed", request.method, request.path_qs)
         raise error(web.HTTPInternalServerError, INTERNAL) from None

@@ -161,7 +161,10 @@ _ERRORS = {
     ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
     "500": "The server failed; the error is logged, not shown.",
-    "503": "Still recovering from the store; try again shortly.",
+    "503": (
+        "Still recovering from the store, or (for a count at `ts`) the store is unavailable;"
+        " try again shortly (`Retry-After`). `detail` says which."
+    ),
 }
 
 _TS_PARAM: Schema = {

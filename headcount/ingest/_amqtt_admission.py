@@ -64,6 +64,15 @@ class Turns:
 _Connected = Callable[[Any, str, Any, Any], Awaitable[None]]
 
 
+def _close(writer: Any) -> None:
+    """Close a connection amqtt is done with. amqtt leaves it open when its handler is
+    cancelled (the broker shutting down while the client is connected, or before its turn
+    came); the socket would then stay open until garbage collection."""
+    stream = getattr(writer, "_writer", None)  # amqtt's StreamWriterAdapter's stream
+    if stream is not None and not stream.is_closing():
+        stream.close()
+
+
 def install() -> None:
     """Make every amqtt broker in this process set up new connections one at a time,
     ``TURN_INTERVAL_S`` apart."""
@@ -73,8 +82,11 @@ def install() -> None:
 
     async def paced(self: Broker, listener_name: str, reader: Any, writer: Any) -> None:
         turns = self.__dict__.setdefault("_headcount_turns", Turns())
-        await turns.wait()
-        await original(self, listener_name, reader, writer)
+        try:
+            await turns.wait()
+            await original(self, listener_name, reader, writer)
+        finally:
+            _close(writer)
 
     paced._paced = True  # type: ignore[attr-defined]
     Broker._client_connected = paced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,37 @@ async def test_an_actor_gets_its_mailbox_and_task_with_its_first_event(
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert "actor:A" in names
         assert "actor:B" not in names
+
+
+async def test_a_store_that_is_down_for_a_snapshot_is_one_warning_not_a_traceback(
+    store: EventStore,
+    seed: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database restart is an outage, not a bug: the snapshot writer says why in one line
+    and tries again after more events; so do the final snapshots at shutdown."""
+    history = History(store, seed, snapshot_every=1, snapshot_lag_ms=0)
+
+    async def down(space_ids: Iterable[str] | None = None, **kwargs: Any) -> int:
+        raise StoreError("cannot reach the event store: [Errno 111] Connect call failed")
+
+    monkeypatch.setattr(history, "refresh_snapshots", down)
+    with caplog.at_level(logging.WARNING, logger="headcount.actors"):
+        async with ActorSystem(history, clock=clock).running() as system:
+            await system.route(await stored(store, [Traversal("283", 1, NOW - MINUTE, 1)]))
+            await system.drain()
+            await eventually(lambda: bool(caplog.records), what="the snapshot failure logged")
+    reason = "cannot reach the event store: [Errno 111] Connect call failed"
+    assert [(r.levelno, r.exc_info, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            None,
+            f"snapshots of space A not written ({reason}); retried after more events",
+        ),
+        (
+            logging.WARNING,
+            None,
+            f"final snapshots not written ({reason}); the next start folds more of the log",
+        ),
+    ]

@@ -18,8 +18,10 @@ from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
 from headcount.domain.timefmt import SUPPORTED_RANGE, format_ms
 from headcount.domain.topology import Topology
+from headcount.errors import StoreDataError, StoreError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
+from headcount.http.errors import STORE_DOWN
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.routes import add_routes
 from headcount.ingest import wire
@@ -516,3 +518,42 @@ async def test_crash_is_500_logged_not_shown(
     [record] = [r for r in caplog.records if r.name == "headcount.http.errors"]
     assert record.exc_info is not None
     assert "GET /space/A/count?ts=2018-02-27T00:00:00Z failed" in record.getMessage()
+
+
+async def test_a_store_that_is_down_is_503_for_the_past_while_live_counts_answer(
+    service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The past needs the store, the live count does not. The driver's text (hosts, ports)
+    goes to the log, not to the client, who is told to come back."""
+    await service.feed(MORNING)
+
+    async def down(space_id: str, ts: int) -> None:
+        raise StoreError("cannot reach the event store: connect to 10.1.2.3:5432 refused")
+
+    monkeypatch.setattr(service.history, "count_at", down)
+    with caplog.at_level(logging.WARNING, logger="headcount.http"):
+        response = await service.client.get(f"/space/A/count?ts={format_ms(NOW)}")
+        body = await response.text()
+    assert response.status == 503
+    assert response.content_type == "application/json"
+    assert response.headers["Retry-After"] == "5"
+    assert await response.json() == {"detail": STORE_DOWN}
+    assert "10.1.2.3" not in body
+    [record] = [r for r in caplog.records if r.name == "headcount.http.errors"]
+    assert record.levelno == logging.WARNING
+    assert "10.1.2.3:5432 refused" in record.getMessage()
+    assert (await service.get("/space/A/count"))["count"] == 1
+    assert (await service.get("/spaces/A/count"))["count"] == 1
+
+
+async def test_a_store_that_refuses_a_read_is_500(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not down: waiting will not help, so it is not 503."""
+
+    async def refuses(space_id: str, ts: int) -> None:
+        raise StoreDataError("the event store cannot hold a value")
+
+    monkeypatch.setattr(service.history, "count_at", refuses)
+    body = await service.get(f"/space/A/count?ts={format_ms(NOW)}", 500)
+    assert body == {"detail": "Internal server error; it has been logged."}

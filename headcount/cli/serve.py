@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from headcount.argtypes import at_least_one, non_negative
 from headcount.cli.common import (
     Commands,
     choose_topology,
@@ -16,6 +17,7 @@ from headcount.cli.common import (
 )
 from headcount.domain.topology import Topology, TopologyChoice
 from headcount.eventstore.store import EventStore
+from headcount.ingest import ratelimit
 
 
 def add_command(commands: Commands) -> None:
@@ -66,11 +68,38 @@ def add_command(commands: Commands) -> None:
         metavar="ID",
         help="MQTT client id of the service's persistent session (default %(default)s)",
     )
+    cmd.add_argument(
+        "--dpu-rate",
+        type=non_negative,
+        default=ratelimit.DEFAULT_DPU_RATE,
+        metavar="N",
+        help="messages per second one DPU may send on average; beyond its burst, more are"
+        " acknowledged, refused as rate_limited and counted per DPU in headcount_rate_limited"
+        " (0: no limit; default %(default)s, far above any doorway)",
+    )
+    cmd.add_argument(
+        "--dpu-burst",
+        type=at_least_one,
+        default=ratelimit.DEFAULT_DPU_BURST,
+        metavar="N",
+        help="messages one DPU may send at once above its rate, e.g. a backlog after an outage"
+        " (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--quarantine-keep",
+        type=non_negative,
+        default=ratelimit.DEFAULT_QUARANTINE_KEEP,
+        metavar="N",
+        help=f"refused messages kept in quarantine per DPU and reason every"
+        f" {ratelimit.DEFAULT_QUARANTINE_WINDOW_S:g} s; the rest are counted in"
+        " headcount_quarantine_suppressed, not stored (default %(default)s)",
+    )
     cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
 
 
 async def run(args: argparse.Namespace) -> int:
     # The service's imports load only for the commands that use them.
+    from headcount.ingest.pipeline import IngestSettings
     from headcount.service import Settings, demo_files, preflight, serve
 
     settings = Settings(
@@ -82,6 +111,11 @@ async def run(args: argparse.Namespace) -> int:
         broker_config=args.broker_config,
         client_id=args.client_id,
         snapshot_every=args.snapshot_every,
+        ingest=IngestSettings(
+            dpu_rate=args.dpu_rate or None,
+            dpu_burst=args.dpu_burst,
+            quarantine_keep=args.quarantine_keep,
+        ),
         demo=args.demo,
     )
     preflight(settings)  # configuration problems are reported before the store is touched

@@ -3,8 +3,9 @@
 Its public modules, each imported on its own so that the pure wire format costs no MQTT
 client or database: ``wire`` (the wire format, decoding and screening; pure), ``mqtt`` (the
 persistent, hand-acknowledged subscription), ``pipeline`` (decode, group commit, route, ack),
-``health`` (how ingest is doing, for ``/healthz``), ``dpus`` (what each DPU last
+``health`` (how ingest is doing, for ``/healthz``), ``ratelimit`` (per-DPU rate limits, the
+quarantine budget), ``dpus`` (what each DPU last
 reported), ``broker`` (the embedded amqtt broker).
 """
 
-__all__ = ["broker", "dpus", "health", "mqtt", "pipeline", "wire"]
+__all__ = ["broker", "dpus", "health", "mqtt", "pipeline", "ratelimit", "wire"]

@@ -178,6 +178,7 @@ def test_reason_codes_are_stable_snake_case() -> None:
         "BAD_TOPIC": "bad_topic",
         "BAD_STATUS": "bad_status",
         "UNSTORABLE": "unstorable",
+        "RATE_LIMITED": "rate_limited",
     }
     assert f"{Reason.FUTURE_TS}" == "future_ts"
 

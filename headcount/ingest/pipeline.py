@@ -30,6 +30,7 @@ time window, so a flood of bad input is not a flood of writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -53,6 +54,9 @@ from headcount.metrics import Metrics
 __all__ = ["Ingest", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
+
+#: Messages read or acknowledged in a row before ingest lets other tasks run.
+_YIELD_EVERY = 64
 
 
 class Message(Protocol):
@@ -111,6 +115,10 @@ class _Part(Generic[M]):
     traversals: list[Traversal] = field(default_factory=list)
     quarantine: list[QuarantineEntry] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
+    #: The sender's key for the rate limit and the quarantine budget; whether the budget
+    #: was already applied to ``quarantine``.
+    dpu_key: str = UNKNOWN_DPU
+    budgeted: bool = False
     #: An attempt to commit this part failed in a way that may have committed it after all
     #: (a lost connection at COMMIT): its traversals may come back as duplicates.
     uncertain: bool = False
@@ -160,6 +168,9 @@ class Ingest(Generic[M]):
         self._budget = QuarantineBudget(
             self.settings.quarantine_keep, self.settings.quarantine_window_s, monotonic=monotonic
         )
+        # The metrics a flood touches per message, by label (keys and reasons are bounded).
+        self._limited = functools.cache(self.metrics.rate_limited.labels)
+        self._suppressed = functools.cache(self.metrics.quarantine_suppressed.labels)
 
     async def run(self) -> None:
         """Read, batch and commit until cancelled."""
@@ -176,8 +187,10 @@ class Ingest(Generic[M]):
         while True:
             batch = await self._next_batch()
             await self._store(batch.parts)
-            for part in batch.parts:
+            for n, part in enumerate(batch.parts, start=1):
                 await self._ack(part.message)
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let the HTTP API answer between long runs
             self.health.acknowledged(len(batch.parts))
 
     async def _next_batch(self) -> _Batch[M]:
@@ -200,6 +213,10 @@ class Ingest(Generic[M]):
                 except TimeoutError:
                     break
             self._add(batch, message)
+            if len(batch.parts) % _YIELD_EVERY == 0:
+                # A full queue of cheap messages (a flood refused unread) would otherwise be
+                # read in one go, holding up every HTTP answer meanwhile.
+                await asyncio.sleep(0)
         return batch
 
     def _add(self, batch: _Batch[M], message: M) -> None:
@@ -211,25 +228,26 @@ class Ingest(Generic[M]):
         """Decode and screen one message: what it asks to store and to quarantine, within the
         quarantine budget of its DPU. A status is applied here (it is memory only)."""
         part = self._screen(message)
-        if not part.quarantine:
+        if not part.quarantine or part.budgeted:
             return part
-        try:
-            key = self.limiter.key(wire.parse_topic(message.topic)[0])
-        except wire.WireError:
-            key = UNKNOWN_DPU
         entries: list[QuarantineEntry] = []
         reasons: list[str] = []
         for entry, reason in zip(part.quarantine, part.rejected, strict=True):
-            stored, note = self._budget.admit(key, reason)
-            if note is not None:
-                log.warning("%s", note)
-            if stored:
+            if self._admit(part.dpu_key, reason):
                 entries.append(entry)
                 reasons.append(reason)
-            else:
-                self.metrics.quarantine_suppressed.labels(reason).inc()
         part.quarantine, part.rejected = entries, reasons
         return part
+
+    def _admit(self, key: str, reason: str) -> bool:
+        """Whether the quarantine budget of ``key`` and ``reason`` takes one more entry; if
+        not, it is counted (and logged once per window)."""
+        stored, note = self._budget.admit(key, reason)
+        if note is not None:
+            log.warning("%s", note)
+        if not stored:
+            self._suppressed(reason).inc()
+        return stored
 
     def _screen(self, message: M) -> _Part[M]:
         part = _Part(message)
@@ -237,6 +255,7 @@ class Ingest(Generic[M]):
         s = self.settings
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
+            part.dpu_key = self.limiter.key(dpu_id)
             if kind == "status":
                 online = wire.decode_status(message.payload)
                 if self.topology.knows_dpu(dpu_id):
@@ -274,7 +293,10 @@ class Ingest(Generic[M]):
         limit is there to prevent; and the broker would only send the flood again. What a
         person needs to see is kept: the first payloads in quarantine, the rest in a metric.
         """
-        self.metrics.rate_limited.labels(self.limiter.key(dpu_id)).inc()
+        self._limited(part.dpu_key).inc()
+        part.budgeted = True
+        if not self._admit(part.dpu_key, wire.Reason.RATE_LIMITED.value):
+            return part  # the cheap way out, for a flood
         limit = self.settings.rate_limit
         detail = (
             f"DPU {dpu_id!r} sent more than its limit of {limit.rate:g} messages/s"

@@ -261,7 +261,8 @@ async def rig(
     async with system.running():
         ingest = Ingest(
             inbox.messages(), inbox.ack, store=store, actors=system, dpus=dpus, metrics=metrics,
-            settings=settings or IngestSettings(max_delay_s=0.001), clock=lambda: NOW,
+            settings=settings or IngestSettings(max_delay_s=0.001, dpu_rate=None),
+            clock=lambda: NOW,
             monotonic=monotonic,
         )  # fmt: skip
         app = build_app(

@@ -22,7 +22,8 @@ MESSAGES = 10_000
 async def test_a_burst_on_a_slow_store_holds_a_bounded_number_of_messages(
     store: EventStore,
 ) -> None:
-    settings = IngestSettings(max_events=200, max_delay_s=0.001, queue_size=500)
+    # No rate limit: 283 sends 7,500 messages here, and this test is about backpressure.
+    settings = IngestSettings(max_events=200, max_delay_s=0.001, queue_size=500, dpu_rate=None)
     slow = SlowCommits(store.engine, latency_s=0.05)
     try:
         async with rig(store, settings) as r:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from headcount.argtypes import at_least_one, non_negative
 from headcount.cli.common import (
@@ -18,6 +19,9 @@ from headcount.cli.common import (
 from headcount.domain.topology import Topology, TopologyChoice
 from headcount.eventstore.store import EventStore
 from headcount.ingest import ratelimit
+
+if TYPE_CHECKING:
+    from headcount.ingest.pipeline import IngestSettings
 
 
 def add_command(commands: Commands) -> None:
@@ -97,9 +101,19 @@ def add_command(commands: Commands) -> None:
     cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
 
 
+def ingest_settings(args: argparse.Namespace) -> IngestSettings:
+    """The ingest limits the flags set (``--dpu-rate 0``: no rate limit)."""
+    from headcount.ingest.pipeline import IngestSettings
+
+    return IngestSettings(
+        dpu_rate=args.dpu_rate or None,
+        dpu_burst=args.dpu_burst,
+        quarantine_keep=args.quarantine_keep,
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     # The service's imports load only for the commands that use them.
-    from headcount.ingest.pipeline import IngestSettings
     from headcount.service import Settings, demo_files, preflight, serve
 
     settings = Settings(
@@ -111,11 +125,7 @@ async def run(args: argparse.Namespace) -> int:
         broker_config=args.broker_config,
         client_id=args.client_id,
         snapshot_every=args.snapshot_every,
-        ingest=IngestSettings(
-            dpu_rate=args.dpu_rate or None,
-            dpu_burst=args.dpu_burst,
-            quarantine_keep=args.quarantine_keep,
-        ),
+        ingest=ingest_settings(args),
         demo=args.demo,
     )
     preflight(settings)  # configuration problems are reported before the store is touched

@@ -50,10 +50,13 @@ def create_engine(url: str) -> AsyncEngine:
         parsed = parsed.set(drivername="sqlite+aiosqlite")
         engine = create_async_engine(parsed, connect_args={"timeout": 30})
         _configure_sqlite(engine)
+        event.listen(engine.sync_engine, "handle_error", _drop_read_only_connections)
         return engine
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-        return create_async_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        engine = create_async_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        event.listen(engine.sync_engine, "handle_error", _drop_read_only_connections)
+        return engine
     raise StoreError(
         f"store URL {url!r} names {backend!r}; headcount stores events in SQLite or PostgreSQL"
     )
@@ -71,19 +74,19 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "handle_error")
-    def _on_error(context: ExceptionContext) -> None:
-        # SQLite opens a file it may not write read-only, and the connection stays so after
-        # the file is writable again; after a write error its state is in doubt. Drop such
-        # connections (as if disconnected): the next attempt opens the file afresh.
-        name = getattr(context.original_exception, "sqlite_errorname", None)
-        if isinstance(name, str) and name.startswith(("SQLITE_READONLY", "SQLITE_IOERR")):
-            context.is_disconnect = True
-
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _drop_read_only_connections(context: ExceptionContext) -> None:
+    """A connection that found its store read-only stays so after the store is writable again
+    (SQLite opened the file read-only; a PostgreSQL session keeps the
+    ``default_transaction_read_only`` it started with), and after a write error its state is
+    in doubt. Drop it as if disconnected: the next attempt opens a fresh one."""
+    if writes_refused(context.original_exception) in ("read-only", _WRITE_ERROR):
+        context.is_disconnect = True
 
 
 def _use_wal(cursor: Any) -> None:

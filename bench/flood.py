@@ -37,7 +37,7 @@ FLOODER = "dpu0"
 
 async def flooded_load(
     url: str, broker: str, paths: list[str], workdir: Path, args: argparse.Namespace,
-    first_seq: int, warmup: float, seconds: float, elsewhere: bool = False,
+    first_seq: int, warmup: float, seconds: float, lead_s: float = 0.0, elsewhere: bool = False,
 ) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
     """The load generator's figures while the flooder publishes, and the flooder's. The
     measurement starts once the service refuses the flood (its DPU's burst is spent): the
@@ -47,7 +47,7 @@ async def flooded_load(
     flooder = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "bench" / "_flooder.py"), "--broker", broker,
         "--dpu", FLOODER, "--rate", str(args.rate),
-        "--seconds", str(warmup + seconds + (0 if elsewhere else args.burst_s)),
+        "--seconds", str(warmup + seconds + lead_s),
         *(["--elsewhere"] if elsewhere else []),
         "--first-seq", str(first_seq), "--ts", str(time.time_ns() // 1_000_000 - 3_600_000),
         stdout=asyncio.subprocess.PIPE,
@@ -77,8 +77,8 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000, help="the flood, messages/s")
     parser.add_argument(
         "--burst-s", type=float, default=12.0,
-        help="seconds the flood runs beyond the measurement: spending the DPU's burst (10,000"
-        " messages by default) first",
+        help="seconds the first flood runs beyond the measurement, spending the DPU's burst"
+        " (10,000 messages by default); later ones run 2 s beyond it",
     )  # fmt: skip
     args = parser.parse_args()
     rounds, warmup, seconds = (2, 0.5, 2.0) if args.quick else (5, 1.0, 6.0)
@@ -122,6 +122,7 @@ async def main() -> None:
                         figures, sent = await flooded_load(
                             service.url, broker, paths, workdir, args,
                             first_seq=1 + r * 10_000_000, warmup=warmup, seconds=seconds,
+                            lead_s=args.burst_s if r == 0 else 2.0,  # then refilled a little
                         )  # fmt: skip
                         flood.append(figures)
                         floods.append(sent)

@@ -38,6 +38,16 @@ class StoreDataError(StoreError):
     same data fails again however often it is retried; the driver error is ``__cause__``."""
 
 
+class StoreWritesRefusedError(StoreError):
+    """The store is up but refuses every write, whatever the data: its disk is full, its file
+    or database is read-only, the disk fails. Retrying succeeds once a person fixes the cause;
+    ``why`` says it in a few words ("disk full", "read-only")."""
+
+    def __init__(self, message: str, *, why: str) -> None:
+        self.why = why
+        super().__init__(message)
+
+
 class ConflictError(StoreError):
     """An append that clashes with what is stored (same key, different content)."""
 

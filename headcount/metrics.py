@@ -29,6 +29,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "headcount_rate_limited",
+            "Messages refused because their DPU exceeded its rate limit, by DPU (DPUs the"
+            ' topology does not know share dpu="unknown")',
+            ["dpu"],
+            registry=r,
+        )
+        self.quarantine_suppressed = Counter(
+            "headcount_quarantine_suppressed",
+            "Refused input not written to quarantine because its DPU and reason had used their"
+            " quarantine budget for the time window, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.status = Counter(
             "headcount_status_messages",
             "DPU status messages received, by outcome: applied, or from a DPU no topology"

@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from headcount.argtypes import at_least_one, non_negative
 from headcount.cli.common import (
     Commands,
     choose_topology,
@@ -18,6 +20,10 @@ from headcount.cli.common import (
 )
 from headcount.domain.topology import Topology, TopologyChoice
 from headcount.eventstore.store import EventStore
+from headcount.ingest import ratelimit
+
+if TYPE_CHECKING:
+    from headcount.ingest.pipeline import IngestSettings
 
 
 def add_command(commands: Commands) -> None:
@@ -91,7 +97,44 @@ def add_command(commands: Commands) -> None:
         metavar="ID",
         help="MQTT client id of the service's persistent session (default %(default)s)",
     )
+    cmd.add_argument(
+        "--dpu-rate",
+        type=non_negative,
+        default=ratelimit.DEFAULT_DPU_RATE,
+        metavar="N",
+        help="messages per second one DPU may send on average; beyond its burst, more are"
+        " acknowledged, refused as rate_limited and counted per DPU in headcount_rate_limited"
+        " (0: no limit; default %(default)s, far above any doorway)",
+    )
+    cmd.add_argument(
+        "--dpu-burst",
+        type=at_least_one,
+        default=ratelimit.DEFAULT_DPU_BURST,
+        metavar="N",
+        help="messages one DPU may send at once above its rate, e.g. a backlog after an outage"
+        " (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--quarantine-keep",
+        type=non_negative,
+        default=ratelimit.DEFAULT_QUARANTINE_KEEP,
+        metavar="N",
+        help=f"refused messages kept in quarantine per DPU and reason every"
+        f" {ratelimit.DEFAULT_QUARANTINE_WINDOW_S:g} s; the rest are counted in"
+        " headcount_quarantine_suppressed, not stored (default %(default)s)",
+    )
     cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
+
+
+def ingest_settings(args: argparse.Namespace) -> IngestSettings:
+    """The ingest limits the flags set (``--dpu-rate 0``: no rate limit)."""
+    from headcount.ingest.pipeline import IngestSettings
+
+    return IngestSettings(
+        dpu_rate=args.dpu_rate or None,
+        dpu_burst=args.dpu_burst,
+        quarantine_keep=args.quarantine_keep,
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -110,6 +153,7 @@ async def run(args: argparse.Namespace) -> int:
         dpu_auth=args.dpu_auth,
         insecure_open_broker=args.insecure_open_broker,
         snapshot_every=args.snapshot_every,
+        ingest=ingest_settings(args),
         demo=args.demo,
         tokens=args.tokens,
         open_metrics=args.open_metrics,

@@ -13,7 +13,7 @@ from typing import Any
 from asyncpg import exceptions as asyncpg_exceptions
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DataError,
@@ -24,7 +24,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from headcount.errors import StoreDataError, StoreError
+from headcount.errors import StoreDataError, StoreError, StoreWritesRefusedError
 
 DEFAULT_URL = "sqlite+aiosqlite:///headcount.db"
 
@@ -50,10 +50,13 @@ def create_engine(url: str) -> AsyncEngine:
         parsed = parsed.set(drivername="sqlite+aiosqlite")
         engine = create_async_engine(parsed, connect_args={"timeout": 30})
         _configure_sqlite(engine)
+        event.listen(engine.sync_engine, "handle_error", _drop_read_only_connections)
         return engine
     if backend == "postgresql":
         parsed = parsed.set(drivername="postgresql+asyncpg")
-        return create_async_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        engine = create_async_engine(parsed, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        event.listen(engine.sync_engine, "handle_error", _drop_read_only_connections)
+        return engine
     raise StoreError(
         f"store URL {url!r} names {backend!r}; headcount stores events in SQLite or PostgreSQL"
     )
@@ -75,6 +78,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _drop_read_only_connections(context: ExceptionContext) -> None:
+    """A connection that found its store read-only stays so after the store is writable again
+    (SQLite opened the file read-only; a PostgreSQL session keeps the
+    ``default_transaction_read_only`` it started with), and after a write error its state is
+    in doubt. Drop it as if disconnected: the next attempt opens a fresh one."""
+    if writes_refused(context.original_exception) in ("read-only", _WRITE_ERROR):
+        context.is_disconnect = True
 
 
 def _use_wal(cursor: Any) -> None:
@@ -142,6 +154,7 @@ async def translate_errors() -> AsyncIterator[None]:
     try:
         yield
     except DBAPIError as e:
+        _raise_writes_refused(e, e.orig)
         kind = StoreDataError if is_data_error(e) else StoreError
         raise kind(f"the event store failed: {e.orig}") from e
     except SQLAlchemyError as e:
@@ -153,6 +166,53 @@ async def translate_errors() -> AsyncIterator[None]:
         # The SQLite driver raises these unwrapped when it cannot bind a value (a lone
         # surrogate in a string, an integer beyond 64 bits).
         raise StoreDataError(f"the event store cannot hold a value: {e}") from e
+
+
+_WRITE_ERROR = "write error (its file or disk is read-only, or the disk fails)"
+#: Why a store refuses every write, by SQLite's primary result code and by PostgreSQL SQLSTATE.
+_SQLITE_REFUSALS = {
+    "SQLITE_FULL": "disk full",
+    "SQLITE_READONLY": "read-only",
+    "SQLITE_IOERR": _WRITE_ERROR,
+}
+_PG_REFUSALS = {
+    "53100": "disk full",  # disk_full
+    "25006": "read-only",  # read_only_sql_transaction (a standby, default_transaction_read_only)
+    "58030": _WRITE_ERROR,  # io_error
+}
+_ADVICE = {
+    "disk full": "free space on the store's disk",
+    "read-only": "make the store's file (or database) writable again",
+    _WRITE_ERROR: "check that the store's file and disk are writable and healthy",
+}
+
+
+def writes_refused(error: BaseException | None) -> str | None:
+    """Why the store refuses writes whatever they hold ("disk full", "read-only", a write
+    error), judged from a driver error; ``None`` for any other error. These are neither bad
+    data (the same write succeeds once the cause is fixed) nor a store that is down."""
+    if error is None:
+        return None
+    name = getattr(error, "sqlite_errorname", None)  # sqlite3 errors, e.g. SQLITE_IOERR_WRITE
+    if isinstance(name, str):
+        for code, why in _SQLITE_REFUSALS.items():
+            if name == code or name.startswith(code + "_"):
+                return why
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return _PG_REFUSALS.get(sqlstate)
+    return None
+
+
+def _raise_writes_refused(error: DBAPIError, orig: BaseException | None) -> None:
+    why = writes_refused(orig)
+    if why is not None:
+        raise StoreWritesRefusedError(
+            f"the store refuses writes: {why}; the database says: {orig}; {_ADVICE[why]}:"
+            " nothing is lost,"
+            " what waits is written once it can be",
+            why=why,
+        ) from error
 
 
 #: SQLSTATE classes of PostgreSQL errors caused by the data itself: data exception (a value too

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from headcount.clock import now_ms
-from headcount.errors import StoreError
+from headcount.errors import StoreError, StoreWritesRefusedError
 
 __all__ = ["IngestHealth"]
 
@@ -19,6 +19,9 @@ class IngestHealth:
     last committed (ms since the epoch; ``None``: not yet). ``stalled_since``: since when
     messages have been waiting without a commit (``None`` when nothing waits). ``last_error``:
     the store error that holds the batch now, if any.
+
+    A store that refuses writes (disk full, read-only) is a problem at once, without waiting
+    ``stall_after_s``: no commit can come before a person acts.
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class IngestHealth:
         self._last_commit: int | None = None
         self._since: tuple[float, int] | None = None  # (monotonic, ms) of the wait's start
         self._last_error: str | None = None
+        self._refused: str | None = None  # the store's refusal of writes, while it lasts
 
     @property
     def waiting(self) -> int:
@@ -59,6 +63,11 @@ class IngestHealth:
     def problem(self) -> str | None:
         """Why ingest is unhealthy, as a sentence; ``None`` while it keeps up."""
         waited = self.stalled_for()
+        if self._since is not None and self._refused is not None:
+            return (
+                f"{self._refused}; {self._waiting} message(s) wait, none acknowledged"
+                f" (the broker keeps them), for {waited:.0f} s"
+            )
         if self._since is None or waited < self.stall_after_s:
             return None
         why = f"; the store answers: {self._last_error}" if self._last_error else ""
@@ -77,11 +86,13 @@ class IngestHealth:
     def committed(self) -> None:
         self._last_commit = self._clock()
         self._last_error = None
+        self._refused = None
         if self._waiting:
             self._since = (self._monotonic(), self._last_commit)
 
     def failed(self, error: StoreError) -> None:
         self._last_error = str(error)
+        self._refused = str(error) if isinstance(error, StoreWritesRefusedError) else None
 
     def acknowledged(self, n: int) -> None:
         self._waiting -= n

@@ -14,12 +14,23 @@ acknowledged, the same batch is retried with backoff, and :class:`IngestHealth` 
 stall (``/healthz`` answers 503). A batch the store refuses for its *content*
 (:class:`~headcount.errors.StoreDataError`) is committed in halves until the message at fault
 is alone; that message is quarantined in a minimal form and acknowledged, the others are
-stored as usual.
+stored as usual. A store that refuses every write (disk full, read-only:
+:class:`~headcount.errors.StoreWritesRefusedError`) is a store that is down, not bad data.
+
+Memory is bounded, never by dropping: the queue between the broker and the batch holds
+``queue_size`` messages, a batch at most ``max_events`` messages, and the actors' mailboxes
+are bounded too; when they are full, reading from the broker waits, and the broker holds what
+is not acknowledged (Mosquitto sends at most ``max_inflight_messages`` unacknowledged).
+
+Each DPU has a rate limit (:mod:`headcount.ingest.ratelimit`); what exceeds it is refused with
+reason ``rate_limited``. Quarantine keeps a bounded number of entries per DPU and reason per
+time window, so a flood of bad input is not a flood of writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -30,19 +41,23 @@ from typing import Generic, Protocol, TypeVar
 from headcount.actors import ActorSystem
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
-from headcount.errors import StoreDataError, StoreError
+from headcount.errors import StoreDataError, StoreError, StoreWritesRefusedError
 from headcount.eventstore.quarantine import MAX_PAYLOAD_KEPT
 from headcount.eventstore.records import AppendResult, QuarantineEntry
 from headcount.eventstore.store import EventStore
-from headcount.ingest import wire
+from headcount.ingest import ratelimit, wire
 from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.health import IngestHealth
 from headcount.ingest.loss import LossAudit
+from headcount.ingest.ratelimit import UNKNOWN_DPU, DpuRateLimiter, QuarantineBudget, RateLimit
 from headcount.metrics import Metrics
 
 __all__ = ["Ingest", "IngestSettings", "Message"]
 
 log = logging.getLogger(__name__)
+
+#: Messages read or acknowledged in a row before ingest lets other tasks run.
+_YIELD_EVERY = 64
 
 
 class Message(Protocol):
@@ -63,7 +78,11 @@ class IngestSettings:
     """Group commit: a batch closes at ``max_events`` traversals or ``max_delay_s`` after its
     first message, whichever comes first. Payload limits and the clock-skew allowance are the
     wire format's. Ingest counts as stalled (``/healthz`` 503) when messages have waited
-    ``stall_after_s`` without a commit."""
+    ``stall_after_s`` without a commit.
+
+    ``dpu_rate`` and ``dpu_burst``: each DPU's limit in messages per second and its burst
+    (``dpu_rate`` ``None``: no limit; defaults in :mod:`headcount.ingest.ratelimit`).
+    ``quarantine_keep`` entries per DPU and reason are stored per ``quarantine_window_s``."""
 
     max_events: int = 2000
     max_delay_s: float = 0.005
@@ -72,6 +91,20 @@ class IngestSettings:
     max_skew_ms: int = wire.DEFAULT_MAX_SKEW_MS
     queue_size: int = 10_000
     stall_after_s: float = 30.0
+    dpu_rate: float | None = ratelimit.DEFAULT_DPU_RATE
+    dpu_burst: float = ratelimit.DEFAULT_DPU_BURST
+    quarantine_keep: int = ratelimit.DEFAULT_QUARANTINE_KEEP
+    quarantine_window_s: float = ratelimit.DEFAULT_QUARANTINE_WINDOW_S
+
+    @property
+    def max_held(self) -> int:
+        """The most messages ingest holds unacknowledged: a full queue, a full batch being
+        committed, and the one the reader waits to queue."""
+        return self.queue_size + self.max_events + 1
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        return None if self.dpu_rate is None else RateLimit(self.dpu_rate, self.dpu_burst)
 
 
 @dataclass(slots=True)
@@ -85,6 +118,10 @@ class _Part(Generic[M]):
     rejected: list[str] = field(default_factory=list)
     #: A DPU's delivery report (its status map), compared once the batch is committed.
     report: tuple[str, wire.Report] | None = None
+    #: The sender's key for the rate limit and the quarantine budget; whether the budget
+    #: was already applied to ``quarantine``.
+    dpu_key: str = UNKNOWN_DPU
+    budgeted: bool = False
     #: An attempt to commit this part failed in a way that may have committed it after all
     #: (a lost connection at COMMIT): its traversals may come back as duplicates.
     uncertain: bool = False
@@ -115,6 +152,7 @@ class Ingest(Generic[M]):
         metrics: Metrics,
         settings: IngestSettings | None = None,
         clock: Callable[[], int] = now_ms,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._messages = messages
         self._ack = ack
@@ -128,6 +166,15 @@ class Ingest(Generic[M]):
         self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
         self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
         self.loss = LossAudit(store.log, dpus, metrics, clock=clock)
+        self.limiter = DpuRateLimiter(
+            self.settings.rate_limit, known=self.topology.knows_dpu, monotonic=monotonic
+        )
+        self._budget = QuarantineBudget(
+            self.settings.quarantine_keep, self.settings.quarantine_window_s, monotonic=monotonic
+        )
+        # The metrics a flood touches per message, by label (keys and reasons are bounded).
+        self._limited = functools.cache(self.metrics.rate_limited.labels)
+        self._suppressed = functools.cache(self.metrics.quarantine_suppressed.labels)
 
     async def run(self) -> None:
         """Read, batch and commit until cancelled."""
@@ -147,8 +194,10 @@ class Ingest(Generic[M]):
             for part in batch.parts:
                 if part.report is not None:
                     await self.loss.reported(*part.report)
-            for part in batch.parts:
+            for n, part in enumerate(batch.parts, start=1):
                 await self._ack(part.message)
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let the HTTP API answer between long runs
             self.health.acknowledged(len(batch.parts))
 
     async def _next_batch(self) -> _Batch[M]:
@@ -157,7 +206,8 @@ class Ingest(Generic[M]):
         batch: _Batch[M] = _Batch()
         self._add(batch, await self._queue.get())
         deadline = time.monotonic() + self.settings.max_delay_s
-        while batch.events < self.settings.max_events:
+        limit = self.settings.max_events
+        while batch.events < limit and len(batch.parts) < limit:
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -170,6 +220,10 @@ class Ingest(Generic[M]):
                 except TimeoutError:
                     break
             self._add(batch, message)
+            if len(batch.parts) % _YIELD_EVERY == 0:
+                # A full queue of cheap messages (a flood refused unread) would otherwise be
+                # read in one go, holding up every HTTP answer meanwhile.
+                await asyncio.sleep(0)
         return batch
 
     def _add(self, batch: _Batch[M], message: M) -> None:
@@ -178,13 +232,37 @@ class Ingest(Generic[M]):
         batch.events += len(part.traversals)
 
     def _read_message(self, message: M) -> _Part[M]:
-        """Decode and screen one message: what it asks to store and to quarantine. A status
-        is applied here (it is memory only)."""
+        """Decode and screen one message: what it asks to store and to quarantine, within the
+        quarantine budget of its DPU. A status is applied here (it is memory only)."""
+        part = self._screen(message)
+        if not part.quarantine or part.budgeted:
+            return part
+        entries: list[QuarantineEntry] = []
+        reasons: list[str] = []
+        for entry, reason in zip(part.quarantine, part.rejected, strict=True):
+            if self._admit(part.dpu_key, reason):
+                entries.append(entry)
+                reasons.append(reason)
+        part.quarantine, part.rejected = entries, reasons
+        return part
+
+    def _admit(self, key: str, reason: str) -> bool:
+        """Whether the quarantine budget of ``key`` and ``reason`` takes one more entry; if
+        not, it is counted (and logged once per window)."""
+        stored, note = self._budget.admit(key, reason)
+        if note is not None:
+            log.warning("%s", note)
+        if not stored:
+            self._suppressed(reason).inc()
+        return stored
+
+    def _screen(self, message: M) -> _Part[M]:
         part = _Part(message)
         now = self._clock()
         s = self.settings
         try:
             dpu_id, kind = wire.parse_topic(message.topic)
+            part.dpu_key = self.limiter.key(dpu_id)
             if kind == "status":
                 status = wire.decode_status(message.payload)
                 if self.topology.knows_dpu(dpu_id):
@@ -197,6 +275,8 @@ class Ingest(Generic[M]):
                     self.metrics.status.labels("unknown_dpu").inc()
                 return part
             self.metrics.messages.inc()
+            if not self.limiter.allow(dpu_id):
+                return self._rate_limited(part, dpu_id, now)
             events, mismatched = wire.decode_batch(
                 dpu_id, message.payload, max_payload=s.max_payload, max_batch=s.max_batch
             )
@@ -211,6 +291,32 @@ class Ingest(Generic[M]):
             part.quarantine.append(self._refused(message, rejection, now))
         if events and self.topology.knows_dpu(dpu_id):
             self.dpus.seen(dpu_id, now, max(t.seq for t in events))
+        return part
+
+    def _rate_limited(self, part: _Part[M], dpu_id: str, now: int) -> _Part[M]:
+        """Refuse a message over its DPU's rate limit, unread.
+
+        It is acknowledged like any refused input, not held: MQTT 3.1.1 acknowledges in order
+        and redelivers only on reconnection, so holding one message would hold every later
+        message of every DPU behind it (the subscription is shared), the very starvation the
+        limit is there to prevent; and the broker would only send the flood again. What a
+        person needs to see is kept: the first payloads in quarantine, the rest in a metric.
+        """
+        self._limited(part.dpu_key).inc()
+        part.budgeted = True
+        if not self._admit(part.dpu_key, wire.Reason.RATE_LIMITED.value):
+            return part  # the cheap way out, for a flood
+        limit = self.settings.rate_limit
+        detail = (
+            f"DPU {dpu_id!r} sent more than its limit of {limit.rate:g} messages/s"
+            f" (bursts of {limit.burst:g}); the message was acknowledged and not stored;"
+            " check the DPU, or raise --dpu-rate/--dpu-burst if its traffic is genuine"
+            if limit is not None
+            else f"DPU {dpu_id!r} is over its rate limit"
+        )
+        rejection = wire.Rejection(wire.Reason.RATE_LIMITED, detail)
+        part.rejected.append(rejection.reason.value)
+        part.quarantine.append(self._refused(part.message, rejection, now))
         return part
 
     @staticmethod
@@ -271,7 +377,15 @@ class Ingest(Generic[M]):
                 for part in parts:
                     part.uncertain = True
                 self.health.failed(e)
-                log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
+                if isinstance(e, StoreWritesRefusedError):
+                    log.error(
+                        "%s; %d message(s) held, none acknowledged; retrying in %.1fs",
+                        e,
+                        len(parts),
+                        delay,
+                    )
+                else:
+                    log.warning("store unavailable, batch held (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 10.0)
         self.health.committed()

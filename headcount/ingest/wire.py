@@ -150,6 +150,9 @@ class Reason(StrEnum):
     #: A message the store refused to hold as it was (a value it cannot store): kept in
     #: quarantine in a minimal form instead (see ``headcount.ingest.pipeline``).
     UNSTORABLE = "unstorable"
+    #: The DPU sent more messages than its rate limit allows (see
+    #: ``headcount.ingest.ratelimit``); the message was acknowledged and not stored.
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,6 +185,7 @@ def test_reason_codes_are_stable_snake_case() -> None:
         "BAD_STATUS": "bad_status",
         "DPU_MISMATCH": "dpu_mismatch",
         "UNSTORABLE": "unstorable",
+        "RATE_LIMITED": "rate_limited",
     }
     assert f"{Reason.FUTURE_TS}" == "future_ts"
 

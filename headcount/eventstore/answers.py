@@ -221,11 +221,15 @@ class Answers:
                 if conn is None:
                     conn = await asyncpg.connect(**(self._pg_args or {}))
                 rows = await conn.fetch(sql, *params)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except Exception as e:  # whatever failed, the general path answers or reports it
                 log.debug("one-statement answer on PostgreSQL not taken: %s", e)
                 if conn is not None:
                     conn.terminate()
                 return None
+            except BaseException:  # cancelled mid-statement: the connection's state is unknown
+                if conn is not None:
+                    conn.terminate()
+                raise
             if self._closed:
                 await conn.close()
             else:

@@ -101,7 +101,7 @@ class Folder:
     events (a replay) where a new state object per event would cost more than the rule.
     Feed it events in fold order with :meth:`delta` and :meth:`reset`; read :meth:`state`."""
 
-    __slots__ = ("_floor", "_window", "as_of", "count", "entrances", "exits", "space")
+    __slots__ = ("_daily", "_floor", "_window", "as_of", "count", "entrances", "exits", "space")
 
     def __init__(self, space: Space, state: SpaceState = EMPTY) -> None:
         self.space = space
@@ -110,6 +110,7 @@ class Folder:
         self.entrances = state.entrances
         self.exits = state.exits
         self._floor = not space.allow_negative
+        self._daily = space.daily_reset is not None
         #: A span of times sharing one last daily reset, ``(last, next)``; empty at first.
         self._window = (0, 0)
 
@@ -118,7 +119,11 @@ class Folder:
 
     def delta(self, ts: int, delta: int) -> None:
         """Fold a traversal's delta (+1 or -1) at ``ts``."""
-        self._advance(ts)
+        as_of = self.as_of
+        if self._daily or as_of is None or ts < as_of:
+            self._advance(ts)
+        else:
+            self.as_of = ts  # what _advance does in the common case, without the call
         count = self.count + delta
         if count < 0 and self._floor:
             count = 0

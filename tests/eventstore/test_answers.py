@@ -10,12 +10,14 @@ import pytest
 
 from headcount.domain.events import Reset, Traversal, space_delta
 from headcount.domain.topology import Topology
+from headcount.errors import StoreError
 from headcount.eventstore.answers import RESET, TRAVERSAL, SnapshotTail
 from headcount.eventstore.records import StoredReset
 from headcount.eventstore.statements import TAIL_PAGE
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
 from headcount.history.replay import Replay
+from tests.servers import PostgresCluster
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 T = 1_600_000_000_000
@@ -127,3 +129,20 @@ async def test_no_snapshot_and_a_closed_store_step_aside(store: EventStore, seed
     await store.answers.close()
     assert await quick(store, seed, "A", FAR) is None
     assert (await History(store, seed).count_at("A", FAR)).count == 1
+
+
+async def test_a_postgres_server_gone_sends_answers_to_the_general_path(
+    tmp_path: Path, seed: Topology
+) -> None:
+    with PostgresCluster(tmp_path / "pg") as cluster:
+        async with await EventStore.open(cluster.url) as store:
+            await store.log.append([Traversal("283", 1, T + 1, 1)])
+            await Replay(store, seed, snapshot_every=1, snapshot_lag_ms=0).run()
+            assert await quick(store, seed, "A", FAR) is not None
+            cluster.stop()
+            assert await quick(store, seed, "A", FAR) is None  # no error from the fast path
+            with pytest.raises(StoreError):  # the general path reports the store down
+                await History(store, seed).count_at("A", FAR)
+            cluster.start()
+            assert (await History(store, seed).count_at("A", FAR)).count == 1
+            assert await quick(store, seed, "A", FAR) is not None  # a new connection

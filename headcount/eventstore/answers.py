@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -266,7 +267,11 @@ def _open_sqlite(path: str) -> sqlite3.Connection:
     """A read-only autocommit connection: each statement reads one consistent state of the
     file, and never waits for a lock (a busy file sends the caller to the general path)."""
     conn = sqlite3.connect(
-        f"file:{path}?mode=rw", uri=True, timeout=0, isolation_level=None, cached_statements=256
+        f"file:{quote(path)}?mode=rw",
+        uri=True,
+        timeout=0,
+        isolation_level=None,
+        cached_statements=256,
     )
     conn.execute("PRAGMA query_only = ON")
     return conn

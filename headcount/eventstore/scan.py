@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,7 +58,7 @@ async def sqlite_rows(
 
 def _open(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
-        f"file:{path}?mode=rw",
+        f"file:{quote(path)}?mode=rw",
         uri=True,
         timeout=_BUSY_TIMEOUT,
         isolation_level=None,

@@ -146,3 +146,13 @@ async def test_a_postgres_server_gone_sends_answers_to_the_general_path(
             cluster.start()
             assert (await History(store, seed).count_at("A", FAR)).count == 1
             assert await quick(store, seed, "A", FAR) is not None  # a new connection
+
+
+async def test_a_sqlite_file_name_that_means_something_in_a_uri(
+    tmp_path: Path, seed: Topology
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'odd name ?#%.db'}"
+    async with await EventStore.open(url) as store:
+        await store.log.append([Traversal("283", 1, T + 1, 1)])
+        await Replay(store, seed, snapshot_every=1, snapshot_lag_ms=0).run()
+        assert await quick(store, seed, "A", FAR) is not None

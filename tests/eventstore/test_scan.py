@@ -62,3 +62,14 @@ async def test_only_a_sqlite_file_is_read_this_way(store_url: str, tmp_path: Pat
     async with await EventStore.open(store_url) as store:
         found = sqlite_file(store.engine)
     assert found == (str(tmp_path / "store.db") if store_url.startswith("sqlite") else None)
+
+
+async def test_a_file_name_that_means_something_in_a_uri_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "odd name ?#%.db"
+    numbers(path, 3)
+    found = [
+        row
+        async for batch in sqlite_rows(str(path), "SELECT n FROM numbers", [], batch=2)
+        for row in batch
+    ]
+    assert found == [(0,), (1,), (2,)]

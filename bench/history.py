@@ -1,28 +1,36 @@
 """History: latency of count(space, ts) at random past times on SQLite and PostgreSQL, at 100k
-and 10M events, against the seed's method (a SUM of deltas over an index on (space, ts)) on
-the same data in the same run.
+and 10M events, against the limit, the same answer through the bare driver in one statement
+(``sqlite3`` / asyncpg: the newest usable snapshot and the sum of the deltas after it), asked
+interleaved (limit, headcount, limit, ...) on the same store in the same run, and against the
+seed's method (a SUM of deltas over an index on (space, ts)).
 
-    python bench/history.py [--quick] [--events N] [--backend sqlite|postgresql ...]
+    python bench/history.py [--quick] [--events N] [--rounds N] [--backend sqlite|postgresql ...]
     python bench/history.py --sweep [--events N]     # the snapshot interval, swept (SQLite)
 
 Stores are built through the store's own API (bulk appends, then a replay to write the
 snapshots) and kept between runs (bench/.data/ for SQLite, a database of its own for
 PostgreSQL at $HEADCOUNT_BENCH_POSTGRES_URL, default the local test server) until the schema
-changes. The seed's table is filled from the same rows. The figures: headcount's p50 and p99,
-how p99 grows from the small store to the large one (goal: within 1.5x), and last the ratio of
-the seed's p50 to headcount's on the large store (goal: at least 300).
+changes. The seed's table is filled from the same rows. The figures: headcount's p50 and p99
+and the limit's; headcount's p50 over the limit's, the median of the rounds with their spread
+(goal: at most 2); how headcount's p99 grows from the small store to the large one (goal:
+within 1.5x); the seed's p50 over headcount's. Every answer is checked against the limit's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
+import sqlite3
+import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 
+import asyncpg
 from _harness import percentile, topology_toml
 from _store_cache import DEFAULT_POSTGRES, POSTGRES_ENV, cached_postgres, cached_sqlite
 from sqlalchemy import (
@@ -36,6 +44,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
 
 from headcount.domain.events import Traversal
 from headcount.domain.topology import Topology
@@ -127,7 +136,64 @@ async def postgres_reachable() -> bool:
     return True
 
 
-async def timed(fn: Callable[[int], Awaitable[None]], times: list[int]) -> list[float]:
+def limit_sql(placeholder: str) -> str:
+    """The same question in one statement, written for this benchmark's topology (every DPU
+    reaches S0 from before the data starts, placement +1): the newest snapshot that no replay
+    superseded and no late traversal or reset invalidates, plus the sum of the deltas after it.
+    ``placeholder``: ``?`` (sqlite3) or ``$`` (asyncpg)."""
+    dpus = ", ".join(f"'dpu{d}'" for d in range(DPUS))
+    p = placeholder
+    return f"""
+WITH snap AS (
+  SELECT s.as_of, s.count, s.position, s.reset_id FROM snapshots s
+  WHERE s.space_id = {p}1 AND s.fingerprint = {p}2 AND s.as_of <= {p}3
+    AND NOT EXISTS (SELECT 1 FROM replayed_spaces r WHERE r.space_id = s.space_id
+      AND r.replay_id > s.generation AND (r.from_ts IS NULL OR r.from_ts <= s.as_of))
+  ORDER BY s.as_of DESC LIMIT 1
+)
+SELECT snap.count + COALESCE((SELECT SUM(t.direction) FROM traversals t
+    WHERE t.dpu_id IN ({dpus}) AND t.ts > snap.as_of AND t.ts <= {p}3), 0)
+FROM snap
+WHERE NOT EXISTS (SELECT 1 FROM traversals t WHERE late = true AND t.dpu_id IN ({dpus})
+    AND t.ts <= snap.as_of AND t.position > snap.position)
+  AND NOT EXISTS (SELECT 1 FROM resets r WHERE r.space_id = {p}1 AND r.ts <= snap.as_of
+    AND r.id > snap.reset_id)
+"""
+
+
+@contextlib.asynccontextmanager
+async def bare_driver(url: str) -> AsyncIterator[Callable[[int], Awaitable[int | None]]]:
+    """The limit: ``count(S0, ts)`` through the bare driver (``sqlite3`` on the caller's
+    thread, or one asyncpg connection), one statement per answer."""
+    fingerprint = Topology.from_toml(TOPOLOGY).fingerprint("S0")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(parsed.database or "", isolation_level=None)
+        sql = limit_sql("?")
+
+        async def sqlite_count(ts: int) -> int | None:
+            row = conn.execute(sql, ("S0", fingerprint, ts)).fetchone()
+            return None if row is None else int(row[0])
+
+        try:
+            yield sqlite_count
+        finally:
+            conn.close()
+        return
+    pg = await asyncpg.connect(**parsed.translate_connect_args(username="user"))
+    statement = await pg.prepare(limit_sql("$"))
+
+    async def postgres_count(ts: int) -> int | None:
+        found = await statement.fetchval("S0", fingerprint, ts)
+        return None if found is None else int(found)
+
+    try:
+        yield postgres_count
+    finally:
+        await pg.close()
+
+
+async def timed(fn: Callable[[int], Awaitable[object]], times: list[int]) -> list[float]:
     latencies = []
     for ts in times:
         started = time.perf_counter()
@@ -136,14 +202,45 @@ async def timed(fn: Callable[[int], Awaitable[None]], times: list[int]) -> list[
     return latencies
 
 
-async def measure(url: str, times: list[int], seed_times: list[int]) -> tuple[list[float], ...]:
-    """headcount's latencies, then the seed method's, on the store at ``url`` (read only)."""
-    topology = Topology.from_toml(TOPOLOGY)
-    async with await EventStore.open(url) as store:
-        history = History(store, topology)
+@dataclass
+class Measured:
+    """Latencies (ms) of headcount and of the bare driver, taken interleaved, in rounds."""
 
-        async def ours(ts: int) -> None:
+    ours: list[float] = field(default_factory=list)
+    limit: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # per round: our p50 / the limit's p50
+    seed: list[float] = field(default_factory=list)
+
+
+async def measure(url: str, times: list[int], seed_times: list[int], rounds: int) -> Measured:
+    """On the store at ``url`` (read only): rounds of the query times, each asked of the bare
+    driver, then of headcount (limit, headcount, limit, ...); the two must agree. Then the
+    seed's method."""
+    topology = Topology.from_toml(TOPOLOGY)
+    found = Measured()
+    async with await EventStore.open(url) as store, bare_driver(url) as bare:
+        history = History(store, topology)
+        for ts in times:  # warm the connections and the caches: each page both will read
             await history.count_at("S0", ts)
+            await bare(ts)
+        for _ in range(rounds):
+            ours: list[float] = []
+            limit: list[float] = []
+            for ts in times:
+                started = time.perf_counter()
+                expected = await bare(ts)
+                middle = time.perf_counter()
+                got = (await history.count_at("S0", ts)).count
+                ended = time.perf_counter()
+                if expected is not None and got != expected:
+                    raise SystemExit(
+                        f"count(S0, {ts}): headcount {got}, the bare driver {expected}"
+                    )
+                limit.append((middle - started) * 1000)
+                ours.append((ended - middle) * 1000)
+            found.ours += ours
+            found.limit += limit
+            found.ratios.append(percentile(ours, 50) / percentile(limit, 50))
 
         async def seed(ts: int) -> None:
             async with store.engine.connect() as conn:
@@ -153,35 +250,46 @@ async def measure(url: str, times: list[int], seed_times: list[int]) -> tuple[li
                     )
                 )
 
-        await timed(ours, times[:10])  # warm the connection pool and the caches
-        return await timed(ours, times), await timed(seed, seed_times)
+        found.seed = await timed(seed, seed_times)
+    return found
 
 
 def row(name: str, latencies: list[float]) -> str:
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-    return f"{name:<38} p50 {p50:9.2f} ms   p99 {p99:9.2f} ms"
+    return f"{name:<38} p50 {p50:9.3f} ms   p99 {p99:9.3f} ms"
 
 
-async def compare(backends: list[str], small: int, large: int) -> None:
+def spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+
+
+async def compare(backends: list[str], small: int, large: int, rounds: int) -> None:
     rng = random.Random(3)
     times = [rng.randrange(T0, T0 + YEAR) for _ in range(QUERIES)]
     seed_times = times[:SEED_QUERIES]
-    ratios = []
+    summary = []
     for backend in backends:
-        results: dict[int, tuple[list[float], ...]] = {}
+        results: dict[int, Measured] = {}
         if backend == "postgresql" and not await postgres_reachable():
             continue
         for n in (small, large):
             url = await kept_store(backend, n)
-            ours, seed = results[n] = await measure(url, times, seed_times)
+            found = results[n] = await measure(url, times, seed_times, rounds)
             print(f"{backend}, {n:,} events in one space over a year:", flush=True)
-            print("  " + row("headcount count(space, ts)", ours))
-            print("  " + row("seed: SUM(delta) over (space, ts)", seed), flush=True)
-        growth = percentile(results[large][0], 99) / percentile(results[small][0], 99)
-        ratio = percentile(results[large][1], 50) / percentile(results[large][0], 50)
-        ratios.append(f"{backend} {ratio:,.0f}")
+            print("  " + row("headcount count(space, ts)", found.ours))
+            print("  " + row("limit: bare driver, one statement", found.limit))
+            print(f"  headcount p50 / limit p50: {spread(found.ratios)} (goal <= 2)")
+            print("  " + row("seed: SUM(delta) over (space, ts)", found.seed), flush=True)
+        growth = percentile(results[large].ours, 99) / percentile(results[small].ours, 99)
+        seed_ratio = percentile(results[large].seed, 50) / percentile(results[large].ours, 50)
         print(f"{backend}: headcount p99 at {large:,} / at {small:,}: {growth:.2f} (goal <= 1.5)")
-    print(f"ratio (seed p50 / headcount p50 at {large:,} events; goal >= 300): {', '.join(ratios)}")
+        summary.append(
+            f"{backend}: headcount / limit p50 {spread(results[large].ratios)} (goal <= 2),"
+            f" p99 growth {growth:.2f} (goal <= 1.5), seed / headcount p50 {seed_ratio:,.0f}"
+        )
+    print(f"at {large:,} events:")
+    for line in summary:
+        print("  " + line)
 
 
 async def sweep(n: int) -> None:
@@ -191,14 +299,15 @@ async def sweep(n: int) -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="hc-bench-history-"):
         for every in (100, 250, 1_000, 10_000):
-            ours, seed = results[every] = await measure(
-                await kept_store("sqlite", n, every), times, times[:SEED_QUERIES]
+            found = results[every] = await measure(
+                await kept_store("sqlite", n, every), times, times[:SEED_QUERIES], 1
             )
             print(f"--snapshot-every {every:>6}:", flush=True)
-            print("  " + row("headcount count(space, ts)", ours))
-            print("  " + row("seed: SUM(delta) over (space, ts)", seed), flush=True)
-    ours, seed = results[DEFAULT_SNAPSHOT_EVERY]
-    ratio = percentile(seed, 50) / percentile(ours, 50)
+            print("  " + row("headcount count(space, ts)", found.ours))
+            print("  " + row("limit: bare driver, one statement", found.limit))
+            print("  " + row("seed: SUM(delta) over (space, ts)", found.seed), flush=True)
+    found = results[DEFAULT_SNAPSHOT_EVERY]
+    ratio = percentile(found.seed, 50) / percentile(found.ours, 50)
     print(f"ratio (seed p50 / headcount p50 at the default {DEFAULT_SNAPSHOT_EVERY}): {ratio:.1f}")
 
 
@@ -212,6 +321,9 @@ async def main() -> None:
         choices=["sqlite", "postgresql"],
         help="repeat for both (default: both)",
     )
+    parser.add_argument(
+        "--rounds", type=int, help="interleaved rounds of the queries (default 5; 2 quick)"
+    )
     parser.add_argument("--sweep", action="store_true", help="sweep --snapshot-every instead")
     args = parser.parse_args()
     if args.sweep:
@@ -219,7 +331,8 @@ async def main() -> None:
         return
     large = args.events or (100_000 if args.quick else 10_000_000)
     small = 10_000 if args.quick else 100_000
-    await compare(args.backend or ["sqlite", "postgresql"], small, large)
+    rounds = args.rounds or (2 if args.quick else 5)
+    await compare(args.backend or ["sqlite", "postgresql"], small, large, rounds)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,25 @@ class Topology:
             return ()
         return links[i]
 
+    def links_span(self, dpu_id: str, ts: int) -> tuple[tuple[Link, ...], int, int]:
+        """:meth:`links_at` and the span ``[start, end)`` around ``ts`` in which the DPU's links
+        stay the same (bounded by ``±2**63``): a long pass in time order routes a DPU's
+        traversals without looking them up while they fall in it."""
+        timeline = self._by_dpu.get(dpu_id)
+        if timeline is None:
+            return (), -(2**63), 2**63
+        starts, assignments, links = timeline
+        i = bisect_right(starts, ts) - 1
+        if i < 0:
+            return (), -(2**63), starts[0]
+        following = starts[i + 1] if i + 1 < len(starts) else 2**63
+        until = assignments[i].valid_until
+        if until is None:
+            return links[i], starts[i], following
+        if ts >= until:
+            return (), until, following
+        return links[i], starts[i], min(until, following)
+
     def knows_dpu(self, dpu_id: str) -> bool:
         """Whether ``dpu_id`` appears in any assignment."""
         return dpu_id in self._by_dpu

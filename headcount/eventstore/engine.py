@@ -1,6 +1,7 @@
 """Opening a store URL: engine settings per backend, write locks, and driver-error translation.
 
-This is the one place that knows which database is behind a URL.
+This is the one place that opens a URL; ``answers`` and ``scan`` read its engine's URL to reach
+the same database through the bare drivers.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from headcount.eventstore.records import (
     QuarantineEntry,
     StoredReset,
 )
+from headcount.eventstore.scan import sqlite_file, sqlite_rows
 from headcount.eventstore.schema import resets, snapshots, traversals
 from headcount.eventstore.statements import (
     CHUNK,
@@ -305,6 +306,15 @@ class EventLog:
         if dpu_ids is not None:
             stmt = stmt.where(traversals.c.dpu_id.in_(sorted(dpu_ids)))
         stmt = stmt.order_by(traversals.c.ts, traversals.c.dpu_id, traversals.c.seq)
+        path = sqlite_file(self.engine)
+        if path is not None:
+            compiled = stmt.compile(
+                dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
+            )
+            params = [compiled.params[name] for name in compiled.positiontup or ()]
+            async for rows in sqlite_rows(path, str(compiled), params, batch=5000):
+                yield rows
+            return
         async with translate_errors(), self.engine.connect() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=5000))
             async for partition in result.partitions():

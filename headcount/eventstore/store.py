@@ -5,7 +5,8 @@
   (``eventstore.snapshots``);
 - :attr:`EventStore.replays` replay generations (``eventstore.replays``);
 - :attr:`EventStore.topologies` the topology documents used (``eventstore.topologies``);
-- :attr:`EventStore.quarantine` refused input with its reason (``eventstore.quarantine``).
+- :attr:`EventStore.quarantine` refused input with its reason (``eventstore.quarantine``);
+- :attr:`EventStore.answers` past answers' reads in one statement (``eventstore.answers``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.clock import Clock, now_ms
 from headcount.eventstore import migrate
+from headcount.eventstore.answers import Answers
 from headcount.eventstore.engine import DEFAULT_URL, create_engine
 from headcount.eventstore.log import EventLog
 from headcount.eventstore.quarantine import Quarantine
@@ -37,6 +39,7 @@ class EventStore:
         self.replays = Replays(engine, clock=clock)
         self.topologies = Topologies(engine, clock=clock)
         self.quarantine = Quarantine(engine, clock=clock)
+        self.answers = Answers(engine)
 
     @classmethod
     async def open(
@@ -57,6 +60,7 @@ class EventStore:
         return cls(engine, clock=clock)
 
     async def close(self) -> None:
+        await self.answers.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Self:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.clock import now_ms
-from headcount.domain.fold import EMPTY, SpaceState, advance, fold
-from headcount.domain.topology import Topology
+from headcount.domain.fold import EMPTY, Folder, SpaceState, advance, fold
+from headcount.domain.topology import Space, Topology
+from headcount.eventstore.answers import RESET, SnapshotTail
 from headcount.eventstore.records import Snapshot
 from headcount.eventstore.store import EventStore
 from headcount.history.events import SpaceView, space_events
@@ -96,6 +97,11 @@ class History:
         """The fold of every event touching the space with ``ts`` at or before ``ts``."""
         space = self.topology.space(space_id)
         view = SpaceView.of(self.topology, space_id)
+        quick = await self.store.answers.snapshot_tail(
+            space_id, view.fingerprint, view.sources, until=ts
+        )
+        if quick is not None:
+            return _folded_tail(space, quick, ts)
         async with self.store.log.reading() as within:  # one connection for the whole answer
             base = await self.usable_snapshot(view, at_or_before=ts, within=within)
             state = EMPTY if base is None else base.state
@@ -183,3 +189,12 @@ class History:
                 len(pending),
             )
         return len(stored)
+
+
+def _folded_tail(space: Space, tail: SnapshotTail, ts: int) -> SpaceCount:
+    """The answer from a snapshot and the events after it (``EventStore.answers``), folded
+    in place."""
+    folder = Folder(space, tail.state)
+    folded = folder.fold_rows(tail.rows, RESET)
+    state = advance(space, folder.state(), ts)
+    return SpaceCount(space.id, ts, state, tail.state.as_of, folded)

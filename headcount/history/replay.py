@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from headcount.clock import now_ms
-from headcount.domain.events import Delta, Reset, SpaceEvent, space_delta
+from headcount.domain.events import Delta, Direction, Reset, SpaceEvent, space_delta
 from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
@@ -48,6 +48,10 @@ _SQL_DPU_FILTER = 500
 _BEFORE_ALL = -(2**62)
 
 _AFTER_ALL = 2**62
+
+
+#: A DPU's route in a pass: from, until, and the tracks it reaches with its delta by direction.
+_Route = tuple[int, int, tuple[tuple["_Track", dict[int, Direction]], ...]]
 
 
 def _row_ts(row: tuple[str, int, int, int]) -> int:
@@ -201,6 +205,23 @@ class _Track:
         self.events += 1
         return True
 
+    def delta(self, ts: int, dpu_id: str, seq: int, delta: Direction, head: Head) -> None:
+        """Fold a traversal's delta: :meth:`before` and the fold in one call (the replay's
+        inner loop)."""
+        if ts <= self.after:
+            return
+        if self.watching:
+            self.reach(ts)
+        cadence = self.cadence
+        if cadence is not None:
+            if cadence.due and cadence.snapshot_before(self.folder.as_of, ts):
+                self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+            cadence.folded()
+        self.events += 1
+        self.folder.delta(ts, delta)
+        if ts > self.recent_after:
+            self.recent.append(Delta(ts, dpu_id, seq, delta))
+
     def finish(self, head: Head) -> None:
         self.reach(_AFTER_ALL)
         if self.cadence is not None and self.cadence.snapshot_at_end(self.folder.as_of):
@@ -330,7 +351,7 @@ class Replay:
         sink = next(iter(tracks.values())).sink if tracks else []
         found = self._resets(await self.store.log.resets_up_to(head, after=after), tracks)
         rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head)
-        links_at = self.topology.links_at
+        routes: dict[str, _Route] = {}
         read = 0
         progress = self.progress
         async for batch in interleave_resets(found, rows, _row_ts):
@@ -340,13 +361,11 @@ class Replay:
                     read -= 1  # counted with its batch, but not a row of the traversal log
                     continue
                 dpu_id, seq, ts, direction = item
-                for link in links_at(dpu_id, ts):
-                    track = tracks.get(link.space_id)
-                    if track is not None and track.before(ts, head):
-                        delta = space_delta(direction, link.sensor_placement)
-                        track.folder.delta(ts, delta)
-                        if ts > track.recent_after:
-                            track.recent.append(Delta(ts, dpu_id, seq, delta))
+                route = routes.get(dpu_id)
+                if route is None or not route[0] <= ts < route[1]:
+                    route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+                for track, deltas in route[2]:
+                    track.delta(ts, dpu_id, seq, deltas[direction], head)
             read += len(batch)
             if progress is not None:
                 progress.update(read)
@@ -359,6 +378,17 @@ class Replay:
         if progress is not None:
             progress.finish(read)
         return read
+
+    def _route(self, tracks: dict[str, _Track], dpu_id: str, ts: int) -> _Route:
+        """Where a traversal of ``dpu_id`` at ``ts`` goes: the span of times it goes there
+        too, and the tracked spaces with its delta to each by direction."""
+        links, start, end = self.topology.links_span(dpu_id, ts)
+        reached = tuple(
+            (tracks[link.space_id], {d: space_delta(d, link.sensor_placement) for d in (1, -1)})
+            for link in links
+            if link.space_id in tracks
+        )
+        return start, end, reached
 
     def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:
         """The DPUs to read: those that reach the tracked spaces when they are few enough to

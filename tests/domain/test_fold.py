@@ -164,6 +164,34 @@ def test_folder_folds_as_fold_does(events: list[SpaceEvent], space: Space, days:
         assert folder.state() == fold_all(space, EMPTY, spread[:i])
 
 
+@given(
+    events=events,
+    space=st.sampled_from([ROOM, SIGNED, NIGHTLY]),
+    start=st.sampled_from([EMPTY, SpaceState(as_of=0, count=2, entrances=5, exits=3)]),
+)
+def test_folder_folds_rows_as_fold_does(
+    events: list[SpaceEvent], space: Space, start: SpaceState
+) -> None:
+    """A past answer's tail folded as rows ``(kind, ts, value)`` in one call."""
+    spread = [
+        Delta(e.ts * 3_600_000, e.dpu_id, e.seq, e.delta)
+        if isinstance(e, Delta)
+        else Reset(e.space_id, e.ts * 3_600_000, e.count)
+        for e in events
+    ]
+    rows = [(7, e.ts, e.count) if isinstance(e, Reset) else (3, e.ts, e.delta) for e in spread]
+    folder = Folder(space, start)
+    assert folder.fold_rows(rows, reset_kind=7) == len(rows)
+    assert folder.state() == fold_all(space, start, spread)
+
+
+def test_folder_refuses_rows_out_of_order() -> None:
+    folder = Folder(ROOM, SpaceState(as_of=10, count=1))
+    with pytest.raises(ValueError, match="out of order"):
+        folder.fold_rows([(3, 11, 1), (3, 9, 1)], reset_kind=7)
+    assert folder.state() == SpaceState(as_of=11, count=2, entrances=1)
+
+
 def test_folder_refuses_an_event_out_of_order() -> None:
     folder = Folder(ROOM, SpaceState(as_of=10, count=1))
     with pytest.raises(ValueError, match="out of order"):

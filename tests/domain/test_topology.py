@@ -485,6 +485,24 @@ def test_dpu_move_boundary_belongs_to_the_later_assignment() -> None:
     assert topology.assignment_at("7", end) is None
 
 
+def test_links_span_holds_the_links_of_every_time_in_it() -> None:
+    topology = Topology.from_toml(MOVED)
+    end = parse_iso("2018-02-01T00:00:00Z")
+    assert topology.links_span("283", T2018 - 1) == ((), -(2**63), T2018)
+    assert topology.links_span("283", T2018) == ((Link("A", 1),), T2018, T2019)
+    assert topology.links_span("283", T2019) == ((Link("A", 1), Link("B", -1)), T2019, 2**63)
+    assert topology.links_span("7", end) == ((), end, 2**63)
+    assert topology.links_span("999", T2018) == ((), -(2**63), 2**63)
+    for dpu_id in ("283", "7", "999"):
+        for ts in (T2018 - 5, T2018, end - 1, end, T2019 - 1, T2019, T2019 + 10**12):
+            links, start, until = topology.links_span(dpu_id, ts)
+            assert start <= ts < until
+            assert links == topology.links_at(dpu_id, ts)
+            for inside in (start, until - 1):
+                if abs(inside) < 2**62:
+                    assert topology.links_at(dpu_id, inside) == links
+
+
 def test_sources() -> None:
     topology = Topology.from_toml(MOVED)
     assert topology.sources("A") == (

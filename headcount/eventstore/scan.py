@@ -1,0 +1,68 @@
+"""Long ordered reads of a SQLite store through the bare driver: one thread hop per batch of
+rows instead of SQLAlchemy's rows and a hop per partition, and the next batch read while the
+caller folds this one (the driver lets go of the GIL while SQLite steps)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from headcount.errors import StoreError
+
+__all__ = ["sqlite_file", "sqlite_rows"]
+
+#: Seconds a read waits for a lock (as the engine's connections do).
+_BUSY_TIMEOUT = 30
+
+
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The file of a SQLite store, ``None`` for PostgreSQL or an in-memory database."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return database
+
+
+async def sqlite_rows(
+    path: str, sql: str, params: Sequence[Any], *, batch: int
+) -> AsyncIterator[list[tuple[Any, ...]]]:
+    """The rows of one read-only statement on the SQLite file at ``path``, in batches of up to
+    ``batch``. One statement reads one consistent state of the file however long it runs."""
+    try:
+        conn = await asyncio.to_thread(_open, path)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the event store {path!r}: {e}") from e
+    pending: asyncio.Future[list[tuple[Any, ...]]] | None = None
+    try:
+        cursor = await asyncio.to_thread(conn.execute, sql, params)
+        pending = asyncio.ensure_future(asyncio.to_thread(cursor.fetchmany, batch))
+        while True:
+            rows = await pending
+            if not rows:
+                break
+            pending = asyncio.ensure_future(asyncio.to_thread(cursor.fetchmany, batch))
+            yield rows
+    except sqlite3.Error as e:
+        raise StoreError(f"the event store failed: {e}") from e
+    finally:
+        if pending is not None and not pending.done():
+            # The worker cannot be interrupted: let it finish before closing its connection.
+            await asyncio.gather(pending, return_exceptions=True)
+        await asyncio.to_thread(conn.close)
+
+
+def _open(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        f"file:{quote(path)}?mode=rw",
+        uri=True,
+        timeout=_BUSY_TIMEOUT,
+        isolation_level=None,
+        check_same_thread=False,  # used by one worker thread at a time, in turn
+    )
+    conn.execute("PRAGMA query_only = ON")
+    return conn

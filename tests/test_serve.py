@@ -33,6 +33,15 @@ def serve(*args: str, tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def refusal(command: list[str]) -> str:
+    """Run ``command``, which must be refused as a usage error (exit 2) in one line; the line."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def test_a_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -40,17 +49,9 @@ def test_a_taken_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
         port = str(taken.getsockname()[1])
         for flag in ("--http-port", "--mqtt-port"):
             other = "--mqtt-port" if flag == "--http-port" else "--http-port"
-            result = subprocess.run(
-                serve("--demo", flag, port, other, str(free_port()), tmp=tmp_path),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert result.returncode == 2
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1, result.stderr
-            assert port in lines[0]
-            assert flag in lines[0]
+            line = refusal(serve("--demo", flag, port, other, str(free_port()), tmp=tmp_path))
+            assert port in line
+            assert flag in line
 
 
 def test_configuration_errors_name_their_own_flag_before_the_store_is_touched(
@@ -63,17 +64,9 @@ def test_configuration_errors_name_their_own_flag_before_the_store_is_touched(
         "--broker": ["--broker", "http://127.0.0.1:1883"],
     }
     for flag, args in cases.items():
-        result = subprocess.run(
-            serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert f"check {flag}" in lines[0]
-        assert "port" not in lines[0].replace("--mqtt-port", ""), lines[0]
+        line = refusal(serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path))
+        assert f"check {flag}" in line
+        assert "port" not in line.replace("--mqtt-port", ""), line
         assert not (tmp_path / "store.db").exists(), flag
 
 
@@ -143,24 +136,10 @@ async def test_broker_runs_alone_for_a_service_in_another_process(tmp_path: Path
 
 
 def test_an_open_host_without_tokens_is_one_line_naming_both_flags(tmp_path: Path) -> None:
-    result = subprocess.run(
-        serve(
-            "--demo",
-            "--host",
-            "0.0.0.0",
-            "--http-port",
-            str(free_port()),
-            "--mqtt-port",
-            str(free_port()),
-            "--insecure-open-broker",
-            tmp=tmp_path,
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.strip().splitlines()
+    line = refusal(
+        serve("--demo", "--host", "0.0.0.0", "--http-port", str(free_port()),
+              "--mqtt-port", str(free_port()), "--insecure-open-broker", tmp=tmp_path)
+    )  # fmt: skip
     assert "--tokens" in line
     assert "--insecure-open-api" in line
     assert not (tmp_path / "store.db").exists()
@@ -219,14 +198,7 @@ def test_beyond_loopback_without_dpu_auth_is_refused_naming_both_flags(tmp_path:
         serve("--demo", "--host", "0.0.0.0", "--http-port", str(free_port()), tmp=tmp_path),
         [sys.executable, "-m", "headcount", "broker", "--host", "0.0.0.0"],
     ):
-        result = subprocess.run(
-            [*command, "--mqtt-port", str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        [line] = result.stderr.strip().splitlines()
+        line = refusal([*command, "--mqtt-port", str(free_port())])
         assert "--dpu-auth DIR" in line
         assert "--insecure-open-broker" in line
         assert not (tmp_path / "store.db").exists()
@@ -338,16 +310,8 @@ def test_tls_flags_come_in_pairs_and_must_fit(tmp_path: Path) -> None:
         ],
     }  # fmt: skip
     for problem, args in cases.items():
-        result = subprocess.run(
-            serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert problem in lines[0]
+        line = refusal(serve("--demo", *args, "--http-port", str(free_port()), tmp=tmp_path))
+        assert problem in line
         assert not (tmp_path / "store.db").exists(), problem
 
 

@@ -3,8 +3,6 @@ while another keeps counting."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from headcount.domain.events import Traversal
@@ -95,7 +93,6 @@ async def test_one_dpu_flooding_does_not_starve_another(store: EventStore) -> No
     # Acknowledgements are not checked one by one here (10,000 queries): what is stored is.
     async with rig(store, settings, monotonic=clock, check_acks=False) as r:
         sent_423 = []
-        started = time.monotonic()
         for seq in range(1, FLOOD + 1):
             ts = NOW - 3_600_000 + seq * 100
             r.send([[Traversal("283", seq, ts, 1)]])
@@ -103,7 +100,6 @@ async def test_one_dpu_flooding_does_not_starve_another(store: EventStore) -> No
                 sent_423 += r.send([[Traversal("423", seq // 100, ts + 1, 1)]])
         total = FLOOD + len(sent_423)
         await eventually(lambda: r.acked == total, timeout=120, what="the flood acknowledged")
-        elapsed = time.monotonic() - started
 
         stored = await stored_keys(r.store)
         assert sorted(k for k in stored if k[0] == "423") == [("423", n) for n in range(1, 101)]
@@ -123,9 +119,6 @@ async def test_one_dpu_flooding_does_not_starve_another(store: EventStore) -> No
         assert sample("headcount_quarantine_suppressed_total", {"reason": "rate_limited"}) == (
             FLOOD - BURST - KEEP
         )
-    # Refused unread and mostly not written, the flood goes through fast (a generous bound:
-    # the machine running the tests may be busy).
-    assert elapsed < 90, f"the flood took {elapsed:.1f} s to get through"
 
 
 async def test_the_flood_is_refused_unread_so_it_costs_no_decoding(store: EventStore) -> None:

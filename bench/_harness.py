@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import sys
 import time
@@ -15,14 +14,9 @@ from pathlib import Path
 
 import aiohttp
 
+from headcount.ingest.broker import free_port as free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def topology_toml(dpus: int, spaces: int = 1) -> str:

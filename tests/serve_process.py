@@ -34,6 +34,17 @@ async def wait_healthy(
     return False
 
 
+async def stop_serving(process: asyncio.subprocess.Process) -> str:
+    """Stop a service started with ``stderr=PIPE`` as a person would (SIGTERM, unless it has
+    already ended) and return its log; fails with the log unless it ended with status 0."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    assert process.stderr is not None
+    log = (await process.stderr.read()).decode()
+    assert await process.wait() == 0, log
+    return log
+
+
 class ServeProcess:
     """``headcount serve --topology TOPOLOGY`` on ``broker_url``, with a SQLite store in ``tmp``
     or the store at ``store_url``."""

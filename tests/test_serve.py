@@ -22,7 +22,7 @@ from headcount.ingest.credentials import issue
 from headcount.ingest.mqtt import parse_broker_url, tls_context
 from headcount.sim.truth import Truth
 from tests.certificates import make_certificates
-from tests.serve_process import wait_healthy
+from tests.serve_process import stop_serving, wait_healthy
 from tests.sim.harness import simulate
 
 
@@ -97,10 +97,7 @@ async def test_demo_serves_the_seed_and_stops_cleanly(tmp_path: Path) -> None:
             assert response.status == 400
             assert "too long" in (await response.json())["detail"]
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        log = await stop_serving(process)
     assert "demo: imported 530 seed events" in log
     assert "Traceback" not in log
     assert " ERROR " not in log
@@ -128,10 +125,7 @@ async def test_broker_runs_alone_for_a_service_in_another_process(tmp_path: Path
                 message = await anext(aiter(service.messages))
             assert (str(message.topic), message.payload) == ("dpus/7/traversals", b"x")
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        log = await stop_serving(process)
     assert f"MQTT broker on 127.0.0.1:{port}" in log
 
 
@@ -184,10 +178,7 @@ async def test_with_tokens_only_healthz_and_open_metrics_answer_without_one(
         assert verified.returncode == 0, verified.stderr
         assert read not in verified.stdout + verified.stderr
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        log = await stop_serving(process)
     assert "api_tokens=1 (open: /healthz, /metrics)" in log
     assert read not in log
     assert "Traceback" not in log
@@ -288,10 +279,7 @@ async def test_serve_and_the_simulator_over_tls(
                         counts[space_id] = (await response.json())["count"]
                 await asyncio.sleep(0.1)
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        log = await stop_serving(process)
     assert f"embedded MQTT broker on 127.0.0.1:{port} (TLS)" in log
     assert "Traceback" not in log
 
@@ -342,7 +330,4 @@ async def test_broker_alone_over_tls_prints_an_mqtts_url_that_works(tmp_path: Pa
                 message = await anext(aiter(service.messages))
             assert message.payload == b"x"
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        await stop_serving(process)

@@ -107,14 +107,43 @@ def is_loopback(host: str) -> bool:
     return bool(found) and all(ipaddress.ip_address(a[4][0]).is_loopback for a in found)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range: the outgoing connections of other programs
+    never take one of these, as they may take a port the kernel picks for ``bind(0)``."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(min(20000, low // 2), low)
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on right now. Another process may take it before we bind it:
-    good enough for tests and local runs, where the alternative is a fixed port."""
+    """A TCP port nobody listens on right now, never the same one twice in this process.
+
+    It comes from below the ephemeral range, so no outgoing connection (of this process or
+    another) can take it between this check and the caller's bind; another listener still
+    could: good enough for tests and local runs, where the alternative is a fixed port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = _below_ephemeral()
+    for _ in range(200):
+        port = candidates[secrets.randbelow(len(candidates))]
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 class ServiceAuthPlugin(PasswordFileAuthPlugin):

@@ -5,7 +5,6 @@ verification write nothing; a replay refuses a store a service is using."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +17,7 @@ from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.ingest.broker import free_port
 from tests.cli.support import SEED_CSV, SEED_TOPOLOGY, import_csv, iso, ms, run, seed_events
-from tests.serve_process import wait_healthy
+from tests.serve_process import stop_serving, wait_healthy
 
 #: Mounted backwards: DPU 423 hangs inside B, not A (Z's links flipped).
 FLIPPED = SEED_TOPOLOGY.read_text().replace(
@@ -225,10 +224,7 @@ async def service(db: str) -> AsyncIterator[str]:
         assert await wait_healthy(url, process, timeout_s=60)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.stderr is not None
-        log = (await process.stderr.read()).decode()
-        assert await process.wait() == 0, log
+        await stop_serving(process)
 
 
 async def live_and_past(url: str) -> dict[tuple[str, str], int]:

@@ -21,6 +21,7 @@ from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
 from headcount.http.limits import limit_query
 from headcount.http.openapi import document
+from headcount.http.series import counts, space_counts
 from headcount.ingest.dpus import Delivery, DpuRegistry
 
 #: The classic Prometheus text format, which ``generate_latest`` writes. Newer prometheus_client
@@ -41,6 +42,8 @@ def add_routes(app: web.Application) -> None:
             web.get("/spaces", list_spaces),
             web.get("/spaces/{space_id}", space_detail),
             web.get("/spaces/{space_id}/count", space_count),
+            web.get("/spaces/{space_id}/counts", space_counts),
+            web.get("/counts", counts),
             web.get("/dpus", list_dpus),
             web.get("/dpus/{dpu_id}", dpu_detail),
             web.get("/healthz", healthz),

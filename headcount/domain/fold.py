@@ -180,6 +180,11 @@ class Folder:
         self._advance(ts)
         self.count = count
 
+    def advance(self, ts: int) -> None:
+        """Move forward to ``ts`` with no event, as :func:`advance` does: only a daily reset
+        can happen."""
+        self._advance(ts)
+
     def _advance(self, ts: int) -> None:
         as_of = self.as_of
         if as_of is not None:

@@ -24,23 +24,23 @@ every day at its instant, whatever the count was (a count of zero stays zero).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from headcount.domain.events import SpaceEvent
+from headcount.domain.events import Reset, SpaceEvent
 from headcount.domain.fold import (
     EMPTY,
+    Folder,
     SpaceState,
-    advance,
     daily_reset_instant,
     daily_reset_window,
-    fold,
 )
 from headcount.domain.timefmt import from_ms, to_ms
 from headcount.domain.topology import Space
+from headcount.eventstore.answers import RESET, TRAVERSAL
 from headcount.history.counts import History
 from headcount.history.events import SpaceView, space_events
 
@@ -70,6 +70,8 @@ DEFAULT_PAGE_SIZE: Final = 1_000
 MAX_PAGE_SIZE: Final = 10_000
 
 _DAY_MS = 86_400_000
+#: Events folded at a time on the general path.
+_BATCH = 5_000
 _MIDNIGHT = time(0, 0)
 
 
@@ -169,100 +171,143 @@ def bucket_page(interval: str, time_zone: str, start: int, end: int, page_size: 
 
 
 class BucketFold:
-    """One pass of the fold over a series' buckets. Give it the state just before the first
-    bucket (every event before ``bounds[0]`` folded), then the window's events in fold order
-    with :meth:`add`; :meth:`finish` closes the rest and returns the buckets."""
+    """One pass of the fold over a series' buckets. Start it from a state of the space before
+    ``bounds[0]`` (a snapshot's, say), give it every event after that state up to
+    ``bounds[-1]`` (exclusive) in fold order as rows ``(kind, ts, value)`` (``kind``
+    :data:`RESET`, ``value`` the count set, or a traversal, ``value`` its delta to the space)
+    with :meth:`rows`; :meth:`finish` closes the buckets left and returns them. The fold is
+    ``domain.fold.Folder``'s; the events before ``bounds[0]`` only bring it up to the start.
+    """
 
     def __init__(self, space: Space, state: SpaceState, bounds: Sequence[int]) -> None:
         if len(bounds) < 2:
             raise ValueError("a series needs at least one bucket")
-        self.space = space
-        self.state = state
+        self.folder = Folder(space, state)
         self.bounds = bounds
         self.buckets: list[Bucket] = []
-        self._open(state.count)
+        self._counting = False
+        #: The next time at which something other than folding happens: the window's start,
+        #: then the sooner of the open bucket's end and the next daily reset.
+        self._stop = bounds[0]
         self._daily: int | None = None
-        if space.daily_reset is not None:
-            last, upcoming = daily_reset_window(space, bounds[0])
-            self._daily = last if last == bounds[0] else upcoming
+        self._start = self._end = 0
+        self._min = self._max = self._events = self._entrances = self._exits = 0
+
+    def rows(self, rows: Iterable[Sequence[int]]) -> None:
+        """Fold rows in fold order, each after the state so far and before ``bounds[-1]``."""
+        folder = self.folder
+        for kind, ts, value in rows:
+            if ts >= self._stop:
+                self._reach(ts)
+            if kind == RESET:
+                folder.reset(ts, value)
+            else:
+                folder.delta(ts, value)
+            if self._counting:
+                count = folder.count
+                self._events += 1
+                if count < self._min:
+                    self._min = count
+                elif count > self._max:
+                    self._max = count
+
+    def events(self, events: Iterable[SpaceEvent]) -> None:
+        """Fold events as :meth:`rows` does."""
+        self.rows(
+            (RESET, e.ts, e.count) if isinstance(e, Reset) else (TRAVERSAL, e.ts, e.delta)
+            for e in events
+        )
+
+    def finish(self) -> list[Bucket]:
+        """Close every bucket left; the series."""
+        self._reach(self.bounds[-1])
+        return self.buckets
+
+    def _reach(self, ts: int) -> None:
+        """Before folding an event at ``ts`` (or at the end, ``bounds[-1]``): start the
+        buckets if ``ts`` is in the window, fold the daily resets at or before it (they come
+        first in their millisecond), close the buckets that end at or before it."""
+        folder = self.folder
+        if not self._counting:
+            if ts < self.bounds[0]:
+                return
+            folder.advance(self.bounds[0] - 1)
+            space = folder.space
+            if space.daily_reset is not None:
+                last, upcoming = daily_reset_window(space, self.bounds[0])
+                self._daily = last if last == self.bounds[0] else upcoming
+            self._counting = True
+            self._open(folder.count)
+        while True:
+            daily = self._daily
+            while daily is not None and daily <= ts and daily < self._end:
+                folder.advance(daily)
+                count = folder.count
+                self._events += 1
+                self._min, self._max = min(self._min, count), max(self._max, count)
+                daily = self._daily = daily_reset_window(folder.space, daily)[1]
+            if ts < self._end:
+                break
+            self._close()
+            if len(self.buckets) == len(self.bounds) - 1:
+                self._stop = self.bounds[-1] + 1  # done: nothing more may come
+                return
+            self._open(folder.count)
+        self._stop = self._end if daily is None else min(self._end, daily)
 
     def _open(self, count: int) -> None:
         i = len(self.buckets)
         self._start, self._end = self.bounds[i], self.bounds[i + 1]
         self._min = self._max = count
-        self._entrances = self._exits = self._events = 0
+        self._events = 0
+        self._entrances, self._exits = self.folder.entrances, self.folder.exits
 
-    def _seen(self, count: int) -> None:
-        self._events += 1
-        if count < self._min:
-            self._min = count
-        elif count > self._max:
-            self._max = count
-
-    def _close_before(self, ts: int) -> None:
-        """Fold the daily resets before ``ts`` (and at it: they come first) and close every
-        bucket that ends at or before ``ts``."""
-        while True:
-            daily = self._daily
-            while daily is not None and daily <= ts and daily < self._end:
-                self.state = advance(self.space, self.state, daily)
-                self._seen(self.state.count)
-                daily = self._daily = daily_reset_window(self.space, daily)[1]
-            if ts < self._end:
-                return
-            count = self.state.count
-            self.buckets.append(
-                Bucket(
-                    self._start,
-                    self._end,
-                    count,
-                    self._min,
-                    self._max,
-                    self._entrances,
-                    self._exits,
-                    self._events,
-                )
+    def _close(self) -> None:
+        folder = self.folder
+        self.buckets.append(
+            Bucket(
+                self._start,
+                self._end,
+                folder.count,
+                self._min,
+                self._max,
+                folder.entrances - self._entrances,
+                folder.exits - self._exits,
+                self._events,
             )
-            if len(self.buckets) == len(self.bounds) - 1:
-                return
-            self._open(count)
-
-    def add(self, event: SpaceEvent) -> None:
-        """Fold one event of the window (``bounds[0] <= event.ts < bounds[-1]``)."""
-        if not self.bounds[0] <= event.ts < self.bounds[-1]:
-            raise ValueError(f"event at {event.ts} outside the series' window")
-        self._close_before(event.ts)
-        before = self.state
-        after = self.state = fold(self.space, before, event)
-        self._entrances += after.entrances - before.entrances
-        self._exits += after.exits - before.exits
-        self._seen(after.count)
-
-    def finish(self) -> list[Bucket]:
-        """Close every bucket left; the series."""
-        self._close_before(self.bounds[-1])
-        return self.buckets
+        )
 
 
 async def series(history: History, space_id: str, bounds: Sequence[int]) -> list[Bucket]:
     """The buckets ``bounds[i]`` to ``bounds[i + 1]`` of a space: the newest usable snapshot
-    before the first, the log from it through the last, one fold, one read transaction."""
+    before the first, the log from it through the last, one fold, in one statement through
+    the driver (``EventStore.answers``) or, where that cannot answer, in one read transaction
+    of the general path (as ``History.count_at`` does)."""
     space = history.topology.space(space_id)
     view = SpaceView.of(history.topology, space_id)
     first, last = bounds[0], bounds[-1]
+    async with history.store.answers.snapshot_window(
+        space_id, view.fingerprint, view.sources, before=first, end=last
+    ) as window:
+        if window is not None:
+            buckets = BucketFold(space, window.state, bounds)
+            async for batch in window.batches:
+                buckets.rows(batch)
+            return buckets.finish()
     async with history.store.log.reading() as within:
         base = await history.usable_snapshot(view, at_or_before=first - 1, within=within)
-        state = EMPTY if base is None else base.state
-        window: BucketFold | None = None
+        buckets = BucketFold(space, EMPTY if base is None else base.state, bounds)
+        pending: list[SpaceEvent] = []
         async for event in space_events(
-            history.store, view, after=state.as_of, until=last - 1, within=within
+            history.store,
+            view,
+            after=None if base is None else base.as_of,
+            until=last - 1,
+            within=within,
         ):
-            if window is None:
-                if event.ts < first:
-                    state = fold(space, state, event)
-                    continue
-                window = BucketFold(space, advance(space, state, first - 1), bounds)
-            window.add(event)
-    if window is None:
-        window = BucketFold(space, advance(space, state, first - 1), bounds)
-    return window.finish()
+            pending.append(event)
+            if len(pending) == _BATCH:
+                buckets.events(pending)
+                pending.clear()
+        buckets.events(pending)
+    return buckets.finish()

@@ -21,7 +21,7 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Topology
 from headcount.eventstore.schema import metadata
 from headcount.eventstore.store import EventStore
-from headcount.history import History
+from headcount.history import History, SpaceView
 from headcount.history.replay import Replay
 from headcount.history.series import Bucket, bucket_page, series
 
@@ -310,6 +310,7 @@ windows = st.tuples(
     st.sampled_from(["15m", "1h", "1d", "1w"]),
     st.sampled_from([NEW_YORK, "Europe/Berlin", "UTC", "Asia/Kolkata"]),
     st.integers(1, 40),  # page size
+    st.sampled_from([0, 0, 1, 3]),  # snapshot every this many events at the end; 0: not
 )
 
 
@@ -320,7 +321,7 @@ windows = st.tuples(
 )
 @given(scenario=scenarios(), window=windows)
 async def test_series_equals_reference_fold(
-    store: EventStore, scenario: Scenario, window: tuple[int, int, str, str, int]
+    store: EventStore, scenario: Scenario, window: tuple[int, int, str, str, int, int]
 ) -> None:
     """Buckets across the 2026-03-08 change in New York, paged, from snapshots written as the
     events arrive (late ones and duplicates among them), equal the reference's."""
@@ -341,8 +342,11 @@ async def test_series_equals_reference_fold(
             assert isinstance(arg, int)
             history = History(store, topo, snapshot_every=arg, snapshot_lag_ms=0)
             await history.refresh_snapshots(now=T0 + 10 * SLOTS * SLOT)
-    start, length, interval, time_zone, page_size = window
+    start, length, interval, time_zone, page_size, every = window
     history = History(store, topo)
+    if every:
+        snapshots = History(store, topo, snapshot_every=every, snapshot_lag_ms=0)
+        await snapshots.refresh_snapshots(now=T0 + 10 * SLOTS * SLOT)
     for space_id in SPACES:
         got: list[Bucket] = []
         bounds: list[int] = []
@@ -354,4 +358,9 @@ async def test_series_equals_reference_fold(
             cursor = page.next_start
         expected = reference_buckets(topo, stored, stored_resets, space_id, tuple(bounds))
         assert got == expected, space_id
+        view = SpaceView.of(topo, space_id)
+        async with store.answers.snapshot_window(
+            space_id, view.fingerprint, view.sources, before=start, end=start + length
+        ) as read:
+            event("series in one statement" if read is not None else "series, general path")
     event(f"series {interval}")

@@ -68,7 +68,8 @@ async def test_local_buckets_in_another_zone(service: Service) -> None:
 
 async def test_pages_follow_next_to_the_whole_series(service: Service) -> None:
     whole = await service.get(f"/spaces/A/counts?{WINDOW}&interval=5m")
-    assert len(whole["results"]) == 12 and whole["next"] is None
+    assert len(whole["results"]) == 12
+    assert whole["next"] is None
     path: str | None = f"/spaces/A/counts?{WINDOW}&interval=5m&page_size=5"
     pages: list[dict[str, Any]] = []
     while path is not None:
@@ -124,9 +125,7 @@ async def test_unknown_spaces_are_404(service: Service) -> None:
         pytest.param(f"{WINDOW}&interval=1h&interval=1d", "interval", id="twice"),
     ],
 )
-async def test_bad_parameters_are_400_naming_them(
-    service: Service, query: str, named: str
-) -> None:
+async def test_bad_parameters_are_400_naming_them(service: Service, query: str, named: str) -> None:
     for path in (f"/spaces/A/counts?{query}", f"/counts?space_id=A&{query}"):
         body = await service.get(path, 400)
         assert body["detail"].startswith(f"{named}: "), body

@@ -1,6 +1,7 @@
 """The API described as an OpenAPI 3.1 document (a plain dict, served as ``/openapi.json``).
 
-Every response object lists all its properties as required and allows no others, so a test can
+Every response object lists all its properties as required (but a series bucket's
+`utilization`, given only where the space has a capacity) and allows no others, so a test can
 hold real responses to this document.
 """
 
@@ -135,6 +136,33 @@ SCHEMAS: dict[str, Schema] = {
     "DpuDetail": _obj(
         "A DPU with every assignment it had.", **_DPU_FIELDS, assignments=_list("Assignment")
     ),
+    "Bucket": {
+        **_obj(
+            "One bucket [start, end) of local wall-clock time; `utilization` only where the"
+            " space has a capacity.",
+            start=_of("string", "Start (inclusive), local time with its offset."),
+            end=_of("string", "End (exclusive), local time with its offset."),
+            count=_of("integer", "The count after the bucket's last event (`?ts=` at end - 1 ms)."),
+            min=_of("integer", "The lowest count in the bucket (its start and after each event)."),
+            max=_of("integer", "The highest count in the bucket (its start and after each event)."),
+            entrances=_of("integer", "Traversals in the bucket whose delta for the space is +1."),
+            exits=_of("integer", "Traversals in the bucket whose delta for the space is -1."),
+            events=_of("integer", "Traversals, manual resets and daily resets in the bucket."),
+            utilization=_of("number", "max / capacity."),
+        ),
+        "required": ["start", "end", "count", "min", "max", "entrances", "exits", "events"],
+    },
+    "Series": _obj(
+        "A space's counts in buckets, one page.",
+        space_id=_SPACE_ID,
+        time_zone=_of("string", "The zone whose clock the buckets follow."),
+        interval=_of(
+            "string", "The buckets' interval.", enum=["1m", "5m", "15m", "1h", "1d", "1w"]
+        ),
+        results=_list("Bucket"),
+        next=_of("string", "The path and query of the next page; null on the last.", True),
+    ),
+    "SeriesList": _obj("Several spaces' counts in buckets.", spaces=_list("Series")),
     "Health": _obj(
         "The service is serving.",
         status=_of("string", "Always ok.", enum=["ok"]),
@@ -166,6 +194,49 @@ _ERRORS = {
         " try again shortly (`Retry-After`). `detail` says which."
     ),
 }
+
+
+def _query(name: str, description: str, required: bool = False, **schema: Any) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+_SERIES_PARAMS: tuple[Schema, ...] = (
+    _query(
+        "start_time",
+        "ISO-8601 with an offset (send `+` as `%2B`); the first bucket is the one holding it.",
+        True,
+        type="string",
+        format="date-time",
+    ),
+    _query(
+        "end_time",
+        "ISO-8601 with an offset, after start_time; the last bucket holds end_time - 1 ms.",
+        True,
+        type="string",
+        format="date-time",
+    ),
+    _query(
+        "interval",
+        "Bucket length on the local clock (1h by default): a DST day has 23 or 25 hours; 1d is"
+        " midnight to midnight local, 1w Monday 00:00 local to the next.",
+        type="string",
+        enum=["1m", "5m", "15m", "1h", "1d", "1w"],
+    ),
+    _query("time_zone", "A tz database name; by default the space's own.", type="string"),
+    _query(
+        "page_size",
+        "Buckets per space in one answer (default 1,000).",
+        type="integer",
+        minimum=1,
+        maximum=10_000,
+    ),
+)
 
 _TS_PARAM: Schema = {
     "name": "ts",
@@ -239,6 +310,27 @@ PATHS: dict[str, Schema] = {
         "A space's count with its entrances and exits, now or at `ts`.",
         "CountDetail",
         parameters=(_SPACE, _TS_PARAM),
+        errors=("404", "503"),
+    ),
+    "/spaces/{space_id}/counts": _get(
+        "A space's counts in buckets of local wall-clock time, a page at a time.",
+        "Series",
+        parameters=(_SPACE, *_SERIES_PARAMS),
+        errors=("404", "503"),
+    ),
+    "/counts": _get(
+        "Several spaces' counts in buckets; each space's `next` continues it on its own route.",
+        "SeriesList",
+        parameters=(
+            _query(
+                "space_id",
+                "A space's id; repeat for more (space_id=A&space_id=B).",
+                True,
+                type="array",
+                items={"type": "string"},
+            ),
+            *_SERIES_PARAMS,
+        ),
         errors=("404", "503"),
     ),
     "/dpus": _get("Every DPU the topology knows.", "DpuList"),

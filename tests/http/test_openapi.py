@@ -26,6 +26,7 @@ from headcount.metrics import Metrics
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
+_WINDOW = "start_time=2023-11-14T21:00:00Z&end_time=2023-11-14T23:00:00Z"
 _JSON_TYPES = {
     type(None): "null",
     bool: "boolean",
@@ -51,7 +52,8 @@ def problems(
     doc: dict[str, Any], schema: dict[str, Any], value: Any, where: str = "$"
 ) -> list[str]:
     """Where ``value`` departs from ``schema``: types, enums, and for documented objects, keys
-    exactly the required properties (the document requires every property it lists)."""
+    every required property and no undocumented one (the document requires every property it
+    lists but a series bucket's ``utilization``)."""
     schema = resolve(doc, schema)
     kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
     kind = _JSON_TYPES[type(value)]
@@ -67,7 +69,7 @@ def problems(
     if kind != "object" or "properties" not in schema:
         return []
     found = []
-    if set(value) != set(schema["required"]) or set(value) != set(schema["properties"]):
+    if not set(schema["required"]) <= set(value) <= set(schema["properties"]):
         found.append(f"{where}: keys {sorted(value)}, documented {sorted(schema['required'])}")
     for key, item in value.items():
         if key in schema["properties"]:
@@ -189,6 +191,12 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         ("/dpus/{dpu_id}", "/dpus/283", 200),
         ("/dpus/{dpu_id}", "/dpus/999", 404),
         ("/healthz", "/healthz", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&interval=15m", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&page_size=1", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&interval=2h", 400),
+        ("/spaces/{space_id}/counts", f"/spaces/Q/counts?{_WINDOW}", 404),
+        ("/counts", f"/counts?space_id=A&space_id=B&{_WINDOW}", 200),
+        ("/counts", f"/counts?space_id=A&space_id=Q&{_WINDOW}", 404),
     ],
     ids=[
         "seed-now",
@@ -204,6 +212,12 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         "dpu",
         "dpu-404",
         "healthz",
+        "series",
+        "series-paged",
+        "series-400",
+        "series-404",
+        "counts",
+        "counts-404",
     ],
 )
 async def test_real_responses_match_the_document(

@@ -57,6 +57,8 @@ _Shape = tuple[tuple[bool, int], ...]
 _PG_CONNECTIONS = 4
 #: Rows per batch of a series' window.
 _WINDOW_BATCH = 5_000
+#: Rows of a series' window on PostgreSQL read in one statement, without a cursor: a day.
+_PG_ONE_TRIP = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,8 @@ def snapshot_tail_sql(shape: _Shape, backend: str, *, window: bool = False) -> s
     its placement) on ``backend`` (``sqlite``: parameters ``?n`` for sqlite3, else ``$n`` for
     asyncpg), with parameters in the order of :func:`_source_params`. With ``window`` (a
     series, ``Answers.snapshot_window``): the snapshot as below, but the rows after it up to
-    (not including) one more parameter, the window's end, and no limit on them.
+    (not including) one more parameter, the window's end, and as many rows as the last
+    parameter (none: ``-1`` on SQLite, ``NULL`` on PostgreSQL).
 
     Rows ``(kind, ts, value)``: the newest snapshot of the space under the fingerprint at or
     before the time that no finished replay superseded, as three rows (its entrances, its exits,
@@ -183,10 +186,10 @@ SELECT kind, ts, value FROM (
 {tail}
 ) AS answer
 ORDER BY ts, kind, dpu_id, seq
-{"" if window else f"LIMIT {TAIL_PAGE + 4}"}
+LIMIT {f"{{{_param_count(shape) + 2}}}" if window else TAIL_PAGE + 4}
 """
     placeholder = "?{}" if backend == "sqlite" else "${}"
-    return sql.format(*(placeholder.format(n) for n in range(_param_count(shape) + 2)))
+    return sql.format(*(placeholder.format(n) for n in range(_param_count(shape) + 3)))
 
 
 def _param_count(shape: _Shape) -> int:
@@ -307,10 +310,10 @@ class Answers:
             return
         shape = tuple((s.valid_until is not None, s.sensor_placement) for s in sources)
         sql = snapshot_tail_sql(shape, self.engine.dialect.name, window=True)
-        params = [space_id, fingerprint, before - 1, *_source_params(sources), end]
+        params: list[Any] = [space_id, fingerprint, before - 1, *_source_params(sources), end]
         batches: AsyncGenerator[Sequence[Sequence[Any]], None]
         if self._sqlite_path is not None:
-            batches = self._sqlite_batches(self._sqlite_path, sql, params)
+            batches = self._sqlite_batches(self._sqlite_path, sql, [*params, -1])
         else:
             batches = self._pg_batches(sql, params)
         async with aclosing(batches):
@@ -377,10 +380,16 @@ class Answers:
             try:
                 if conn is None:
                     conn = await asyncpg.connect(**(self._pg_args or {}))
-                async with conn.transaction(readonly=True):
-                    cursor = await conn.cursor(sql, *params)
-                    while batch := await cursor.fetch(_WINDOW_BATCH):
-                        yield batch
+                # A short window in one round trip; a longer one again, through a cursor.
+                rows = await conn.fetch(sql, *params, _PG_ONE_TRIP)
+                if len(rows) < _PG_ONE_TRIP:
+                    yield rows
+                else:
+                    del rows
+                    async with conn.transaction(readonly=True):
+                        cursor = await conn.cursor(sql, *params, None)
+                        while batch := await cursor.fetch(_WINDOW_BATCH):
+                            yield batch
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 if conn is not None:
                     conn.terminate()

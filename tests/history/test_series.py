@@ -13,8 +13,9 @@ import pytest
 from headcount.domain.events import Reset, Traversal
 from headcount.domain.timefmt import format_local, parse_iso
 from headcount.domain.topology import Topology
+from headcount.eventstore import answers
 from headcount.eventstore.store import EventStore
-from headcount.history import History
+from headcount.history import History, SpaceView
 from headcount.history.series import Bucket, boundaries, bucket_page, day_start, series
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -201,3 +202,31 @@ async def test_daily_reset_is_an_event_of_its_bucket(store: EventStore) -> None:
         (0, 0, 2, 1),  # 04:00: the daily reset
         (0, 0, 0, 0),
     ]
+
+
+async def test_a_window_longer_than_a_batch_is_read_in_batches(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-statement read in several batches (and on PostgreSQL, past the one-trip read,
+    through a cursor) gives the buckets of one batch."""
+    await store.log.append(
+        [
+            Traversal("283" if i % 3 else "423", i, T + i * MIN, 1 if i % 4 else -1)
+            for i in range(90)
+        ]
+    )
+    await store.log.append_reset(Reset("A", T + 45 * MIN, 7))
+    history = History(store, seed, snapshot_every=10, snapshot_lag_ms=0)
+    await history.refresh_snapshots(now=T + 10 * HOUR)
+    page = bucket_page("5m", BERLIN, T + 20 * MIN, T + 90 * MIN, 100)
+    view = SpaceView.of(seed, "A")
+    async with store.answers.snapshot_window(
+        "A", view.fingerprint, view.sources, before=page.bounds[0], end=page.bounds[-1]
+    ) as window:
+        assert window is not None  # the one-statement path answers this one
+    whole = await series(history, "A", page.bounds)
+    monkeypatch.setattr(answers, "_WINDOW_BATCH", 7)
+    monkeypatch.setattr(answers, "_PG_ONE_TRIP", 11)
+    assert await series(history, "A", page.bounds) == whole
+    for bucket in whole:
+        assert (await history.count_at("A", bucket.end - 1)).count == bucket.count

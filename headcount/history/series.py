@@ -196,20 +196,28 @@ class BucketFold:
     def rows(self, rows: Iterable[Sequence[int]]) -> None:
         """Fold rows in fold order, each after the state so far and before ``bounds[-1]``."""
         folder = self.folder
+        delta, reset = folder.delta, folder.reset
+        # The open bucket's figures in locals for the loop (this is the hot path).
+        stop, counting = self._stop, self._counting
+        low, high, events = self._min, self._max, self._events
         for kind, ts, value in rows:
-            if ts >= self._stop:
+            if ts >= stop:
+                self._min, self._max, self._events = low, high, events
                 self._reach(ts)
+                stop, counting = self._stop, self._counting
+                low, high, events = self._min, self._max, self._events
             if kind == RESET:
-                folder.reset(ts, value)
+                reset(ts, value)
             else:
-                folder.delta(ts, value)
-            if self._counting:
+                delta(ts, value)
+            if counting:
                 count = folder.count
-                self._events += 1
-                if count < self._min:
-                    self._min = count
-                elif count > self._max:
-                    self._max = count
+                events += 1
+                if count < low:
+                    low = count
+                elif count > high:
+                    high = count
+        self._min, self._max, self._events = low, high, events
 
     def events(self, events: Iterable[SpaceEvent]) -> None:
         """Fold events as :meth:`rows` does."""

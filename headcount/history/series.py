@@ -24,9 +24,11 @@ every day at its instant, whatever the count was (a count of zero stays zero).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from operator import itemgetter
 from typing import Final
 from zoneinfo import ZoneInfo
 
@@ -70,6 +72,7 @@ DEFAULT_PAGE_SIZE: Final = 1_000
 MAX_PAGE_SIZE: Final = 10_000
 
 _DAY_MS = 86_400_000
+_ts = itemgetter(1)
 #: Events folded at a time on the general path.
 _BATCH = 5_000
 _MIDNIGHT = time(0, 0)
@@ -193,37 +196,31 @@ class BucketFold:
         self._start = self._end = 0
         self._min = self._max = self._events = self._entrances = self._exits = 0
 
-    def rows(self, rows: Iterable[Sequence[int]]) -> None:
-        """Fold rows in fold order, each after the state so far and before ``bounds[-1]``."""
+    def rows(self, rows: Sequence[Sequence[int]]) -> None:
+        """Fold rows in fold order, each after the state so far and before ``bounds[-1]``:
+        each run of them up to the next bucket end or daily reset in one call of the fold."""
         folder = self.folder
-        delta, reset = folder.delta, folder.reset
-        # The open bucket's figures in locals for the loop (this is the hot path).
-        stop, counting = self._stop, self._counting
-        low, high, events = self._min, self._max, self._events
-        for kind, ts, value in rows:
-            if ts >= stop:
-                self._min, self._max, self._events = low, high, events
-                self._reach(ts)
-                stop, counting = self._stop, self._counting
-                low, high, events = self._min, self._max, self._events
-            if kind == RESET:
-                reset(ts, value)
+        i, n = 0, len(rows)
+        while i < n:
+            if rows[i][1] >= self._stop:
+                self._reach(rows[i][1])
+            j = bisect_left(rows, self._stop, i, n, key=_ts)  # > i: _reach moved the stop
+            if self._counting:
+                folded, self._min, self._max = folder.fold_range(
+                    rows[i:j], RESET, self._min, self._max
+                )
+                self._events += folded
             else:
-                delta(ts, value)
-            if counting:
-                count = folder.count
-                events += 1
-                if count < low:
-                    low = count
-                elif count > high:
-                    high = count
-        self._min, self._max, self._events = low, high, events
+                folder.fold_rows(rows[i:j], RESET)
+            i = j
 
     def events(self, events: Iterable[SpaceEvent]) -> None:
         """Fold events as :meth:`rows` does."""
         self.rows(
-            (RESET, e.ts, e.count) if isinstance(e, Reset) else (TRAVERSAL, e.ts, e.delta)
-            for e in events
+            [
+                (RESET, e.ts, e.count) if isinstance(e, Reset) else (TRAVERSAL, e.ts, e.delta)
+                for e in events
+            ]
         )
 
     def finish(self) -> list[Bucket]:

@@ -207,7 +207,8 @@ def _what(problem: ErrorDetails) -> str:
     if kind == "extra_forbidden":
         return "not a field here"
     if kind in ("literal_error", "enum"):
-        return f"must be one of {ctx.get('expected', '').replace(' or ', ', ')} (got {given!r})"
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ").replace("'", "")
+        return f"must be one of {expected} (got {given!r})"
     message = problem["msg"].removeprefix("Input should be ").removeprefix("input should be ")
     if message != problem["msg"]:
         message = f"must be {message}"

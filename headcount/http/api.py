@@ -126,7 +126,11 @@ class Routes:
 
     def _add(self, operation: Operation) -> Decorator:
         def register(handler: Handler) -> Handler:
-            self._defs.append(web.route(operation.method.upper(), operation.path, handler))
+            if operation.method == "get" and not operation.websocket:
+                route = web.get(operation.path, handler)  # and HEAD, as aiohttp's own get
+            else:
+                route = web.route(operation.method.upper(), operation.path, handler)
+            self._defs.append(route)
             self._operations.append(operation)
             return handler
 

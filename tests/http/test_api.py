@@ -104,6 +104,11 @@ async def test_a_bad_query_value_is_a_400_naming_the_parameter(
     assert (await _detail(client, "GET", f"/echo?{query}")).startswith(detail)
 
 
+async def test_a_get_answers_head_too(client: Client) -> None:
+    response = await client.head("/echo")
+    assert response.status == 200
+
+
 async def test_a_list_parameter_takes_repeats_and_unknown_parameters_are_ignored(
     client: Client,
 ) -> None:

@@ -6,7 +6,6 @@ module, ``routes = Routes()``, and :func:`headcount.http.routes.add_routes` adds
 
 from __future__ import annotations
 
-import json
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -159,13 +158,8 @@ def parse_query(request: web.Request, model: type[Q]) -> Q:
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
     """The request's JSON body as ``model``; 400 naming the field otherwise."""
-    text = await request.text()
     try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise error(web.HTTPBadRequest, f"body: not JSON ({e})") from None
-    try:
-        return model.model_validate(value)
+        return model.model_validate_json(await request.read())
     except pydantic.ValidationError as e:
         raise error(web.HTTPBadRequest, _detail(e)) from None
 
@@ -206,6 +200,8 @@ def _what(problem: ErrorDetails) -> str:
     kind, given, ctx = problem["type"], problem.get("input"), problem.get("ctx", {})
     if kind == "value_error":  # our own validators' messages, whole
         return str(ctx.get("error", problem["msg"]))
+    if kind == "json_invalid":
+        return f"not JSON ({ctx.get('error', problem['msg'])})"
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":

@@ -124,7 +124,7 @@ async def test_a_list_parameter_takes_repeats_and_unknown_parameters_are_ignored
         ('{"text": "hi", "priority": "high"}', "priority: must be a valid integer"),
         ('{"text": "hi", "priority": 1, "colour": "red"}', "colour: not a field here"),
         ('{"text": "hi"}', "priority: required"),
-        ("[1, 2]", "body: must be a valid dictionary"),
+        ("[1, 2]", "body: must be an object"),
     ],
     ids=["bad-json", "wrong-type", "extra-field", "missing-field", "not-an-object"],
 )

@@ -208,10 +208,16 @@ def _what(problem: ErrorDetails) -> str:
         return "not a field here"
     if kind in ("literal_error", "enum"):
         expected = str(ctx.get("expected", "")).replace(" or ", ", ").replace("'", "")
-        return f"must be one of {expected} (got {given!r})"
+        return f"must be one of {expected} (got {_shown(given)})"
     message = problem["msg"].removeprefix("Input should be ").removeprefix("input should be ")
     if message != problem["msg"]:
         message = f"must be {message}"
     else:
         message = message[:1].lower() + message[1:]
-    return f"{message} (got {given!r})" if not isinstance(given, dict | list) else message
+    return f"{message} (got {_shown(given)})" if not isinstance(given, dict | list) else message
+
+
+def _shown(given: object, limit: int = 40) -> str:
+    """``given`` as it is quoted back in a detail: cut short, a body may be large."""
+    text = repr(given)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

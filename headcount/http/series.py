@@ -8,62 +8,34 @@ bucket's start (exact: that start is a bucket boundary, so the next page begins 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from aiohttp import web
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 from yarl import URL
 
-from headcount.domain.timefmt import format_local, parse_iso
+from headcount.domain.timefmt import format_local
 from headcount.domain.topology import Space
-from headcount.errors import InvalidTimestampError, UnknownSpaceError
+from headcount.errors import UnknownSpaceError
 from headcount.history.series import (
     DEFAULT_PAGE_SIZE,
-    INTERVALS,
     MAX_PAGE_SIZE,
     Bucket,
     bucket_page,
     series,
 )
+from headcount.http.api import Model, Query, Routes, parse_query
 from headcount.http.errors import NOT_FOUND, error
 from headcount.http.keys import HISTORY
+from headcount.http.models import Moment
 
-__all__ = ["SeriesQuery", "counts", "space_counts"]
+__all__ = ["CountsQuery", "SeriesAnswer", "SeriesList", "SeriesQuery", "routes"]
 
-_EXAMPLE = "2026-03-08T00:00:00-05:00"
+routes = Routes()
 
-
-@dataclass(frozen=True, slots=True)
-class SeriesQuery:
-    """A series' parameters, checked. ``time_zone`` ``None``: each space's own."""
-
-    start: int
-    end: int
-    interval: str
-    time_zone: str | None
-    page_size: int
-
-
-def _one(request: web.Request, name: str) -> str | None:
-    given = request.query.getall(name, [])
-    if len(given) > 1:
-        raise error(web.HTTPBadRequest, f"{name}: give one value, not {len(given)}")
-    return given[0] if given else None
-
-
-def _time(request: web.Request, name: str) -> int:
-    text = _one(request, name)
-    if text is None:
-        raise error(web.HTTPBadRequest, f"{name}: required, e.g. {name}={_EXAMPLE}")
-    try:
-        return parse_iso(text)
-    except InvalidTimestampError as e:
-        hint = ""
-        if " " in text.strip():
-            hint = " (a '+' in a URL query means a space: send the offset as %2B)"
-        raise error(web.HTTPBadRequest, f"{name}: {e}{hint}") from None
+Interval = Literal["1m", "5m", "15m", "1h", "1d", "1w"]
 
 
 @cache
@@ -71,47 +43,116 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
-def check_zone(name: str) -> str:
-    """``name`` if it is a time zone of the tz database, else a 400 naming it. Only the
-    database's own names (``available_timezones``): no paths, no ``posix/`` or ``right/``
-    copies."""
-    if name not in _zones():
-        raise error(
-            web.HTTPBadRequest,
-            f"time_zone: {name!r} is not a time zone of the tz database;"
-            " expected e.g. 'Europe/Berlin', 'America/New_York' or 'UTC'",
+def _check_zone(value: object) -> object:
+    """A name of the tz database itself (``available_timezones``): no paths, no ``posix/`` or
+    ``right/`` copies."""
+    if isinstance(value, str) and value not in _zones():
+        raise ValueError(
+            f"{value!r} is not a time zone of the tz database;"
+            " expected e.g. 'Europe/Berlin', 'America/New_York' or 'UTC'"
         )
-    return name
+    return value
 
 
-def parse_series_query(request: web.Request) -> SeriesQuery:
-    """The series parameters of ``request``, or a 400 naming the one that is wrong."""
-    start, end = _time(request, "start_time"), _time(request, "end_time")
-    if end <= start:
-        raise error(web.HTTPBadRequest, "end_time: must be after start_time")
-    interval = _one(request, "interval") or "1h"
-    if interval not in INTERVALS:
-        raise error(
-            web.HTTPBadRequest, f"interval: {interval!r} is not one of {', '.join(INTERVALS)}"
-        )
-    zone = _one(request, "time_zone")
-    size_text = _one(request, "page_size")
-    page_size = DEFAULT_PAGE_SIZE
-    if size_text is not None:
-        try:
-            page_size = int(size_text)
-        except ValueError:
-            page_size = 0
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise error(
-                web.HTTPBadRequest,
-                f"page_size: {size_text!r} is not a whole number from 1 to {MAX_PAGE_SIZE:,}",
-            )
-    return SeriesQuery(start, end, interval, None if zone is None else check_zone(zone), page_size)
+TimeZone = Annotated[str, BeforeValidator(_check_zone)]
+
+
+class SeriesQuery(Query):
+    """A series' parameters."""
+
+    start_time: Moment = Field(
+        description=(
+            "ISO-8601 with an offset (send `+` as `%2B`); the first bucket is the one that holds"
+            " it (it starts at the boundary at or before it)."
+        ),
+        json_schema_extra={"x-one": "timestamp"},
+    )
+    end_time: Moment = Field(
+        description="ISO-8601 with an offset, after start_time; the last bucket holds it - 1 ms.",
+        json_schema_extra={"x-one": "timestamp"},
+    )
+    interval: Interval = Field(
+        default="1h",
+        description=(
+            "Buckets on the local clock: 1m, 5m, 15m and 1h start whenever the clock reads a"
+            " multiple (a DST day has 23 or 25 hours); 1d runs midnight to midnight local, 1w"
+            " Monday 00:00 local to the next."
+        ),
+    )
+    time_zone: TimeZone | None = Field(
+        default=None,
+        description="A tz database name whose clock the buckets follow; the space's by default.",
+        examples=["Europe/Berlin"],
+    )
+    page_size: int = Field(
+        default=DEFAULT_PAGE_SIZE,
+        ge=1,
+        le=MAX_PAGE_SIZE,
+        description="Buckets per space in one answer; `next` gives the rest.",
+    )
+
+    @field_validator("end_time")
+    @classmethod
+    def _after_start(cls, end: int, info: ValidationInfo) -> int:
+        start = info.data.get("start_time")
+        if start is not None and end <= start:
+            raise ValueError("must be after start_time")
+        return end
+
+
+class CountsQuery(SeriesQuery):
+    """Several spaces' series: the series' parameters and the spaces."""
+
+    space_id: list[str] = Field(
+        min_length=1,
+        description="A space's id; repeat it for more (`space_id=A&space_id=B`).",
+    )
+
+
+_LOCAL = "Local time with its offset, milliseconds (ISO-8601)."
+
+
+class SeriesBucket(Model):
+    """One bucket `[start, end)` of a space's series. Every figure is the fold of the events
+    stored when asked, late ones included."""
+
+    start: str = Field(description=f"Start (inclusive). {_LOCAL}")
+    end: str = Field(description=f"End (exclusive). {_LOCAL}")
+    count: int = Field(
+        description="The count after the bucket's last event (`?ts=` at end - 1 ms)."
+    )
+    min: int = Field(description="The lowest count: at the start and after each event in it.")
+    max: int = Field(description="The highest count: at the start and after each event in it.")
+    entrances: int = Field(description="Its traversals whose delta for the space is +1.")
+    exits: int = Field(description="Its traversals whose delta for the space is -1.")
+    events: int = Field(description="Its traversals, manual resets and daily resets.")
+    utilization: float | None = Field(
+        description="max / capacity; null where the space has no capacity."
+    )
+
+
+class SeriesAnswer(Model):
+    """A space's counts in buckets, one page."""
+
+    space_id: str = Field(description="The space's id in the topology.", examples=["A"])
+    time_zone: str = Field(description="The zone whose clock the buckets follow.")
+    interval: Interval = Field(description="The buckets' interval.")
+    results: list[SeriesBucket]
+    next: str | None = Field(description="The path and query of the next page; null on the last.")
+
+
+class SeriesList(Model):
+    """Several spaces' counts in buckets; each space's `next` continues it on its own route."""
+
+    spaces: list[SeriesAnswer]
+
+
+# The answers are built as dicts: up to 10,000 buckets a space, a model each costs measurable
+# time; the models above document them and tests/http/test_openapi.py holds answers to them.
 
 
 def _bucket(b: Bucket, zone: ZoneInfo, capacity: int | None) -> dict[str, Any]:
-    answer: dict[str, Any] = {
+    return {
         "start": format_local(b.start, zone),
         "end": format_local(b.end, zone),
         "count": b.count,
@@ -120,30 +161,26 @@ def _bucket(b: Bucket, zone: ZoneInfo, capacity: int | None) -> dict[str, Any]:
         "entrances": b.entrances,
         "exits": b.exits,
         "events": b.events,
+        "utilization": b.max / capacity if capacity else None,  # a capacity of 0: no ratio
     }
-    if capacity:  # a capacity of 0 gives no ratio
-        answer["utilization"] = b.max / capacity
-    return answer
 
 
-async def space_series(request: web.Request, space: Space, query: SeriesQuery) -> dict[str, Any]:
+async def _series(request: web.Request, space: Space, query: SeriesQuery) -> dict[str, Any]:
     """One space's answer: its buckets of one page and the path of the next."""
     time_zone = query.time_zone or space.time_zone
-    page = bucket_page(query.interval, time_zone, query.start, query.end, query.page_size)
+    page = bucket_page(query.interval, time_zone, query.start_time, query.end_time, query.page_size)
     buckets = await series(request.app[HISTORY], space.id, page.bounds)
     zone = ZoneInfo(time_zone)
     following = None
     if page.next_start is not None:
-        rest = URL.build(path=f"/spaces/{space.id}/counts").with_query(
-            {
-                "start_time": format_local(page.next_start, zone),
-                "end_time": format_local(query.end, zone),
-                "interval": query.interval,
-                **({} if query.time_zone is None else {"time_zone": query.time_zone}),
-                "page_size": str(query.page_size),
-            }
-        )
-        following = str(rest)
+        rest = {
+            "start_time": format_local(page.next_start, zone),
+            "end_time": format_local(query.end_time, zone),
+            "interval": query.interval,
+            **({} if query.time_zone is None else {"time_zone": query.time_zone}),
+            "page_size": str(query.page_size),
+        }
+        following = str(URL.build(path=f"/spaces/{space.id}/counts").with_query(rest))
     return {
         "space_id": space.id,
         "time_zone": time_zone,
@@ -153,30 +190,38 @@ async def space_series(request: web.Request, space: Space, query: SeriesQuery) -
     }
 
 
+@routes.get(
+    "/spaces/{space_id}/counts",
+    summary="A space's counts in buckets of local wall-clock time, a page at a time.",
+    query=SeriesQuery,
+    answer=SeriesAnswer,
+    errors=(404, 503),
+)
 async def space_counts(request: web.Request) -> web.Response:
     """One space's counts in buckets."""
-    space_id = request.match_info["space_id"]
     try:
-        space = request.app[HISTORY].topology.space(space_id)
+        space = request.app[HISTORY].topology.space(request.match_info["space_id"])
     except UnknownSpaceError:
         raise error(web.HTTPNotFound, NOT_FOUND) from None
-    query = parse_series_query(request)
-    return web.json_response(await space_series(request, space, query))
+    query = parse_query(request, SeriesQuery)
+    return web.json_response(await _series(request, space, query))
 
 
+@routes.get(
+    "/counts",
+    summary="Several spaces' counts in buckets (each answered as /spaces/{space_id}/counts).",
+    query=CountsQuery,
+    answer=SeriesList,
+    errors=(404, 503),
+)
 async def counts(request: web.Request) -> web.Response:
-    """Several spaces' counts in buckets, each answered as ``/spaces/{space_id}/counts``
-    would; each space's ``next`` is the rest of that space's series on its own route."""
+    """Several spaces' counts in buckets, in the order asked, each once."""
+    query = parse_query(request, CountsQuery)
     topology = request.app[HISTORY].topology
-    space_ids = request.query.getall("space_id", [])
-    if not space_ids:
-        raise error(web.HTTPBadRequest, "space_id: required, one or more, e.g. space_id=A")
     spaces: list[Space] = []
-    for space_id in dict.fromkeys(space_ids):  # each once, in the order asked
+    for space_id in dict.fromkeys(query.space_id):
         try:
             spaces.append(topology.space(space_id))
         except UnknownSpaceError:
             raise error(web.HTTPNotFound, f"Not found: no space {space_id!r}.") from None
-    query = parse_series_query(request)
-    answers = [await space_series(request, space, query) for space in spaces]
-    return web.json_response({"spaces": answers})
+    return web.json_response({"spaces": [await _series(request, s, query) for s in spaces]})

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
 from aiohttp import web
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema
 from yarl import URL
 
 from headcount.domain.timefmt import format_local
@@ -36,6 +36,9 @@ __all__ = ["CountsQuery", "SeriesAnswer", "SeriesList", "SeriesQuery", "routes"]
 routes = Routes()
 
 Interval = Literal["1m", "5m", "15m", "1h", "1d", "1w"]
+#: Spaces in one ``/counts`` request: with the other parameters, within the API's limit of
+#: query parameters (``Limits.query_params``, 16).
+MAX_SPACES = 8
 
 
 @cache
@@ -54,7 +57,12 @@ def _check_zone(value: object) -> object:
     return value
 
 
-TimeZone = Annotated[str, BeforeValidator(_check_zone)]
+#: A tz database name; the document lists them all, so a client (and a fuzzer) knows which.
+TimeZone = Annotated[
+    str,
+    BeforeValidator(_check_zone),
+    WithJsonSchema({"type": "string", "enum": sorted(_zones())}),
+]
 
 
 class SeriesQuery(Query):
@@ -68,7 +76,10 @@ class SeriesQuery(Query):
         json_schema_extra={"x-one": "timestamp"},
     )
     end_time: Moment = Field(
-        description="ISO-8601 with an offset, after start_time; the last bucket holds it - 1 ms.",
+        description=(
+            "ISO-8601 with an offset; the last bucket holds it - 1 ms. At or before"
+            " start_time the window is empty: no buckets."
+        ),
         json_schema_extra={"x-one": "timestamp"},
     )
     interval: Interval = Field(
@@ -91,21 +102,16 @@ class SeriesQuery(Query):
         description="Buckets per space in one answer; `next` gives the rest.",
     )
 
-    @field_validator("end_time")
-    @classmethod
-    def _after_start(cls, end: int, info: ValidationInfo) -> int:
-        start = info.data.get("start_time")
-        if start is not None and end <= start:
-            raise ValueError("must be after start_time")
-        return end
-
 
 class CountsQuery(SeriesQuery):
     """Several spaces' series: the series' parameters and the spaces."""
 
     space_id: list[str] = Field(
         min_length=1,
-        description="A space's id; repeat it for more (`space_id=A&space_id=B`).",
+        max_length=MAX_SPACES,
+        description=(
+            f"A space's id; repeat it for more (`space_id=A&space_id=B`), up to {MAX_SPACES}."
+        ),
     )
 
 
@@ -168,11 +174,16 @@ def _bucket(b: Bucket, zone: ZoneInfo, capacity: int | None) -> dict[str, Any]:
 async def _series(request: web.Request, space: Space, query: SeriesQuery) -> dict[str, Any]:
     """One space's answer: its buckets of one page and the path of the next."""
     time_zone = query.time_zone or space.time_zone
-    page = bucket_page(query.interval, time_zone, query.start_time, query.end_time, query.page_size)
-    buckets = await series(request.app[HISTORY], space.id, page.bounds)
     zone = ZoneInfo(time_zone)
+    buckets: list[Bucket] = []
     following = None
-    if page.next_start is not None:
+    page = None
+    if query.start_time < query.end_time:  # else an empty window: no buckets
+        page = bucket_page(
+            query.interval, time_zone, query.start_time, query.end_time, query.page_size
+        )
+        buckets = await series(request.app[HISTORY], space.id, page.bounds)
+    if page is not None and page.next_start is not None:
         rest = {
             "start_time": format_local(page.next_start, zone),
             "end_time": format_local(query.end_time, zone),

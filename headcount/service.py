@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -30,6 +31,7 @@ from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
+from headcount.history.dpu_health import HealthWatch
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
 from headcount.http.keys import ACTORS, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.limits import new_app
@@ -223,7 +225,8 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             "embedded" if settings.broker_url is None else _safe_url(settings.broker_url),
             "off" if auth is None else auth.summary(),
         )
-        await run_parts(system, ingest, stop)
+        watch = HealthWatch(store, choice.topology, metrics)
+        await run_parts(system, ingest, stop, background=[("dpu-health", watch)])
 
 
 class Part(Protocol):
@@ -232,18 +235,27 @@ class Part(Protocol):
     async def run(self) -> None: ...
 
 
-async def run_parts(system: ActorSystem, ingest: Part, stop: asyncio.Event) -> None:
+async def run_parts(
+    system: ActorSystem,
+    ingest: Part,
+    stop: asyncio.Event,
+    *,
+    background: Sequence[tuple[str, Part]] = (),
+) -> None:
     """The service's parts as one tree: a part that fails stops them all and raises
-    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest, then the actors once
-    their mailboxes are drained, then their final snapshots)."""
+    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest and the ``background``
+    parts, named, then the actors once their mailboxes are drained, then their final
+    snapshots)."""
     try:
         async with asyncio.TaskGroup() as parts:
             actors = parts.create_task(system.run(), name="actors")
             ingesting = parts.create_task(ingest.run(), name="ingest")
+            others = [parts.create_task(part.run(), name=name) for name, part in background]
             await stop.wait()
             log.info("stopping: ingest first, then the actors drain their mailboxes")
-            ingesting.cancel()
-            await asyncio.wait([ingesting])
+            for task in [ingesting, *others]:
+                task.cancel()
+            await asyncio.wait([ingesting, *others])
             await system.drain()
             actors.cancel()
     except* Exception as failed:

@@ -54,6 +54,14 @@ async def _watch_gauges(app: web.Application) -> None:
     gauges, actors, dpus = app[METRICS], app[ACTORS], app[DPUS]
     gauges.watch(gauges.mailbox_depth, actors.mailbox_depth)
     gauges.watch(gauges.dpus_online, dpus.online_count)
+    topology = actors.topology
+    gauges.dpu_last_heard.set_function(
+        lambda: (
+            (s.dpu_id, s.last_seen / 1000)
+            for s in list(dpus.statuses())
+            if s.last_seen is not None and topology.knows_dpu(s.dpu_id)
+        )
+    )
 
 
 # -- counts --------------------------------------------------------------------------------

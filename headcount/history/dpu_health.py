@@ -39,7 +39,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from headcount.clock import Clock, now_ms
@@ -235,7 +235,10 @@ async def _quiet(
     found = Quiet(doorway.id, zone_name, last, _name(key), weeks)
     if weeks == 0:
         return found
-    start = end - weeks * 7 * 24
+    # Whole local weeks: across a change of summer time they are an hour more or less.
+    start = int(
+        (datetime.fromtimestamp(end * 3600, zone) - timedelta(weeks=weeks)).timestamp() // 3600
+    )
     counts = await store.sensors.hourly(sources, after=start * HOUR_MS - 1, until=end * HOUR_MS - 1)
     usual: dict[tuple[int, int], int] = {}
     busy = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -189,3 +190,42 @@ async def test_the_watch_sets_the_gauges(store: EventStore) -> None:
     assert 'headcount_dpu_sequence_gaps{dpu="f"} 0.0' in text
     assert 'headcount_dpu_imbalance_ratio{dpu="f"} 1.0' in text
     assert 'headcount_dpu_imbalance_ratio{dpu="b"} NaN' in text
+
+
+async def test_hours_of_the_week_are_local_across_a_change_of_summer_time(
+    store: EventStore,
+) -> None:
+    # A shop in Berlin open 10:00 to 12:00 local time on weekdays; summer time ended on 29
+    # October 2023, inside the four weeks before the Tuesday. Local 10:00 was 08:00 UTC before
+    # and 09:00 UTC after: the usual rate of "Tue 10:00" must still be the full 12 an hour.
+    berlin = ZoneInfo("Europe/Berlin")
+    topology = Topology(
+        [Space("shop", "Shop", time_zone="Europe/Berlin")],
+        [Doorway("door", "Door", (Link("shop", 1),))],
+        [Assignment("s", "door", SIX_WEEKS_BEFORE)],
+    )
+    tuesday = datetime(2023, 11, 14, tzinfo=berlin)
+    reports: list[Traversal] = []
+    for day in range(35, -1, -1):
+        date = tuesday - timedelta(days=day)
+        if date.weekday() >= 5:
+            continue
+        for minute in range(10 * 60, 12 * 60, 5):
+            at = datetime(date.year, date.month, date.day, tzinfo=berlin) + timedelta(
+                minutes=minute
+            )
+            if day == 0 and at.hour >= 10:
+                break  # silent from 10:00 on the Tuesday
+            reports.append(Traversal("s", len(reports) + 1, to_ms(at), 1 if minute % 2 else -1))
+    await store.log.append(reports)
+    now = to_ms(datetime(2023, 11, 14, 10, 15, tzinfo=berlin))
+    quiet = (await dpu_health(store, topology, "s", now)).quiet
+    assert quiet.time_zone == "Europe/Berlin"
+    assert quiet.hour_of_week == "Tue 10:00"
+    assert (quiet.weeks, quiet.busy_weeks, quiet.usual_per_hour) == (4, 4, 12.0)
+    # Silent since 11:55 on Monday: five minutes at 12 an hour, then a quarter of an hour.
+    assert quiet.expected == pytest.approx(1.0 + 3.0)
+    assert not quiet.quiet  # exp(-4) = 0.018: not yet
+    later = (await dpu_health(store, topology, "s", now + 45 * MINUTE)).quiet
+    assert later.expected == pytest.approx(1.0 + 12.0)
+    assert later.quiet

@@ -4,6 +4,7 @@ DPU mounted backwards, and a brand new DPU that raises no alarm."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,12 @@ import pytest
 from headcount.domain.events import Direction, Traversal
 from headcount.domain.timefmt import to_ms
 from headcount.domain.topology import Assignment, Doorway, Link, Space, Topology
+from headcount.errors import StoreError
 from headcount.eventstore.sensors import SeqGaps
 from headcount.eventstore.store import EventStore
 from headcount.history.dpu_health import HealthWatch, Imbalance, dpu_health
 from headcount.metrics import Metrics
+from tests.polling import eventually
 
 #: Tuesday 14 November 2023, 11:00 UTC: the middle of a working day.
 TUESDAY_11 = datetime(2023, 11, 14, 11, 0, tzinfo=UTC)
@@ -229,3 +232,35 @@ async def test_hours_of_the_week_are_local_across_a_change_of_summer_time(
     later = (await dpu_health(store, topology, "s", now + 45 * MINUTE)).quiet
     assert later.expected == pytest.approx(1.0 + 12.0)
     assert later.quiet
+
+
+async def test_the_watch_runs_over_every_dpu_until_cancelled(store: EventStore) -> None:
+    metrics = Metrics()
+    watch = HealthWatch(
+        store, TOPOLOGY, metrics, clock=lambda: to_ms(TUESDAY_11), period_s=0, min_pause_s=0
+    )
+
+    def refreshed() -> bool:
+        text = metrics.render().decode()
+        return all(f'headcount_dpu_quiet{{dpu="{d}"}}' in text for d in ("f", "b", "n"))
+
+    running = asyncio.create_task(watch.run(), name="dpu-health")
+    await eventually(refreshed, what="every DPU's gauges set")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def test_the_watch_leaves_the_figures_when_the_store_is_down(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = Metrics()
+    watch = HealthWatch(store, TOPOLOGY, metrics, clock=lambda: to_ms(TUESDAY_11))
+    assert await watch.refresh("f") is not None
+
+    async def down(*args: object, **kwargs: object) -> SeqGaps:
+        raise StoreError("the store is unavailable")
+
+    monkeypatch.setattr(store.sensors, "seq_gaps", down)
+    assert await watch.refresh("f") is None
+    assert 'headcount_dpu_quiet{dpu="f"} 0.0' in metrics.render().decode()

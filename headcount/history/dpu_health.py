@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -285,8 +286,10 @@ class HealthWatch:
     the 7-day figures change as old events leave the window, so only the passage of time can
     update them. The cost is bounded: one DPU at a time, a few aggregate reads of its own index
     range, the DPUs spread evenly over ``period_s`` (each refreshed once per period) with at
-    least ``min_pause_s`` between two, so a large fleet makes the period longer, not the load
-    higher. A store that cannot answer leaves the figures as they were until the next pass.
+    least ``min_pause_s`` between two, and after each a pause long enough that the pass keeps
+    the store busy at most ``duty`` of the time (a slow store or a large fleet makes the pass
+    longer, not the load higher). A store that cannot answer leaves the figures as they were
+    until the next pass.
     """
 
     def __init__(
@@ -299,6 +302,7 @@ class HealthWatch:
         settings: HealthSettings = HealthSettings(),
         period_s: float = 60.0,
         min_pause_s: float = 0.05,
+        duty: float = 0.1,
     ) -> None:
         self._store = store
         self._topology = topology
@@ -307,6 +311,7 @@ class HealthWatch:
         self._settings = settings
         self._period_s = period_s
         self._min_pause_s = min_pause_s
+        self._duty = duty
 
     async def refresh(self, dpu_id: str) -> DpuHealth | None:
         """Compute one DPU's figures and set its gauges (``None``: the store is down)."""
@@ -331,5 +336,7 @@ class HealthWatch:
         pause = max(self._min_pause_s, self._period_s / len(dpu_ids))
         while True:
             for dpu_id in dpu_ids:
+                started = time.monotonic()
                 await self.refresh(dpu_id)
-                await asyncio.sleep(pause)
+                took = time.monotonic() - started
+                await asyncio.sleep(max(pause - took, took * (1 - self._duty) / self._duty))

@@ -149,6 +149,6 @@ class LabelledReadout(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self._name, self._documentation, labels=[self._label])
-        for value, reading in self._read():
-            family.add_metric([value], reading)
+        for label_value, reading in self._read():
+            family.add_metric([label_value], reading)
         yield family

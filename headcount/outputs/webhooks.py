@@ -111,7 +111,9 @@ class _Sender:
         self._wake = asyncio.Event()
         self._failing = 0  # failed attempts since the receiver last accepted one
         parts = urlsplit(hook.url)
-        self._shown = f"{hook.name} ({parts.scheme}://{parts.hostname}{parts.path})"
+        port = f":{parts.port}" if parts.port else ""
+        # Named without user, password or query: those may hold secrets.
+        self._shown = f"{hook.name} ({parts.scheme}://{parts.hostname}{port}{parts.path})"
 
     @property
     def waiting(self) -> int:

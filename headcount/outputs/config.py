@@ -127,8 +127,9 @@ def _webhook(entry: Mapping[str, Any], where: str, problems: list[str]) -> Webho
             " 'python -c \"import secrets; print(secrets.token_urlsafe(32))\"'"
         )
     spaces = _spaces(entry.get("spaces"), where, problems)
-    name = entry.get("name", parts.hostname if parts is not None and not bad_url else "")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    # Without a name the URL's host names it (a bad URL is reported once, above).
+    name = entry.get("name", parts.hostname if parts is not None and not bad_url else None)
+    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
         problems.append(
             f"{where}: name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-';"
             ' write e.g. name = "ops"'

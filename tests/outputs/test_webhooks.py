@@ -147,3 +147,27 @@ async def test_an_unreachable_receiver_is_a_failure_not_a_crash() -> None:
         )
         delivering.cancel()
     assert sample(metrics, "webhook_failures", webhook="gone") == 3
+
+
+def test_the_readme_shows_a_receiver_check_that_accepts_our_signature() -> None:
+    import re
+    from pathlib import Path
+
+    import time_machine
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    code = next(block for block in blocks if "X-Headcount-Signature" in block)
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    readme_verify = namespace["verify"]
+    assert callable(readme_verify)
+    body = alert().payload()
+    ts = str(NOW_MS // 1000)
+    headers = {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: signature(SECRET, ts, body)}
+    old = str(NOW_MS // 1000 - 3600)
+    stale = {TIMESTAMP_HEADER: old, SIGNATURE_HEADER: signature(SECRET, old, body)}
+    with time_machine.travel(NOW_MS / 1000 + 10, tick=False):  # the receiver's clock
+        assert readme_verify(SECRET, headers, body)
+        assert not readme_verify(SECRET, headers, body + b" ")
+        assert not readme_verify(SECRET, stale, body)

@@ -24,10 +24,8 @@ from headcount.outputs.mqtt import MqttOut
 from headcount.outputs.payloads import Topics
 from headcount.outputs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Retry, Webhooks, verify
 from tests.outputs.receiver import receiving
-from tests.outputs.test_mqtt import FAST, HOST, mosquitto, topics, watching
+from tests.outputs.watch import FAST, HOST, watching
 from tests.polling import eventually
-
-__all__ = ["mosquitto", "topics"]  # fixtures shared with test_mqtt
 
 NOW = 1_764_500_000_000
 SECRET = "0123456789abcdef-secret"

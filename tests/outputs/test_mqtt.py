@@ -1,87 +1,32 @@
-"""MQTT out against a real Mosquitto (started for this module on a free port), read by a real
-aiomqtt subscriber. Each test publishes under topics of its own."""
+"""MQTT out against a real Mosquitto (started for these tests on a free port), read by a
+real aiomqtt subscriber. Each test publishes under topics of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
-import aiomqtt
 import pytest
 
 from headcount.domain.topology import Space, Topology
-from headcount.ingest.mqtt import Backoff, BrokerAddress
+from headcount.ingest.mqtt import BrokerAddress
 from headcount.outputs.alerts import Alert, AlertState
 from headcount.outputs.mqtt import MqttOut
 from headcount.outputs.payloads import Topics
 from tests.outputs.proxy import proxy
+from tests.outputs.watch import FAST, HOST, watching
 from tests.polling import eventually
 
-HOST = "127.0.0.1"
 TS = 1_764_500_000_000
-FAST = Backoff(initial=0.05, maximum=0.2, jitter="none")
-
-
-@pytest.fixture(scope="module")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    from tests.servers import MosquittoServer  # skips when Mosquitto is not installed
-
-    with MosquittoServer(tmp_path_factory.mktemp("mosquitto-out")) as server:
-        yield server.port
-
-
-@pytest.fixture
-def topics() -> Topics:
-    token = uuid.uuid4().hex[:10]
-    return Topics(root=f"hc-{token}", discovery=f"ha-{token}")
-
 
 TOPOLOGY = Topology(
     [Space("lobby", "Lobby", capacity=40), Space("hall", "Hall"), Space("a/b", "Unpublishable")],
     [],
     [],
 )
-
-
-@dataclass
-class Seen:
-    messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
-
-    def on(self, topic: str) -> list[bytes]:
-        return [payload for t, payload, _ in self.messages if t == topic]
-
-    def counts(self, topic: str) -> list[int]:
-        """The counts published on ``topic``, a repeat of the same one once: QoS 1 is at
-        least once (a state the broker took whose PUBACK the stop cut off is sent again)."""
-        counts = [json.loads(payload)["count"] for payload in self.on(topic)]
-        return [count for count, _ in itertools.groupby(counts)]
-
-
-@asynccontextmanager
-async def watching(port: int, topic_filter: str) -> AsyncIterator[Seen]:
-    """A subscriber to ``topic_filter`` (QoS 1) reading in the background."""
-    seen = Seen()
-    async with aiomqtt.Client(HOST, port, identifier=f"watch-{uuid.uuid4().hex[:8]}") as client:
-        await client.subscribe(topic_filter, qos=1)
-
-        async def read() -> None:
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                seen.messages.append((message.topic.value, payload, message.retain))
-
-        reader = asyncio.create_task(read())
-        try:
-            yield seen
-        finally:
-            reader.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reader
 
 
 @asynccontextmanager

@@ -5,14 +5,14 @@ Counting never waits for any of it: the feed's subscription is a bounded queue t
 fill without waiting, and everything done per change here is in memory. If this part ever
 falls so far behind that the feed drops its subscription, it subscribes again and reads
 every space's live count afresh (and says so in the log): MQTT then gets the current
-states, and the alerts go on from the current counts.
+states, and each count read goes through the alert rule, so a space that crossed its
+threshold in the gap still gets its alert.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 
 from headcount.actors.changes import ChangeFeed, SubscriptionClosed
 from headcount.actors.reading import LiveCounts, SpaceRecoveringError
@@ -42,6 +42,7 @@ class Outputs:
         mqtt: MqttOut | None = None,
         webhooks: Webhooks | None = None,
         clock: Clock = now_ms,
+        subscription_size: int = SUBSCRIPTION_SIZE,
     ) -> None:
         self.live = live
         self.feed = feed
@@ -50,6 +51,7 @@ class Outputs:
         self.alerts = AlertDetector(live.topology)
         self._metrics = metrics
         self._clock = clock
+        self._subscription_size = subscription_size
 
     async def run(self) -> None:
         """Until cancelled (MQTT out then says ``offline``)."""
@@ -61,10 +63,12 @@ class Outputs:
             parts.create_task(self._follow(), name="outputs-follow")
 
     async def _follow(self) -> None:
+        first = True
         while True:
             # Subscribing and reading the counts in one step of the loop: no change between.
-            subscription = self.feed.subscribe(maxsize=SUBSCRIPTION_SIZE)
-            self._start(self.live.topology.spaces)
+            subscription = self.feed.subscribe(maxsize=self._subscription_size)
+            self._read_all(first=first)
+            first = False
             try:
                 async for change in subscription:
                     self.on_count(change.space_id, change.ts, change.count)
@@ -75,8 +79,10 @@ class Outputs:
             finally:
                 subscription.close()
 
-    def _start(self, space_ids: Iterable[str]) -> None:
-        for space_id in space_ids:
+    def _read_all(self, *, first: bool) -> None:
+        """Every space's live count: at the start the alert states are taken from them
+        without an alert; after a gap they go through the rule like any change."""
+        for space_id in self.live.topology.spaces:
             try:
                 state = self.live.live_state(space_id)
             except SpaceRecoveringError:
@@ -84,9 +90,9 @@ class Outputs:
             if state is None:
                 continue  # served by another shard
             ts = self._clock() if state.as_of is None else state.as_of
-            self.alerts.start(space_id, state.count)
-            if self.mqtt is not None:
-                self.mqtt.offer(space_id, ts, state.count)
+            if first:
+                self.alerts.start(space_id, state.count)
+            self.on_count(space_id, ts, state.count)
 
     def on_count(self, space_id: str, ts: int, count: int) -> None:
         """A space's new live count: to MQTT (throttled) and through the alert rule."""

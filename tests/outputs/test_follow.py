@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from headcount.actors import ActorSystem
+from headcount.actors.changes import Cause, Change, ChangeFeed
+from headcount.actors.reading import Readiness
 from headcount.domain.events import Traversal
+from headcount.domain.fold import SpaceState
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -132,3 +135,42 @@ async def test_alerts_reach_mqtt_and_a_recovering_webhook_while_counting_goes_on
     assert sample(metrics, "webhook_deliveries", webhook="ops") == 3
     assert not seen.on(topics.alerts("hall"))  # no capacity, no alert
     assert seen.on(topics.status)[-1] == b"offline"
+
+
+class Counts:
+    """Live counts held by the test (the LiveCounts protocol), without actors."""
+
+    def __init__(self, topology: Topology, counts: dict[str, int]) -> None:
+        self.topology = topology
+        self.counts = counts
+
+    def live_state(self, space_id: str) -> SpaceState | None:
+        return SpaceState(NOW, self.counts[space_id], 0, 0)
+
+    def readiness(self) -> Readiness:
+        return Readiness(len(self.counts), (), 0)
+
+    def mailbox_depth(self) -> int:
+        return 0
+
+
+async def test_falling_behind_the_feed_reads_every_count_again_and_misses_no_crossing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topology = Topology.from_toml(TOPOLOGY)
+    live = Counts(topology, {"room": 5, "hall": 0})
+    feed = ChangeFeed()
+    metrics = Metrics()
+    outputs = Outputs(live, feed, metrics=metrics, subscription_size=2)
+    task = asyncio.create_task(outputs.run())
+    await eventually(lambda: feed.subscribers == 1)
+    for count in (6, 7, 8, 9):  # three in the queue: the feed drops the subscription
+        live.counts["room"] = count
+        feed.publish(Change("room", NOW + count, count, count, 0, Cause.TRAVERSAL))
+    await eventually(lambda: feed.subscribers == 1 and feed.overflows == 1)
+    await eventually(lambda: sample(metrics, "alerts", space="room", state="over") == 1)
+    assert "outputs fell behind the counts" in caplog.text
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert feed.subscribers == 0

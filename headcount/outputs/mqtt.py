@@ -158,7 +158,7 @@ class MqttOut:
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.topics.status, NOT_AVAILABLE, qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.address.host,
             self.address.port,
             username=self.address.username,
@@ -168,7 +168,12 @@ class MqttOut:
             keepalive=self._keepalive,
             will=will,
             tls_context=self._tls,
+            max_inflight_messages=_CONCURRENT,
         )
+        # Up to _CONCURRENT publishes wait for their PUBACK by design; aiomqtt would log a
+        # warning for each one past 10.
+        client.pending_calls_threshold = _CONCURRENT + 1
+        return client
 
     async def _publish_all(self, client: aiomqtt.Client) -> None:
         """Availability, discovery configs, every newest state; then whatever comes."""

@@ -22,8 +22,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -189,8 +191,11 @@ async def run(events: int, rounds: int, workdir: Path) -> None:
         return sum(values)
 
     print(f"python bench/outputs.py --events {events} --rounds {rounds}")
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} "
-          f"{platform.python_version()}, broker {broker_url.split('://')[0]}")  # fmt: skip
+    broker = "mosquitto" if shutil.which("mosquitto") else "amqtt"
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores,"
+        f" {platform.python_implementation()} {platform.python_version()}, broker {broker}"
+    )
     print(f"limit (no outputs):        {statistics.median(limit):10,.0f} events/s folded")
     print(f"bare change feed:          {statistics.median(feed):10,.0f} events/s folded")
     print(f"with outputs:              {statistics.median(figure):10,.0f} events/s folded")

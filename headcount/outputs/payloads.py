@@ -134,11 +134,7 @@ def discovery_configs(space: Space, topics: Topics, version: str) -> dict[str, b
         "unit_of_measurement": "people",
         "state_class": "measurement",
         "icon": "mdi:account-group",
-        "json_attributes_topic": state,
-        "json_attributes_template": (
-            '{{ {"capacity": value_json.capacity, "utilization": value_json.utilization}'
-            " | tojson }}"
-        ),
+        "json_attributes_topic": state,  # ts, capacity and utilization as attributes
     }
     occupied = {
         **common,

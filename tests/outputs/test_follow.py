@@ -118,10 +118,16 @@ async def test_alerts_reach_mqtt_and_a_recovering_webhook_while_counting_goes_on
         assert system.live("hall").count == 1  # 0 (floored) + 2 - 1
         await eventually(lambda: seen.counts(room)[-1:] == [8], what="the last state")
         await eventually(lambda: len(receiver.accepted) == 3, what="the webhook deliveries")
+        await eventually(
+            lambda: len(seen.on(topics.alerts("room"))) == 3, what="the alerts over MQTT"
+        )
         alerts = [json.loads(p) for p in seen.on(topics.alerts("room"))]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await eventually(
+            lambda: seen.on(topics.status)[-1:] == [b"offline"], what="offline on a clean stop"
+        )
     expected = [("over", 8), ("clear", 7), ("over", 8)]
     assert [(a["state"], a["count"]) for a in alerts] == expected
     assert all(a["threshold"] == 8 and a["capacity"] == 10 for a in alerts)
@@ -134,7 +140,6 @@ async def test_alerts_reach_mqtt_and_a_recovering_webhook_while_counting_goes_on
     assert sample(metrics, "webhook_failures", webhook="ops") == 4
     assert sample(metrics, "webhook_deliveries", webhook="ops") == 3
     assert not seen.on(topics.alerts("hall"))  # no capacity, no alert
-    assert seen.on(topics.status)[-1] == b"offline"
 
 
 class Counts:

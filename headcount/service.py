@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -30,6 +31,7 @@ from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
+from headcount.history.dpu_health import HealthWatch
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
 from headcount.http.keys import ACTORS, CHANGES, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.limits import new_app
@@ -240,7 +242,8 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             "off" if auth is None else auth.summary(),
         )
         outputs = _outputs(settings, choice, system, address, metrics)
-        await run_parts(system, ingest, stop, outputs=outputs)
+        watch = HealthWatch(store, choice.topology, metrics)
+        await run_parts(system, ingest, stop, outputs=outputs, background=[("dpu-health", watch)])
 
 
 class Part(Protocol):
@@ -250,21 +253,28 @@ class Part(Protocol):
 
 
 async def run_parts(
-    system: ActorSystem, ingest: Part, stop: asyncio.Event, *, outputs: Part | None = None
+    system: ActorSystem,
+    ingest: Part,
+    stop: asyncio.Event,
+    *,
+    outputs: Part | None = None,
+    background: Sequence[tuple[str, Part]] = (),
 ) -> None:
     """The service's parts as one tree: a part that fails stops them all and raises
-    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest, then the actors once
-    their mailboxes are drained, then the outputs, which send what they hold, then the
-    actors' final snapshots)."""
+    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest and the ``background``
+    parts, named, then the actors once their mailboxes are drained, then the outputs, which
+    send what they hold, then the actors' final snapshots)."""
     try:
         async with asyncio.TaskGroup() as parts:
             actors = parts.create_task(system.run(), name="actors")
             ingesting = parts.create_task(ingest.run(), name="ingest")
             telling = None if outputs is None else parts.create_task(outputs.run(), name="outputs")
+            others = [parts.create_task(part.run(), name=name) for name, part in background]
             await stop.wait()
             log.info("stopping: ingest first, then the actors drain their mailboxes")
-            ingesting.cancel()
-            await asyncio.wait([ingesting])
+            for task in [ingesting, *others]:
+                task.cancel()
+            await asyncio.wait([ingesting, *others])
             await system.drain()
             if telling is not None:
                 await asyncio.sleep(0)  # the outputs take the last changes off the feed

@@ -88,6 +88,23 @@ async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snaps
     assert log == ["ingest cancelled", "snapshots written, live A=1"]
 
 
+async def test_background_parts_run_beside_ingest_and_stop_with_it(system: ActorSystem) -> None:
+    log: list[str] = []
+    await system.recover()
+    stop = asyncio.Event()
+    background = [("dpu-health", RecordingIngest(log))]
+    parts = asyncio.create_task(
+        run_parts(system, RecordingIngest(log), stop, background=background)
+    )
+    await asyncio.sleep(0)
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {"ingest", "dpu-health", "actors"} <= names
+    stop.set()
+    async with asyncio.timeout(10):
+        await parts
+    assert log == ["ingest cancelled", "ingest cancelled"]
+
+
 class RecordingOutputs:
     """Outputs that run until cancelled and say what the live count was then."""
 

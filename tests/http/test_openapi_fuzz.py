@@ -130,6 +130,7 @@ SEED_REQUESTS: Final = [
         ("/spaces/{space_id}/count", {"space_id": "B"}),
         ("/spaces/{space_id}", {"space_id": "A"}),
         ("/dpus/{dpu_id}", {"dpu_id": "423"}),
+        ("/dpus/{dpu_id}/health", {"dpu_id": "283"}),
     ]
     for query in [{}, {"ts": "2018-02-27T00:00:00Z"}, {"ts": "2018-02-26T09:00:00+01:00"}]
     if "count" in path or not query

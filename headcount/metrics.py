@@ -124,28 +124,28 @@ class Metrics:
             "headcount_dpu_last_heard_timestamp_seconds",
             "When the service last received a traversal message from the DPU (Unix time), by"
             " DPU of the topology",
-            "dpu",
+            "dpu_id",
         )
         r.register(self.dpu_last_heard)
         self.dpu_sequence_gaps = Gauge(
             "headcount_dpu_sequence_gaps",
             "Jumps in seq between consecutive stored traversals of the DPU over the last 7"
             " days (lost reports), by DPU",
-            ["dpu"],
+            ["dpu_id"],
             registry=r,
         )
         self.dpu_quiet = Gauge(
             "headcount_dpu_quiet",
             "1 when the DPU's doorway has been silent far longer than its usual traffic at"
             " this hour of the week makes likely (P < 0.001), else 0, by DPU",
-            ["dpu"],
+            ["dpu_id"],
             registry=r,
         )
         self.dpu_imbalance_ratio = Gauge(
             "headcount_dpu_imbalance_ratio",
             "Traversals the DPU counted in its busier direction over those in the other, over"
             " the last 7 days (1 balanced, +Inf one way only, NaN none), by DPU",
-            ["dpu"],
+            ["dpu_id"],
             registry=r,
         )
 

@@ -188,11 +188,11 @@ async def test_the_watch_sets_the_gauges(store: EventStore) -> None:
     for dpu_id in ("f", "b", "n"):
         assert await watch.refresh(dpu_id) is not None
     text = metrics.render().decode()
-    assert 'headcount_dpu_quiet{dpu="f"} 1.0' in text
-    assert 'headcount_dpu_quiet{dpu="n"} 0.0' in text
-    assert 'headcount_dpu_sequence_gaps{dpu="f"} 0.0' in text
-    assert 'headcount_dpu_imbalance_ratio{dpu="f"} 1.0' in text
-    assert 'headcount_dpu_imbalance_ratio{dpu="b"} NaN' in text
+    assert 'headcount_dpu_quiet{dpu_id="f"} 1.0' in text
+    assert 'headcount_dpu_quiet{dpu_id="n"} 0.0' in text
+    assert 'headcount_dpu_sequence_gaps{dpu_id="f"} 0.0' in text
+    assert 'headcount_dpu_imbalance_ratio{dpu_id="f"} 1.0' in text
+    assert 'headcount_dpu_imbalance_ratio{dpu_id="b"} NaN' in text
 
 
 async def test_hours_of_the_week_are_local_across_a_change_of_summer_time(
@@ -242,7 +242,7 @@ async def test_the_watch_runs_over_every_dpu_until_cancelled(store: EventStore) 
 
     def refreshed() -> bool:
         text = metrics.render().decode()
-        return all(f'headcount_dpu_quiet{{dpu="{d}"}}' in text for d in ("f", "b", "n"))
+        return all(f'headcount_dpu_quiet{{dpu_id="{d}"}}' in text for d in ("f", "b", "n"))
 
     running = asyncio.create_task(watch.run(), name="dpu-health")
     await eventually(refreshed, what="every DPU's gauges set")
@@ -263,4 +263,4 @@ async def test_the_watch_leaves_the_figures_when_the_store_is_down(
 
     monkeypatch.setattr(store.sensors, "seq_gaps", down)
     assert await watch.refresh("f") is None
-    assert 'headcount_dpu_quiet{dpu="f"} 0.0' in metrics.render().decode()
+    assert 'headcount_dpu_quiet{dpu_id="f"} 0.0' in metrics.render().decode()

@@ -31,7 +31,7 @@ from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
-from headcount.http.keys import ACTORS, DPUS, HISTORY, INGEST, METRICS, STORE
+from headcount.http.keys import ACTORS, DPUS, HISTORY, INGEST, METRICS, RESETS, STORE
 from headcount.http.limits import new_app
 from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
@@ -270,6 +270,7 @@ def build_app(
     app[STORE] = store
     app[HISTORY] = history
     app[ACTORS] = actors
+    app[RESETS] = actors
     app[DPUS] = dpus
     app[METRICS] = metrics
     app[INGEST] = ingest

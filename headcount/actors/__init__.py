@@ -1,7 +1,7 @@
 """Per-space actors: live state folded from events as they are stored, supervised."""
 
 from headcount.actors.live import Applied, LiveSpace
-from headcount.actors.reading import LiveCounts, Readiness, SpaceRecoveringError
+from headcount.actors.reading import LiveCounts, Readiness, ResetTaker, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.actors.system import ActorSystem, RestartBudget, SupervisorError
 
@@ -12,6 +12,7 @@ __all__ = [
     "LiveCounts",
     "LiveSpace",
     "Readiness",
+    "ResetTaker",
     "RestartBudget",
     "SpaceActor",
     "SpaceRecoveringError",

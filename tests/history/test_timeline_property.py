@@ -216,7 +216,8 @@ async def test_pages_and_resets_equal_the_reference(
     # The listing that ran beside the appends: in order, nothing twice, nothing skipped.
     keys = [_key(e) for e in listing.seen]
     assert keys == sorted(set(keys), reverse=descending)
-    assert listing.at_start is not None and listing.at_start <= set(keys)
+    assert listing.at_start is not None
+    assert listing.at_start <= set(keys)
 
     # Now the log is still: every page, either way, concatenated is the reference list.
     expected = reference_events(topo, stored, stored_resets, space_id, *window)

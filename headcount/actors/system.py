@@ -245,8 +245,9 @@ class ActorSystem:
         stored = await self.history.store.log.append_reset(reset)
         event = Reset(stored.space_id, stored.ts, stored.count, stored.source)
         actor = self.actors.get(reset.space_id)
-        if actor is None or self._group is None:
-            await self.route_reset(event)
+        running = self._group is not None or (self.task is not None and not self.task.done())
+        if actor is None or not running or not actor.ready:
+            await self.route_reset(event)  # folded when the actors run (or recover from the log)
             return stored
         self._wake(actor)
         try:

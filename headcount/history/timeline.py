@@ -86,7 +86,7 @@ class ListedReset:
 
     ts: int
     count: int
-    kind: Kind
+    kind: Literal["reset", "daily_reset"]
     source: str
 
 

@@ -119,7 +119,7 @@ async def _page(
         descending=descending,
         beyond=beyond,
     )
-    got = [
+    got: list[Listed] = [
         (e.ts, e.kind, e.dpu_id, e.seq, e.doorway, e.direction, e.delta, e.count_after)
         for e in page.events
     ]

@@ -23,6 +23,7 @@ from tests.http.test_routes import MINUTE, MORNING, NOW, Service, service_app, s
 async def service(store: EventStore, aiohttp_client: AiohttpClient) -> Service:
     return await start(store, aiohttp_client)
 
+
 START = format_ms(NOW - 60 * MINUTE)
 END = format_ms(NOW)
 WINDOW = {"start_time": START, "end_time": END}

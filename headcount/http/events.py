@@ -34,6 +34,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 #: The most a reset's count may be (the store's column).
 MAX_COUNT = 2**31 - 1
+#: The longest window of resets listed for a space with a daily reset: one per day.
+MAX_DAILY_DAYS = 3_660
 _CURSOR_HELP = "give the 'next' of the page before, as it was answered"
 _TIME_HELP = f"ISO-8601 with a UTC offset, e.g. 2018-02-26T17:00:00Z, within {SUPPORTED_RANGE}"
 
@@ -254,6 +256,14 @@ async def make_reset(request: web.Request) -> web.StreamResponse:
 async def space_resets(request: web.Request) -> web.StreamResponse:
     start, end = _window(parse_query(request, Window))
     space_id = request.match_info["space_id"]
+    space = request.app[HISTORY].topology.space(space_id)
+    if space.daily_reset is not None and end - start > MAX_DAILY_DAYS * 86_400_000:
+        raise error(
+            web.HTTPBadRequest,
+            f"end_time: space {space_id!r} resets daily, so a window lists one reset a day:"
+            f" give at most {MAX_DAILY_DAYS:,} days from start_time, and ask for the rest"
+            " in more windows",
+        )
     listed = await resets_between(request.app[HISTORY], space_id, start=start, end=end)
     results = [ListedReset(ts=format_ms(r.ts), count=r.count, kind=r.kind) for r in listed]
     return answer(ResetsAnswer(space_id=space_id, results=results))

@@ -286,3 +286,13 @@ async def test_resets_list_manual_and_daily_across_dst(
         ("reset", 4, 4),
         ("daily_reset", -4, 0),
     ]
+
+
+async def test_a_daily_space_lists_resets_over_ten_years_at_most(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    service = await start(store, aiohttp_client, topology_text=DAILY)
+    path = "/spaces/L/resets?start_time=2000-01-01T00:00:00Z&end_time="
+    assert len((await service.get(path + "2010-01-08T00:00:00Z"))["results"]) == 3660
+    refused = await service.get(path + "9998-01-01T00:00:00Z", 400)
+    assert refused["detail"].startswith("end_time: space 'L' resets daily")

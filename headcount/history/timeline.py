@@ -191,11 +191,13 @@ async def events_page(
 
 
 def _daily(space: Space, state: SpaceState, ts: int, listed: list[SpaceEventEntry]) -> SpaceState:
-    """Fold the space's daily reset at ``ts`` and list it."""
+    """Fold the space's daily reset at ``ts`` and list it. The count it found is the one just
+    before it: earlier daily resets since ``state`` (not in the page) have happened by then."""
+    before = advance(space, state, ts - 1).count
     after = advance(space, state, ts)
     listed.append(
         SpaceEventEntry(
-            ts, "daily_reset", None, None, None, None, after.count - state.count, after.count
+            ts, "daily_reset", None, None, None, None, after.count - before, after.count
         )
     )
     return after

@@ -17,12 +17,13 @@ from pydantic import Field, field_validator
 
 from headcount.clock import now_ms
 from headcount.domain.events import DAILY_RESET_RANK, RESET_RANK, TRAVERSAL_RANK, Reset
-from headcount.domain.timefmt import SUPPORTED_RANGE, format_ms, parse_iso
-from headcount.errors import ConflictError, InvalidTimestampError
+from headcount.domain.timefmt import SUPPORTED_RANGE, format_ms
+from headcount.errors import ConflictError
 from headcount.history.timeline import Key, events_page, resets_between
 from headcount.http.api import Model, Query, Routes, answer, parse_body, parse_query
 from headcount.http.errors import error
 from headcount.http.keys import CLOCK, HISTORY, RESETS
+from headcount.http.models import Moment, Stamp
 from headcount.ingest.wire import DEFAULT_MAX_SKEW_MS
 
 __all__ = ["decode_cursor", "encode_cursor", "routes"]
@@ -37,7 +38,10 @@ MAX_COUNT = 2**31 - 1
 #: The longest window of resets listed for a space with a daily reset: one per day.
 MAX_DAILY_DAYS = 3_660
 _CURSOR_HELP = "give the 'next' of the page before, as it was answered"
-_TIME_HELP = f"ISO-8601 with a UTC offset, e.g. 2018-02-26T17:00:00Z, within {SUPPORTED_RANGE}"
+_TIME_HELP = (
+    "ISO-8601 with a UTC offset (`Z` or `+01:00`; in a query a `+` must be sent as `%2B`),"
+    f" from {SUPPORTED_RANGE} (UTC)"
+)
 
 
 # -- cursors -------------------------------------------------------------------------------
@@ -64,25 +68,18 @@ def decode_cursor(cursor: str) -> Key:
     return (ts, rank, dpu_id, seq)
 
 
-def _timestamp(text: str) -> str:
-    try:
-        parse_iso(text)
-    except InvalidTimestampError as e:
-        raise ValueError(str(e)) from None
-    return text
-
-
 # -- models --------------------------------------------------------------------------------
 
 
 class Window(Query):
-    start_time: str = Field(description=f"The window's start, included: {_TIME_HELP}.")
-    end_time: str = Field(description=f"The window's end, excluded: {_TIME_HELP}.")
-
-    @field_validator("start_time", "end_time")
-    @classmethod
-    def _check_times(cls, value: str) -> str:
-        return _timestamp(value)
+    start_time: Moment = Field(
+        description=f"The window's start, included: {_TIME_HELP}.",
+        json_schema_extra={"x-one": "timestamp"},
+    )
+    end_time: Moment = Field(
+        description=f"The window's end, excluded: {_TIME_HELP}.",
+        json_schema_extra={"x-one": "timestamp"},
+    )
 
 
 class EventsQuery(Window):
@@ -110,7 +107,7 @@ class EventsQuery(Window):
 class SpaceEvent(Model):
     """A traversal or a reset of the space, with the count it left."""
 
-    ts: str = Field(description="When it happened (ISO-8601, UTC).")
+    ts: Stamp = Field(description="When it happened (ISO-8601, UTC).")
     kind: Literal["traversal", "reset", "daily_reset"]
     dpu_id: str | None = Field(description="The DPU that counted it; null for a reset.")
     seq: int | None = Field(description="The DPU's sequence number; null for a reset.")
@@ -133,25 +130,20 @@ class EventsAnswer(Model):
 
 class ResetBody(Model):
     count: int = Field(ge=0, le=MAX_COUNT, description="The count the space has at ts.")
-    ts: str | None = Field(
+    ts: Moment | None = Field(
         None, description=f"When it was counted: {_TIME_HELP}. Default: now (the server's clock)."
     )
-
-    @field_validator("ts")
-    @classmethod
-    def _check_ts(cls, value: str | None) -> str | None:
-        return None if value is None else _timestamp(value)
 
 
 class ResetAnswer(Model):
     space_id: str
-    ts: str
+    ts: Stamp
     count: int
     kind: Literal["reset"]
 
 
 class ListedReset(Model):
-    ts: str
+    ts: Stamp
     count: int
     kind: Literal["reset", "daily_reset"]
 
@@ -165,11 +157,11 @@ class ResetsAnswer(Model):
 
 
 def _window(query: Window) -> tuple[int, int]:
-    start, end = parse_iso(query.start_time), parse_iso(query.end_time)
+    start, end = query.start_time, query.end_time
     if end <= start:
         raise error(
             web.HTTPBadRequest,
-            f"end_time: must be after start_time ({query.start_time}); the window is"
+            f"end_time: must be after start_time ({format_ms(start)}); the window is"
             " [start_time, end_time)",
         )
     return start, end
@@ -183,9 +175,10 @@ def _window(query: Window) -> tuple[int, int]:
     errors=(400, 404),
 )
 async def space_events(request: web.Request) -> web.StreamResponse:
+    space_id = request.match_info["space_id"]
+    request.app[HISTORY].topology.space(space_id)  # an unknown space is 404, whatever the query
     query = parse_query(request, EventsQuery)
     start, end = _window(query)
-    space_id = request.match_info["space_id"]
     page = await events_page(
         request.app[HISTORY],
         space_id,
@@ -227,11 +220,11 @@ async def make_reset(request: web.Request) -> web.StreamResponse:
     request.app[HISTORY].topology.space(space_id)  # an unknown space is 404, whatever the body
     body = await parse_body(request, ResetBody)
     now = request.app.get(CLOCK, now_ms)()
-    ts = now if body.ts is None else parse_iso(body.ts)
+    ts = now if body.ts is None else body.ts
     if ts - now > DEFAULT_MAX_SKEW_MS:
         raise error(
             web.HTTPBadRequest,
-            f"ts: {body.ts} is {(ts - now) / 1000:.3f} s ahead of the server's clock"
+            f"ts: {format_ms(ts)} is {(ts - now) / 1000:.3f} s ahead of the server's clock"
             f" ({format_ms(now)}); a reset says what was counted, so give a time up to now"
             f" (at most {DEFAULT_MAX_SKEW_MS // 1000} s of clock skew is tolerated)",
         )
@@ -254,9 +247,9 @@ async def make_reset(request: web.Request) -> web.StreamResponse:
     errors=(400, 404),
 )
 async def space_resets(request: web.Request) -> web.StreamResponse:
-    start, end = _window(parse_query(request, Window))
     space_id = request.match_info["space_id"]
-    space = request.app[HISTORY].topology.space(space_id)
+    space = request.app[HISTORY].topology.space(space_id)  # 404 first, whatever the query
+    start, end = _window(parse_query(request, Window))
     if space.daily_reset is not None and end - start > MAX_DAILY_DAYS * 86_400_000:
         raise error(
             web.HTTPBadRequest,

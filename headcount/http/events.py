@@ -23,7 +23,7 @@ from headcount.history.timeline import Key, events_page, resets_between
 from headcount.http.api import Model, Query, Routes, answer, parse_body, parse_query
 from headcount.http.errors import error
 from headcount.http.keys import CLOCK, HISTORY, RESETS
-from headcount.http.models import Moment, Stamp
+from headcount.http.models import TS_EXAMPLE, Moment, Stamp
 from headcount.ingest.wire import DEFAULT_MAX_SKEW_MS
 
 __all__ = ["decode_cursor", "encode_cursor", "routes"]
@@ -133,6 +133,14 @@ class ResetBody(Model):
     ts: Moment | None = Field(
         None, description=f"When it was counted: {_TIME_HELP}. Default: now (the server's clock)."
     )
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _text_only(cls, value: object) -> object:
+        """A moment is ISO-8601 text: a bare number would be read as milliseconds, unchecked."""
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"give ISO-8601 text with a UTC offset, e.g. {TS_EXAMPLE!r}")
+        return value
 
 
 class ResetAnswer(Model):

@@ -219,6 +219,8 @@ async def test_a_reset_is_live_when_answered_and_past_answers_follow(service: Se
         ({"count": 1, "ts": "0001-01-01T00:00:00Z"}, "ts"),
         ({"count": 1, "ts": format_ms(NOW + 6 * MINUTE)}, "ts"),
         ({"count": 1, "extra": True}, "extra"),
+        ({"count": 1, "ts": -(10**17)}, "ts: give ISO-8601 text"),
+        ({"count": 1, "ts": NOW}, "ts: give ISO-8601 text"),
     ],
 )
 async def test_bad_resets_are_400_naming_the_field_and_change_nothing(

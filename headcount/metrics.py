@@ -89,6 +89,33 @@ class Metrics:
             registry=r,
         )
 
+        self.alerts = Counter(
+            "headcount_alerts",
+            "Capacity alerts raised, by space and state (over, clear)",
+            ["space", "state"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "headcount_webhook_deliveries",
+            "Alerts a webhook's receiver accepted (a 2xx answer), by webhook",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            "headcount_webhook_failures",
+            "Webhook attempts that failed (no connection, a timeout, an answer other than"
+            " 2xx), each retry counted, by webhook",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_dropped = Counter(
+            "headcount_webhook_dropped",
+            "Alerts a webhook never got, by webhook and reason: queue_full (the oldest waiting"
+            " one made room) or attempts (every attempt failed)",
+            ["webhook", "reason"],
+            registry=r,
+        )
+
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Let ``gauge`` read its value when scraped."""
         gauge.set_function(read)

@@ -1,5 +1,6 @@
 """Per-space actors: live state folded from events as they are stored, supervised."""
 
+from headcount.actors.changes import Cause, Change, ChangeFeed, Subscription, SubscriptionClosed
 from headcount.actors.live import Applied, LiveSpace
 from headcount.actors.reading import LiveCounts, Readiness, ResetTaker, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
@@ -9,6 +10,9 @@ __all__ = [
     "DEFAULT_WINDOW_MS",
     "ActorSystem",
     "Applied",
+    "Cause",
+    "Change",
+    "ChangeFeed",
     "LiveCounts",
     "LiveSpace",
     "Readiness",
@@ -16,5 +20,7 @@ __all__ = [
     "RestartBudget",
     "SpaceActor",
     "SpaceRecoveringError",
+    "Subscription",
+    "SubscriptionClosed",
     "SupervisorError",
 ]

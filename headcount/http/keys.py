@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from headcount.actors import LiveCounts, ResetTaker
+from headcount.actors import ChangeFeed, LiveCounts, ResetTaker
 from headcount.clock import Clock
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -24,3 +24,5 @@ METRICS = web.AppKey("metrics", Metrics)
 INGEST = web.AppKey("ingest", IngestHealth)
 #: The clock live answers are timed with (``headcount.clock.now_ms`` when not set).
 CLOCK = web.AppKey[Clock]("clock")
+#: Every change of a space's live state (the actors' feed), for the live push.
+CHANGES = web.AppKey("changes", ChangeFeed)

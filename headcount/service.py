@@ -33,7 +33,7 @@ from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.history.dpu_health import HealthWatch
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
-from headcount.http.keys import ACTORS, CHANGES, DPUS, HISTORY, INGEST, METRICS, STORE
+from headcount.http.keys import ACTORS, CHANGES, DPUS, HISTORY, INGEST, METRICS, RESETS, STORE
 from headcount.http.limits import new_app
 from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
@@ -305,6 +305,7 @@ def build_app(
     app[STORE] = store
     app[HISTORY] = history
     app[ACTORS] = actors
+    app[RESETS] = actors
     app[CHANGES] = actors.changes
     app[DPUS] = dpus
     app[METRICS] = metrics

@@ -2,7 +2,7 @@
 
 from headcount.actors.changes import Cause, Change, ChangeFeed, Subscription, SubscriptionClosed
 from headcount.actors.live import Applied, LiveSpace
-from headcount.actors.reading import LiveCounts, Readiness, SpaceRecoveringError
+from headcount.actors.reading import LiveCounts, Readiness, ResetTaker, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.actors.system import ActorSystem, RestartBudget, SupervisorError
 
@@ -16,6 +16,7 @@ __all__ = [
     "LiveCounts",
     "LiveSpace",
     "Readiness",
+    "ResetTaker",
     "RestartBudget",
     "SpaceActor",
     "SpaceRecoveringError",

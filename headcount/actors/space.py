@@ -51,6 +51,11 @@ class SpaceActor:
         self._live: LiveSpace | None = None
         self.late_events = 0
         self.reloads = 0
+        #: Events handed in, and of those the ones folded into the live state: a caller of
+        #: :meth:`tell_and_wait` waits for the second to reach its own.
+        self._told = 0
+        self._folded = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def mailbox(self) -> asyncio.Queue[SpaceEvent]:
@@ -79,6 +84,30 @@ class SpaceActor:
         """Hand an event (already durably stored) to the actor; waits while the mailbox is
         full, so a slow actor slows ingest instead of growing memory."""
         await self.mailbox.put(event)
+        self._told += 1
+
+    async def tell_and_wait(self, event: SpaceEvent) -> None:
+        """:meth:`tell`, then wait until the live state has folded the event (the actor must
+        be running): a reset made through the API shows in the live count at once."""
+        await self.tell(event)
+        ticket = self._told
+        if self._folded >= ticket:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((ticket, waiter))
+        await waiter
+
+    def _mark_folded(self, folded: int) -> None:
+        """The live state now holds every event handed in up to the ``folded``-th."""
+        self._folded = max(self._folded, folded)
+        still = []
+        for ticket, waiter in self._waiters:
+            if ticket <= self._folded:
+                if not waiter.done():
+                    waiter.set_result(None)
+            elif not waiter.done():
+                still.append((ticket, waiter))
+        self._waiters = still
 
     def checkpoint_for(self, newest: int | None) -> int:
         """Where recovery settles the state, given the newest event time stored for the
@@ -107,6 +136,8 @@ class SpaceActor:
         self._live = LiveSpace(
             self.history.topology.space(self.space_id), settled, checkpoint, recent
         )
+        # Everything handed in and no longer in the mailbox was stored first: it is folded now.
+        self._mark_folded(self._told - (self._mailbox.qsize() if self._mailbox else 0))
 
     async def run(self) -> None:
         """Apply events from the mailbox until cancelled. Events too late to place in memory
@@ -131,6 +162,7 @@ class SpaceActor:
                     live.reload(settled)
                     if _figures(before) != _figures(live.state):
                         self._publish(live, live.state.as_of, Cause.CORRECTION)
+                self._mark_folded(self._told - self.mailbox.qsize())
             finally:
                 self.mailbox.task_done()
 

@@ -278,10 +278,27 @@ class ActorSystem:
     async def reset(self, reset: Reset) -> StoredReset:
         """Store a manual reset and hand it to its space's actor: the one call that a reset
         made through the service needs. A reset older than the space's newest event is a late
-        event like any other."""
+        event like any other. While the system runs, returns once the live count shows it
+        (or after the drain timeout, with a warning: it is stored, and will)."""
         self.topology.space(reset.space_id)  # raises UnknownSpaceError
         stored = await self.history.store.log.append_reset(reset)
-        await self.route_reset(Reset(stored.space_id, stored.ts, stored.count, stored.source))
+        event = Reset(stored.space_id, stored.ts, stored.count, stored.source)
+        actor = self.actors.get(reset.space_id)
+        running = self._group is not None or (self.task is not None and not self.task.done())
+        if actor is None or not running or not actor.ready:
+            await self.route_reset(event)  # folded when the actors run (or recover from the log)
+            return stored
+        self._wake(actor)
+        try:
+            async with asyncio.timeout(self._drain_timeout_s):
+                await actor.tell_and_wait(event)
+        except TimeoutError:
+            log.warning(
+                "space %s: the reset at %d is stored but not yet in the live count after %gs",
+                reset.space_id,
+                reset.ts,
+                self._drain_timeout_s,
+            )
         return stored
 
     async def route_reset(self, reset: Reset) -> None:

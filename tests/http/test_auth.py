@@ -36,6 +36,10 @@ URLS = {
     "/healthz": "/healthz",
     "/metrics": "/metrics",
     "/openapi.json": "/openapi.json",
+    "/spaces/{space_id}/events": "/spaces/A/events?start_time=2023-11-14T00:00:00Z"
+    "&end_time=2023-11-15T00:00:00Z",
+    "/spaces/{space_id}/resets": "/spaces/A/resets?start_time=2023-11-14T00:00:00Z"
+    "&end_time=2023-11-15T00:00:00Z",
 }
 
 

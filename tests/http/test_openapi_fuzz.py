@@ -134,6 +134,11 @@ SEED_REQUESTS: Final = [
     ]
     for query in [{}, {"ts": "2018-02-27T00:00:00Z"}, {"ts": "2018-02-26T09:00:00+01:00"}]
     if "count" in path or not query
+] + [
+    (f"/spaces/{{space_id}}/{what}", {"space_id": space}, {**window, **more})
+    for what, more in [("events", {"page_size": "3"}), ("events", {"order": "asc"}), ("resets", {})]
+    for space in ("A", "B")
+    for window in [{"start_time": "2018-02-26T00:00:00Z", "end_time": "2018-02-27T00:00:00Z"}]
 ]
 
 

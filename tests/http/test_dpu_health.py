@@ -132,7 +132,9 @@ async def test_metrics_say_when_each_known_dpu_was_last_heard(service: Service) 
     response = await service.client.get("/metrics")
     families = text_string_to_metric_families(await response.text())
     (family,) = (f for f in families if f.name == "headcount_dpu_last_heard_timestamp_seconds")
-    assert [(s.labels, s.value) for s in family.samples] == [({"dpu_id": "283"}, (NOW - 1500) / 1000)]
+    assert [(s.labels, s.value) for s in family.samples] == [
+        ({"dpu_id": "283"}, (NOW - 1500) / 1000)
+    ]
 
 
 async def test_a_store_that_is_down_is_503(

@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from headcount.domain.events import Reset
 from headcount.domain.fold import SpaceState
 from headcount.domain.topology import Topology
 from headcount.errors import HeadcountError
+from headcount.eventstore.records import StoredReset
 
-__all__ = ["LiveCounts", "Readiness", "SpaceRecoveringError"]
+__all__ = ["LiveCounts", "Readiness", "ResetTaker", "SpaceRecoveringError"]
 
 
 class SpaceRecoveringError(HeadcountError):
@@ -53,4 +55,13 @@ class LiveCounts(Protocol):
 
     def mailbox_depth(self) -> int:
         """Events stored but not yet folded into live state."""
+        ...
+
+
+class ResetTaker(Protocol):
+    """Where the API hands a reset: it is stored, then applied to the live count."""
+
+    async def reset(self, reset: Reset) -> StoredReset:
+        """Store ``reset`` and return once the space's live count shows it. Raises
+        ``UnknownSpaceError``, and ``ConflictError`` for another count at the same millisecond."""
         ...

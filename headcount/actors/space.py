@@ -6,9 +6,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from headcount.actors.changes import Cause, Change, ChangeFeed
 from headcount.actors.live import Applied, LiveSpace
 from headcount.clock import now_ms
-from headcount.domain.events import SpaceEvent
+from headcount.domain.events import Reset, SpaceEvent
 from headcount.domain.fold import SpaceState
 from headcount.history import History, SpaceView, space_events
 
@@ -36,6 +37,7 @@ class SpaceActor:
         on_applied: Callable[[str, int], None] | None = None,
         on_late: Callable[[], None] | None = None,
         clock: Callable[[], int] = now_ms,
+        changes: ChangeFeed | None = None,
     ) -> None:
         self.space_id = space_id
         self.history = history
@@ -45,9 +47,15 @@ class SpaceActor:
         self._on_applied = on_applied
         self._on_late = on_late
         self._clock = clock
+        self._changes = changes
         self._live: LiveSpace | None = None
         self.late_events = 0
         self.reloads = 0
+        #: Events handed in, and of those the ones folded into the live state: a caller of
+        #: :meth:`tell_and_wait` waits for the second to reach its own.
+        self._told = 0
+        self._folded = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def mailbox(self) -> asyncio.Queue[SpaceEvent]:
@@ -76,6 +84,30 @@ class SpaceActor:
         """Hand an event (already durably stored) to the actor; waits while the mailbox is
         full, so a slow actor slows ingest instead of growing memory."""
         await self.mailbox.put(event)
+        self._told += 1
+
+    async def tell_and_wait(self, event: SpaceEvent) -> None:
+        """:meth:`tell`, then wait until the live state has folded the event (the actor must
+        be running): a reset made through the API shows in the live count at once."""
+        await self.tell(event)
+        ticket = self._told
+        if self._folded >= ticket:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((ticket, waiter))
+        await waiter
+
+    def _mark_folded(self, folded: int) -> None:
+        """The live state now holds every event handed in up to the ``folded``-th."""
+        self._folded = max(self._folded, folded)
+        still = []
+        for ticket, waiter in self._waiters:
+            if ticket <= self._folded:
+                if not waiter.done():
+                    waiter.set_result(None)
+            elif not waiter.done():
+                still.append((ticket, waiter))
+        self._waiters = still
 
     def checkpoint_for(self, newest: int | None) -> int:
         """Where recovery settles the state, given the newest event time stored for the
@@ -104,6 +136,8 @@ class SpaceActor:
         self._live = LiveSpace(
             self.history.topology.space(self.space_id), settled, checkpoint, recent
         )
+        # Everything handed in and no longer in the mailbox was stored first: it is folded now.
+        self._mark_folded(self._told - (self._mailbox.qsize() if self._mailbox else 0))
 
     async def run(self) -> None:
         """Apply events from the mailbox until cancelled. Events too late to place in memory
@@ -124,7 +158,11 @@ class SpaceActor:
                 if reload:
                     self.reloads += 1
                     settled = (await self.history.count_at(self.space_id, live.checkpoint)).state
+                    before = live.state
                     live.reload(settled)
+                    if _figures(before) != _figures(live.state):
+                        self._publish(live, live.state.as_of, Cause.CORRECTION)
+                self._mark_folded(self._told - self.mailbox.qsize())
             finally:
                 self.mailbox.task_done()
 
@@ -140,4 +178,32 @@ class SpaceActor:
             live.settle(newest - self.window_ms)
         if outcome is not Applied.DUPLICATE and self._on_applied is not None:
             self._on_applied(self.space_id, 1)
+        if outcome is Applied.APPENDED or outcome is Applied.REFOLDED:
+            # Every delta changes entrances or exits; a reset is published even when it sets
+            # the count it had (whoever made it may wait for it).
+            if isinstance(event, Reset):
+                self._publish(live, event.ts, Cause.RESET)
+            elif outcome is Applied.APPENDED:
+                self._publish(live, event.ts, Cause.TRAVERSAL)
+            else:
+                self._publish(live, event.ts, Cause.CORRECTION)
         return outcome is Applied.TOO_LATE
+
+    def _publish(self, live: LiveSpace, ts: int | None, cause: Cause) -> None:
+        """Tell the change feed the live state, when anyone listens to this space."""
+        changes = self._changes
+        if changes is None or not changes.wants(self.space_id):
+            return
+        state = live.now(self._clock())
+        changes.publish(
+            Change(self.space_id, ts or 0, state.count, state.entrances, state.exits, cause)
+        )
+
+    def publish_state(self, ts: int, cause: Cause) -> None:
+        """Publish the live state as it is now (a daily reset passed, say), if recovered."""
+        if self._live is not None:
+            self._publish(self._live, ts, cause)
+
+
+def _figures(state: SpaceState) -> tuple[int, int, int]:
+    return state.count, state.entrances, state.exits

@@ -4,6 +4,8 @@ snapshot writer behind them."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import heapq
 import logging
 import time
 from collections import deque
@@ -11,11 +13,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Self
 
+from headcount.actors.changes import Cause, ChangeFeed
 from headcount.actors.reading import Readiness, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Reset, Traversal, space_delta
-from headcount.domain.fold import SpaceState
+from headcount.domain.fold import SpaceState, daily_reset_window
+from headcount.domain.topology import Space
 from headcount.errors import HeadcountError, StoreDataError, StoreError, UnknownSpaceError
 from headcount.eventstore.records import StoredReset
 from headcount.history import History
@@ -70,8 +74,13 @@ class ActorSystem:
         recover_concurrency: int = 8,
         on_late: Callable[[], None] | None = None,
         clock: Callable[[], int] = now_ms,
+        daily_reset_tick_s: float = 1.0,
     ) -> None:
         self.history = history
+        #: Every change of a space's live state, for whoever subscribes.
+        self.changes = ChangeFeed()
+        self._clock = clock
+        self._daily_reset_tick_s = daily_reset_tick_s
         self.topology = history.topology
         ids = list(self.topology.spaces if space_ids is None else space_ids)
         for space_id in ids:
@@ -85,6 +94,7 @@ class ActorSystem:
                 on_applied=self._applied,
                 on_late=on_late,
                 clock=clock,
+                changes=self.changes,
             )
             for space_id in ids
         }
@@ -147,6 +157,7 @@ class ActorSystem:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self._snapshots(), name="snapshots")
+                group.create_task(self._daily_resets(), name="daily-resets")
                 for actor in self.actors.values():
                     if actor.has_mailbox:  # sent to before the system ran
                         self._wake(actor)
@@ -220,6 +231,34 @@ class ActorSystem:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
+    async def _daily_resets(self) -> None:
+        """Publish each space's state at its daily reset instant, event or not. Spaces that
+        share a time zone and reset time share one timer; the time is the system's clock, read
+        at least every ``daily_reset_tick_s`` (so a clock that jumps is followed)."""
+        groups: dict[tuple[str, datetime.time], tuple[Space, list[str]]] = {}
+        for space_id in self.actors:
+            space = self.topology.space(space_id)
+            if space.daily_reset is not None:
+                key = (space.time_zone, space.daily_reset)
+                groups.setdefault(key, (space, []))[1].append(space_id)
+        if not groups:
+            return
+        members = list(groups.values())
+        now = self._clock()
+        due = [(daily_reset_window(space, now)[1], n) for n, (space, _) in enumerate(members)]
+        heapq.heapify(due)
+        while True:
+            instant, n = due[0]
+            now = self._clock()
+            if now < instant:
+                await asyncio.sleep(min((instant - now) / 1000, self._daily_reset_tick_s))
+                continue
+            space, space_ids = members[n]
+            last, upcoming = daily_reset_window(space, now)  # a clock that jumped: once
+            heapq.heapreplace(due, (upcoming, n))
+            for space_id in space_ids:
+                self.actors[space_id].publish_state(last, Cause.DAILY_RESET)
+
     # -- routing ---------------------------------------------------------------------------
 
     async def route(self, traversals: Sequence[Traversal]) -> int:
@@ -239,10 +278,27 @@ class ActorSystem:
     async def reset(self, reset: Reset) -> StoredReset:
         """Store a manual reset and hand it to its space's actor: the one call that a reset
         made through the service needs. A reset older than the space's newest event is a late
-        event like any other."""
+        event like any other. While the system runs, returns once the live count shows it
+        (or after the drain timeout, with a warning: it is stored, and will)."""
         self.topology.space(reset.space_id)  # raises UnknownSpaceError
         stored = await self.history.store.log.append_reset(reset)
-        await self.route_reset(Reset(stored.space_id, stored.ts, stored.count, stored.source))
+        event = Reset(stored.space_id, stored.ts, stored.count, stored.source)
+        actor = self.actors.get(reset.space_id)
+        running = self._group is not None or (self.task is not None and not self.task.done())
+        if actor is None or not running or not actor.ready:
+            await self.route_reset(event)  # folded when the actors run (or recover from the log)
+            return stored
+        self._wake(actor)
+        try:
+            async with asyncio.timeout(self._drain_timeout_s):
+                await actor.tell_and_wait(event)
+        except TimeoutError:
+            log.warning(
+                "space %s: the reset at %d is stored but not yet in the live count after %gs",
+                reset.space_id,
+                reset.ts,
+                self._drain_timeout_s,
+            )
         return stored
 
     async def route_reset(self, reset: Reset) -> None:

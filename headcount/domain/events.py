@@ -14,6 +14,9 @@ Direction = Literal[1, -1]
 #: says "this is the count at the start of this millisecond".
 RESET_RANK = 0
 TRAVERSAL_RANK = 1
+#: A space's daily reset is not stored; where it is listed with stored events it goes first of
+#: its millisecond, as the fold applies it before anything at that time.
+DAILY_RESET_RANK = -1
 
 
 @dataclass(frozen=True, slots=True)

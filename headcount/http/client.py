@@ -1,5 +1,6 @@
 """A client of a running service's HTTP API: its live counts, for ``headcount replay
---verify --service`` (a :class:`headcount.history.live_check.ServiceCounts`)."""
+--verify --service`` (a :class:`headcount.history.live_check.ServiceCounts`), and resets, for
+``headcount reset --service``."""
 
 from __future__ import annotations
 
@@ -74,13 +75,29 @@ class ServiceClient:
         body = await self._get(path, f"the live count of space {space_id!r}")
         return int(body["count"])
 
+    async def reset(self, space_id: str, count: int, ts: str | None = None) -> Any:
+        """``POST /spaces/{space_id}/resets``: set the space's count at ``ts`` (ISO-8601;
+        the service's now when ``None``). Returns the service's answer (``space_id``, ``ts``,
+        ``count``, ``kind``); a refusal is a :class:`ServiceError` with the service's reason."""
+        path = f"spaces/{quote(space_id, safe='')}/resets"
+        body: dict[str, Any] = {"count": count} if ts is None else {"count": count, "ts": ts}
+        return await self._ask("POST", path, f"a reset of space {space_id!r}", body)
+
     async def _get(self, path: str, what: str) -> Any:
+        return await self._ask("GET", path, what)
+
+    async def _ask(self, method: str, path: str, what: str, body: Any = None) -> Any:
         if self._session is None:
             raise RuntimeError("use ServiceClient in 'async with'")
         try:
-            async with self._session.get(path) as response:
+            async with self._session.request(method, path, json=body) as response:
                 if response.status in (401, 403):
                     raise ServiceError(await self._refused(response, what))
+                if response.status in (400, 404, 409):
+                    detail = await self._detail(response)
+                    raise ServiceError(
+                        f"the service at {self.url} refused {what} ({response.status}: {detail})"
+                    )
                 response.raise_for_status()
                 return await response.json()
         except aiohttp.ClientError as e:
@@ -91,12 +108,17 @@ class ServiceClient:
                 f" {self.timeout_s:g} s; is it overloaded, or is that the right URL?"
             ) from e
 
+    @staticmethod
+    async def _detail(response: aiohttp.ClientResponse) -> str:
+        """The service's reason for an error answer, in its own words."""
+        try:
+            return str((await response.json())["detail"])
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError):
+            return response.reason or str(response.status)
+
     async def _refused(self, response: aiohttp.ClientResponse, what: str) -> str:
         """Why the service refused the token (or its absence), in its own words."""
-        try:
-            detail = str((await response.json())["detail"])
-        except (aiohttp.ClientError, ValueError, KeyError, TypeError):
-            detail = response.reason or str(response.status)
+        detail = await self._detail(response)
         given = "the token given" if self._headers else "no token"
         return (
             f"the service at {self.url} refused {what} with {given} ({response.status}:"

@@ -44,6 +44,10 @@ _ERRORS = {
         " token may do anything. `detail` names the token and the scope needed."
     ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
+    "409": (
+        "The request conflicts with what is stored (a reset of the space at the same"
+        " millisecond with another count: resets are never edited). `detail` says what."
+    ),
     "413": "The request body is larger than this server reads. `detail` gives the limit.",
     "500": "The server failed; the error is logged, not shown.",
     "503": (

@@ -94,6 +94,34 @@ async def test_resets_reach_their_space(store: EventStore, seed: Topology) -> No
         assert system.live("A").count == 7
 
 
+async def test_a_reset_made_through_the_system_is_live_when_it_returns(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No drain between the reset and the look: ``reset`` returns once the live count shows
+    it, whether it lands in the actor's window, is too late for it (a reload from the store),
+    or the actor crashes on it (recovered from the store, which holds it)."""
+    history = History(store, seed, snapshot_every=2, snapshot_lag_ms=0)
+    system = ActorSystem(history, window_ms=5 * MINUTE, clock=clock)
+    async with system.running():
+        await system.route(
+            await stored(store, [Traversal("283", i, NOW - (40 - i) * MINUTE, 1) for i in range(8)])
+        )
+        await system.drain()
+        assert system.live("A").count == 8
+        await system.reset(Reset("A", NOW - MINUTE, 3))
+        assert system.live("A").count == 3
+        await system.reset(Reset("A", NOW - 50 * MINUTE, 0))  # too late for the window
+        assert system.live("A").count == 3
+        await system.reset(Reset("A", NOW - 20 * MINUTE, 1))  # late, after 8 entrances
+        assert system.live("A").count == 3
+        actor = system.actor("A")
+        monkeypatch.setattr(actor, "_apply", crash_once(actor))
+        await system.reset(Reset("A", NOW - 1000, 11))
+        assert system.live("A").count == 11
+        assert system.restarts == 1
+        await expect_live_equals_history(system, history)
+
+
 async def test_unknown_space_is_refused(store: EventStore, seed: Topology) -> None:
     with pytest.raises(LookupError, match="nowhere"):
         ActorSystem(History(store, seed), space_ids=["nowhere"])

@@ -36,9 +36,14 @@ URLS = {
     "/counts": "/counts?space_id=A&start_time=2023-11-14T21:00:00Z&end_time=2023-11-14T22:00:00Z",
     "/dpus": "/dpus",
     "/dpus/{dpu_id}": "/dpus/283",
+    "/dpus/{dpu_id}/health": "/dpus/283/health",
     "/healthz": "/healthz",
     "/metrics": "/metrics",
     "/openapi.json": "/openapi.json",
+    "/spaces/{space_id}/events": "/spaces/A/events?start_time=2023-11-14T00:00:00Z"
+    "&end_time=2023-11-15T00:00:00Z",
+    "/spaces/{space_id}/resets": "/spaces/A/resets?start_time=2023-11-14T00:00:00Z"
+    "&end_time=2023-11-15T00:00:00Z",
 }
 
 

@@ -138,9 +138,15 @@ SEED_REQUESTS: Final = [
         ("/spaces/{space_id}/count", {"space_id": "B"}),
         ("/spaces/{space_id}", {"space_id": "A"}),
         ("/dpus/{dpu_id}", {"dpu_id": "423"}),
+        ("/dpus/{dpu_id}/health", {"dpu_id": "283"}),
     ]
     for query in [{}, {"ts": "2018-02-27T00:00:00Z"}, {"ts": "2018-02-26T09:00:00+01:00"}]
     if "count" in path or not query
+] + [
+    (f"/spaces/{{space_id}}/{what}", {"space_id": space}, {**window, **more})
+    for what, more in [("events", {"page_size": "3"}), ("events", {"order": "asc"}), ("resets", {})]
+    for space in ("A", "B")
+    for window in [{"start_time": "2018-02-26T00:00:00Z", "end_time": "2018-02-27T00:00:00Z"}]
 ]
 
 

@@ -138,6 +138,13 @@ class Folder:
         ``kind`` is ``reset_kind``, else a delta ``value`` (+1 or -1). The same as calling
         :meth:`reset` and :meth:`delta` for each, in one loop for spaces without a daily reset
         (a past answer's tail). Returns how many rows were folded."""
+        return self.fold_range(rows, reset_kind, self.count, self.count)[0]
+
+    def fold_range(
+        self, rows: Iterable[Sequence[int]], reset_kind: int, low: int, high: int
+    ) -> tuple[int, int, int]:
+        """Fold rows as :meth:`fold_rows` does; returns how many were folded and the lowest
+        and highest of ``low``, ``high`` and the count after each row (a series' bucket)."""
         if self.space.daily_reset is not None:
             folded = 0
             for kind, ts, value in rows:
@@ -146,7 +153,12 @@ class Folder:
                 else:
                     self.delta(ts, value)
                 folded += 1
-            return folded
+                count = self.count
+                if count < low:
+                    low = count
+                elif count > high:
+                    high = count
+            return folded, low, high
         as_of, count, entrances, exits, floor = (
             self.as_of,
             self.count,
@@ -163,22 +175,31 @@ class Folder:
                 folded += 1
                 if kind == reset_kind:
                     count = value
-                    continue
-                count += value
-                if count < 0 and floor:
-                    count = 0
-                if value > 0:
-                    entrances += 1
                 else:
-                    exits += 1
+                    count += value
+                    if count < 0 and floor:
+                        count = 0
+                    if value > 0:
+                        entrances += 1
+                    else:
+                        exits += 1
+                if count < low:
+                    low = count
+                elif count > high:
+                    high = count
         finally:
             self.as_of, self.count, self.entrances, self.exits = as_of, count, entrances, exits
-        return folded
+        return folded, low, high
 
     def reset(self, ts: int, count: int) -> None:
         """Fold a reset to ``count`` at ``ts``."""
         self._advance(ts)
         self.count = count
+
+    def advance(self, ts: int) -> None:
+        """Move forward to ``ts`` with no event, as :func:`advance` does: only a daily reset
+        can happen."""
+        self._advance(ts)
 
     def _advance(self, ts: int) -> None:
         as_of = self.as_of

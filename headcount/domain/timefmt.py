@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Final
 
 from headcount.errors import InvalidTimestampError
@@ -64,3 +64,9 @@ def from_ms(ms: int) -> datetime:
 def format_ms(ms: int) -> str:
     """Milliseconds since the epoch to ISO-8601 UTC with millisecond precision and ``Z``."""
     return from_ms(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_local(ms: int, zone: tzinfo) -> str:
+    """Milliseconds since the epoch to ISO-8601 local time in ``zone`` with millisecond
+    precision and the offset in force then (``+01:00``; ``+00:00`` for UTC itself)."""
+    return from_ms(ms).astimezone(zone).isoformat(timespec="milliseconds")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -28,9 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.domain.fold import SpaceState
 from headcount.domain.topology import Source
+from headcount.errors import StoreError
 from headcount.eventstore.statements import TAIL_PAGE
 
-__all__ = ["RESET", "TRAVERSAL", "Answers", "SnapshotTail", "snapshot_tail_sql"]
+__all__ = [
+    "RESET",
+    "TRAVERSAL",
+    "Answers",
+    "SnapshotTail",
+    "SnapshotWindow",
+    "snapshot_tail_sql",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,19 @@ _UNUSABLE = 1
 _Shape = tuple[tuple[bool, int], ...]
 #: Connections kept for fast reads on PostgreSQL (more readers at once wait for one).
 _PG_CONNECTIONS = 4
+#: Rows per batch of a series' window.
+_WINDOW_BATCH = 5_000
+#: Rows of a series' window on PostgreSQL read in one statement, without a cursor: a day.
+_PG_ONE_TRIP = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWindow:
+    """A series' read: the newest usable snapshot's state before the window, then batches of
+    rows ``(kind, ts, value)`` as in :class:`SnapshotTail`, from it to the window's end."""
+
+    state: SpaceState
+    batches: AsyncIterator[Sequence[Sequence[int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +98,13 @@ def _source_terms(shape: _Shape, bounds: str) -> list[str]:
 
 
 @lru_cache(maxsize=1024)
-def snapshot_tail_sql(shape: _Shape, backend: str) -> str:
+def snapshot_tail_sql(shape: _Shape, backend: str, *, window: bool = False) -> str:
     """The statement for sources of ``shape`` (for each: whether its ``valid_until`` is set,
     its placement) on ``backend`` (``sqlite``: parameters ``?n`` for sqlite3, else ``$n`` for
-    asyncpg), with parameters in the order of :func:`_source_params`.
+    asyncpg), with parameters in the order of :func:`_source_params`. With ``window`` (a
+    series, ``Answers.snapshot_window``): the snapshot as below, but the rows after it up to
+    (not including) one more parameter, the window's end, and as many rows as the last
+    parameter (none: ``-1`` on SQLite, ``NULL`` on PostgreSQL).
 
     Rows ``(kind, ts, value)``: the newest snapshot of the space under the fingerprint at or
     before the time that no finished replay superseded, as three rows (its entrances, its exits,
@@ -96,12 +121,21 @@ def snapshot_tail_sql(shape: _Shape, backend: str) -> str:
         if backend == "sqlite"
         else "t.ts > (SELECT as_of FROM base) AND t.ts > {start}"
     )
-    terms = _source_terms(shape, after + " AND t.ts <= {3}")
+    until = f"< {{{_param_count(shape) + 1}}}" if window else "<= {3}"
+    terms = _source_terms(shape, after + f" AND t.ts {until}")
     # A traversal comes through one source only (a DPU's assignments do not overlap and a
     # doorway links a space once), with its delta to the space (``domain.events.space_delta``:
     # the direction, turned round where the DPU hangs outside).
     deltas = ["-t.direction" if placement < 0 else "t.direction" for _, placement in shape]
-    if backend == "sqlite":
+    if backend == "sqlite" and window:
+        # A window is read in a worker thread, in batches: each source's index range, one sort.
+        tail = "".join(
+            f"""  UNION ALL
+  SELECT {TRAVERSAL}, t.ts, t.dpu_id, t.seq, {delta} FROM traversals t WHERE {term}
+"""
+            for delta, term in zip(deltas, terms, strict=True)
+        )
+    elif backend == "sqlite":
         # The statement runs on the caller's thread: each source's events by its own index
         # range in time order, at most a page and one, so the work stays bounded however far
         # behind the snapshot is (a longer tail answers None).
@@ -148,14 +182,14 @@ SELECT kind, ts, value FROM (
     snap.as_of, NULL, NULL, snap.count FROM snap
   UNION ALL
   SELECT {RESET}, r.ts, NULL, NULL, r.count FROM resets r
-    WHERE r.space_id = {{1}} AND r.ts > (SELECT as_of FROM base) AND r.ts <= {{3}}
+    WHERE r.space_id = {{1}} AND r.ts > (SELECT as_of FROM base) AND r.ts {until}
 {tail}
 ) AS answer
 ORDER BY ts, kind, dpu_id, seq
-LIMIT {TAIL_PAGE + 4}
+LIMIT {f"{{{_param_count(shape) + 2}}}" if window else TAIL_PAGE + 4}
 """
     placeholder = "?{}" if backend == "sqlite" else "${}"
-    return sql.format(*(placeholder.format(n) for n in range(_param_count(shape) + 1)))
+    return sql.format(*(placeholder.format(n) for n in range(_param_count(shape) + 3)))
 
 
 def _param_count(shape: _Shape) -> int:
@@ -197,6 +231,9 @@ class Answers:
         self._pg_idle: list[asyncpg.Connection] = []
         self._pg_slots = asyncio.Semaphore(_PG_CONNECTIONS)
         self._closed = False
+        #: The connection kept for series' windows on SQLite, and who is using it.
+        self._sqlite_window: sqlite3.Connection | None = None
+        self._window_lock = asyncio.Lock()
         #: Per (space, fingerprint): its sources, its statement, their parameters.
         self._statements: dict[tuple[str, str], tuple[tuple[Source, ...], str, list[Any]]] = {}
 
@@ -253,25 +290,151 @@ class Answers:
                 self._pg_idle.append(conn)
             return _tail(rows)
 
+    @asynccontextmanager
+    async def snapshot_window(
+        self,
+        space_id: str,
+        fingerprint: str,
+        sources: Sequence[Source],
+        *,
+        before: int,
+        end: int,
+    ) -> AsyncIterator[SnapshotWindow | None]:
+        """The newest usable snapshot of the space before ``before`` under ``fingerprint``,
+        and the events through ``sources`` after it up to ``end`` (exclusive), in fold order,
+        in one statement streamed in batches (a series: however many rows its window holds;
+        on SQLite in a worker thread). ``None`` when the general path must answer: no
+        snapshot, one that may not be used, or a store that fails before the first row."""
+        if not sources or self._closed or (self._sqlite_path is None and self._pg_args is None):
+            yield None
+            return
+        shape = tuple((s.valid_until is not None, s.sensor_placement) for s in sources)
+        sql = snapshot_tail_sql(shape, self.engine.dialect.name, window=True)
+        params: list[Any] = [space_id, fingerprint, before - 1, *_source_params(sources), end]
+        batches: AsyncGenerator[Sequence[Sequence[Any]], None]
+        if self._sqlite_path is not None:
+            batches = self._sqlite_batches(self._sqlite_path, sql, [*params, -1])
+        else:
+            batches = self._pg_batches(sql, params)
+        async with aclosing(batches):
+            try:
+                first = await anext(batches, None)
+            except StoreError as e:
+                log.debug("one-statement series not taken: %s", e)
+                first = None
+            if first is None or len(first) < 3 or first[2][0] != _USABLE:
+                yield None
+                return
+            (_, as_of, entrances), (_, _, exits), (_, _, count) = first[:3]
+
+            async def rows() -> AsyncIterator[Sequence[Sequence[int]]]:
+                yield first[3:]
+                async for batch in batches:
+                    yield batch
+
+            yield SnapshotWindow(SpaceState(as_of, count, entrances, exits), rows())
+
+    async def _sqlite_batches(
+        self, path: str, sql: str, params: list[Any]
+    ) -> AsyncGenerator[list[Any], None]:
+        """The rows of ``sql`` in batches, read in worker threads (a year's window must not
+        hold the event loop), the next batch read while the caller folds this one. One
+        connection is kept for these reads (its page cache stays warm); a read while it is
+        in use opens one of its own."""
+        kept = not self._window_lock.locked()
+        if kept:
+            await self._window_lock.acquire()
+        conn: sqlite3.Connection | None = self._sqlite_window if kept else None
+        pending: asyncio.Future[list[Any]] | None = None
+        try:
+            if conn is None:
+                conn = await asyncio.to_thread(_open_sqlite, path, any_thread=True)
+                if kept:
+                    self._sqlite_window = conn
+            cursor, rows = await asyncio.to_thread(_first_batch, conn, sql, params)
+            while rows:
+                if len(rows) == _WINDOW_BATCH:
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(cursor.fetchmany, _WINDOW_BATCH)
+                    )
+                yield rows
+                rows = [] if pending is None else await pending
+                pending = None
+        except sqlite3.Error as e:
+            raise StoreError(f"the event store failed: {e}") from e
+        finally:
+            if pending is not None and not pending.done():
+                # The worker cannot be interrupted: let it finish before the cursor goes.
+                await asyncio.gather(pending, return_exceptions=True)
+            if conn is not None and (not kept or self._closed):
+                conn.close()
+                if kept:
+                    self._sqlite_window = None
+            if kept:
+                self._window_lock.release()
+
+    async def _pg_batches(self, sql: str, params: list[Any]) -> AsyncGenerator[list[Any], None]:
+        """The rows of ``sql`` in batches through a cursor on a fast-read connection."""
+        async with self._pg_slots:
+            conn = self._pg_idle.pop() if self._pg_idle else None
+            try:
+                if conn is None:
+                    conn = await asyncpg.connect(**(self._pg_args or {}))
+                # A short window in one round trip; a longer one again, through a cursor.
+                rows = await conn.fetch(sql, *params, _PG_ONE_TRIP)
+                if len(rows) < _PG_ONE_TRIP:
+                    yield rows
+                else:
+                    del rows
+                    async with conn.transaction(readonly=True):
+                        cursor = await conn.cursor(sql, *params, None)
+                        while batch := await cursor.fetch(_WINDOW_BATCH):
+                            yield batch
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                if conn is not None:
+                    conn.terminate()
+                raise StoreError(f"the event store failed: {e}") from e
+            except BaseException:  # cancelled or left mid-statement: the state is unknown
+                if conn is not None:
+                    conn.terminate()
+                raise
+            if self._closed:
+                await conn.close()
+            else:
+                self._pg_idle.append(conn)
+
     async def close(self) -> None:
         self._closed = True
         if self._sqlite is not None:
             self._sqlite.close()
             self._sqlite = None
+        if self._sqlite_window is not None and not self._window_lock.locked():
+            self._sqlite_window.close()
+            self._sqlite_window = None
         idle, self._pg_idle = self._pg_idle, []
         for conn in idle:
             await conn.close()
 
 
-def _open_sqlite(path: str) -> sqlite3.Connection:
+def _open_sqlite(path: str, *, any_thread: bool = False) -> sqlite3.Connection:
     """A read-only autocommit connection: each statement reads one consistent state of the
-    file, and never waits for a lock (a busy file sends the caller to the general path)."""
+    file, and never waits for a lock (a busy file sends the caller to the general path).
+    ``any_thread``: for worker threads, used by one at a time."""
     conn = sqlite3.connect(
         f"file:{quote(path)}?mode=rw",
         uri=True,
         timeout=0,
         isolation_level=None,
         cached_statements=256,
+        check_same_thread=not any_thread,
     )
     conn.execute("PRAGMA query_only = ON")
     return conn
+
+
+def _first_batch(
+    conn: sqlite3.Connection, sql: str, params: list[Any]
+) -> tuple[sqlite3.Cursor, list[Any]]:
+    """In a worker thread: run ``sql`` and read its first batch (one hop for a short window)."""
+    cursor = conn.execute(sql, params)
+    return cursor, cursor.fetchmany(_WINDOW_BATCH)

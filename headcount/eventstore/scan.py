@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +30,7 @@ def sqlite_file(engine: AsyncEngine) -> str | None:
 
 async def sqlite_rows(
     path: str, sql: str, params: Sequence[Any], *, batch: int
-) -> AsyncIterator[list[tuple[Any, ...]]]:
+) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     """The rows of one read-only statement on the SQLite file at ``path``, in batches of up to
     ``batch``. One statement reads one consistent state of the file however long it runs."""
     try:

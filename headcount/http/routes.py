@@ -13,7 +13,7 @@ from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
-from headcount.http import dpu_health, events, models
+from headcount.http import dpu_health, events, models, series
 from headcount.http.api import Routes, answer, parse_query
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
@@ -312,4 +312,4 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 #: Every route table the service serves, the core's first; a feature adds its own here.
-TABLES: list[Routes] = [routes, dpu_health.routes, events.routes]
+TABLES: list[Routes] = [routes, dpu_health.routes, events.routes, series.routes]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, event, given, settings
@@ -20,8 +21,9 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Topology
 from headcount.eventstore.schema import metadata
 from headcount.eventstore.store import EventStore
-from headcount.history import History
+from headcount.history import History, SpaceView
 from headcount.history.replay import Replay
+from headcount.history.series import Bucket, bucket_page, series
 
 HOUR = 3_600_000
 SLOT = 3 * HOUR
@@ -101,12 +103,13 @@ def _links(topo: Topology, dpu_id: str, ts: int) -> dict[str, int]:
     return {}
 
 
-def _daily_resets(topo: Topology, space_id: str, until: int) -> list[int]:
+def _daily_resets(topo: Topology, space_id: str, until: int, since: int = T0) -> list[int]:
     space = topo.spaces[space_id]
     if space.daily_reset is None:
         return []
     zone = ZoneInfo(space.time_zone)
-    day = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=T0)).date() - timedelta(days=2)
+    day = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=since)).date()
+    day -= timedelta(days=2)
     instants: list[int] = []
     while True:
         local = datetime.combine(day, space.daily_reset, tzinfo=zone)
@@ -256,3 +259,108 @@ async def test_count_at_equals_reference_fold(store: EventStore, scenario: Scena
         assert [s.count for s in folded[space_id]] == expected, space_id
     _, mismatches, _ = await Replay(store, topo).verify()
     assert mismatches == []
+
+
+# -- series: buckets against the same reference, point by point ------------------------------
+
+
+def reference_buckets(
+    topo: Topology,
+    traversals: set[Traversal],
+    resets: set[Reset],
+    space_id: str,
+    bounds: tuple[int, ...],
+) -> list[Bucket]:
+    """Each bucket from the reference's items alone: the count it starts with (every item
+    before it), then the count after each item in it, and its items by kind."""
+    end = bounds[-1]
+    items: list[tuple[int, int, str, int, int]] = []
+    since = min(T0, bounds[0])  # a week's bucket starts up to six days before T0
+    items += [(t, 0, "", 0, 0) for t in _daily_resets(topo, space_id, end, since)]
+    items += [(r.ts, 1, "", 0, r.count) for r in resets if r.space_id == space_id]
+    for t in traversals:
+        placement = _links(topo, t.dpu_id, t.ts).get(space_id)
+        if placement is not None:
+            items.append((t.ts, 2, t.dpu_id, t.seq, t.direction * placement))
+    items.sort()
+    floor = not topo.spaces[space_id].allow_negative
+    buckets = []
+    for start, stop in pairwise(bounds):
+        count = reference_count(topo, traversals, resets, space_id, start - 1)
+        seen = [count]
+        entrances = exits = events = 0
+        for ts, rank, _, _, value in items:
+            if not start <= ts < stop:
+                continue
+            events += 1
+            count = value if rank < 2 else count + value
+            if floor:
+                count = max(count, 0)
+            seen.append(count)
+            entrances += rank == 2 and value > 0
+            exits += rank == 2 and value < 0
+        assert count == reference_count(topo, traversals, resets, space_id, stop - 1)
+        buckets.append(Bucket(start, stop, count, min(seen), max(seen), entrances, exits, events))
+    return buckets
+
+
+windows = st.tuples(
+    st.integers(T0 - 6 * HOUR, T0 + (SLOTS + 1) * SLOT),  # start
+    st.integers(1, 4 * 24 * HOUR),  # length
+    st.sampled_from(["15m", "1h", "1d", "1w"]),
+    st.sampled_from([NEW_YORK, "Europe/Berlin", "UTC", "Asia/Kolkata"]),
+    st.integers(1, 40),  # page size
+    st.sampled_from([0, 0, 1, 3]),  # snapshot every this many events at the end; 0: not
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(scenario=scenarios(), window=windows)
+async def test_series_equals_reference_fold(
+    store: EventStore, scenario: Scenario, window: tuple[int, int, str, str, int, int]
+) -> None:
+    """Buckets across the 2026-03-08 change in New York, paged, from snapshots written as the
+    events arrive (late ones and duplicates among them), equal the reference's."""
+    await _wipe(store)
+    topo = topology(scenario.move_at, scenario.d3_from, 1)
+    stored: set[Traversal] = set()
+    stored_resets: set[Reset] = set()
+    for kind, arg in scenario.steps:
+        if kind == "append":
+            assert isinstance(arg, list)
+            batch = [e for e in arg if isinstance(e, Traversal)]
+            await store.log.append(batch)
+            stored.update(batch)
+            for reset in (e for e in arg if isinstance(e, Reset)):
+                await store.log.append_reset(reset)
+                stored_resets.add(reset)
+        elif kind == "snapshot":
+            assert isinstance(arg, int)
+            history = History(store, topo, snapshot_every=arg, snapshot_lag_ms=0)
+            await history.refresh_snapshots(now=T0 + 10 * SLOTS * SLOT)
+    start, length, interval, time_zone, page_size, every = window
+    history = History(store, topo)
+    if every:
+        snapshots = History(store, topo, snapshot_every=every, snapshot_lag_ms=0)
+        await snapshots.refresh_snapshots(now=T0 + 10 * SLOTS * SLOT)
+    for space_id in SPACES:
+        got: list[Bucket] = []
+        bounds: list[int] = []
+        cursor: int | None = start
+        while cursor is not None:
+            page = bucket_page(interval, time_zone, cursor, start + length, page_size)
+            got += await series(history, space_id, page.bounds)
+            bounds += page.bounds[:-1] if page.next_start is not None else page.bounds
+            cursor = page.next_start
+        expected = reference_buckets(topo, stored, stored_resets, space_id, tuple(bounds))
+        assert got == expected, space_id
+        view = SpaceView.of(topo, space_id)
+        async with store.answers.snapshot_window(
+            space_id, view.fingerprint, view.sources, before=start, end=start + length
+        ) as read:
+            event("series in one statement" if read is not None else "series, general path")
+    event(f"series {interval}")

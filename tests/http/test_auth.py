@@ -30,6 +30,10 @@ URLS = {
     "/spaces": "/spaces",
     "/spaces/{space_id}": "/spaces/A",
     "/spaces/{space_id}/count": "/spaces/A/count?ts=2023-11-14T22:00:00Z",
+    "/spaces/{space_id}/counts": (
+        "/spaces/A/counts?start_time=2023-11-14T21:00:00Z&end_time=2023-11-14T22:00:00Z"
+    ),
+    "/counts": "/counts?space_id=A&start_time=2023-11-14T21:00:00Z&end_time=2023-11-14T22:00:00Z",
     "/dpus": "/dpus",
     "/dpus/{dpu_id}": "/dpus/283",
     "/dpus/{dpu_id}/health": "/dpus/283/health",

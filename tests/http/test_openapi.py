@@ -26,6 +26,7 @@ from headcount.metrics import Metrics
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
+_WINDOW = "start_time=2023-11-14T21:00:00Z&end_time=2023-11-14T23:00:00Z"
 _JSON_TYPES = {
     type(None): "null",
     bool: "boolean",
@@ -226,6 +227,12 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         ("/dpus/{dpu_id}/health", "/dpus/283/health", 200),
         ("/dpus/{dpu_id}/health", "/dpus/999/health", 404),
         ("/healthz", "/healthz", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&interval=15m", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&page_size=1", 200),
+        ("/spaces/{space_id}/counts", f"/spaces/A/counts?{_WINDOW}&interval=2h", 400),
+        ("/spaces/{space_id}/counts", f"/spaces/Q/counts?{_WINDOW}", 404),
+        ("/counts", f"/counts?space_id=A&space_id=B&{_WINDOW}", 200),
+        ("/counts", f"/counts?space_id=A&space_id=Q&{_WINDOW}", 404),
     ],
     ids=[
         "seed-now",
@@ -243,6 +250,12 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         "dpu-health",
         "dpu-health-404",
         "healthz",
+        "series",
+        "series-paged",
+        "series-400",
+        "series-404",
+        "counts",
+        "counts-404",
     ],
 )
 async def test_real_responses_match_the_document(

@@ -1,0 +1,318 @@
+"""Time series: a space's counts in buckets of local wall-clock time, in one pass.
+
+A series is read as a past answer is (``History.count_at``): the newest usable snapshot at or
+before the first bucket, then the log from it through the last bucket, in fold order, in one
+read transaction. The events before the first bucket only bring the state up to its start;
+the rest are folded with the one fold rule (``domain.fold``) and each closes the buckets it
+is past. The daily resets inside the window are items of the pass too, at their instants
+(before the events of their millisecond, as the fold applies them).
+
+Buckets follow the wall clock of a time zone. ``1m``, ``5m``, ``15m`` and ``1h`` buckets start
+at every instant the local clock reads a multiple of the interval since midnight: across a
+DST change an ``1h`` series has 23 or 25 buckets that day (the hour the clock skips is no
+bucket; the hour it repeats is two). ``1d`` buckets run from local midnight to local midnight
+(23 or 25 hours on the days of a change); ``1w`` buckets from Monday 00:00 local to the next.
+Where a clock skips midnight, the day starts at the jump.
+
+What a bucket ``[start, end)`` holds (see :class:`Bucket`): ``count``, the fold of every
+event before ``end`` (the answer of ``count_at(end - 1)``); ``min`` and ``max`` over the count
+it started with and the count after each event in it; ``entrances`` and ``exits``, its
+traversals whose delta for the space was +1 and -1 (counted as the fold counts them, floor or
+not); ``events``, its traversals, manual resets and daily resets. A daily reset is an event
+every day at its instant, whatever the count was (a count of zero stays zero).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from operator import itemgetter
+from typing import Final
+from zoneinfo import ZoneInfo
+
+from headcount.domain.events import Reset, SpaceEvent
+from headcount.domain.fold import (
+    EMPTY,
+    Folder,
+    SpaceState,
+    daily_reset_instant,
+    daily_reset_window,
+)
+from headcount.domain.timefmt import from_ms, to_ms
+from headcount.domain.topology import Space
+from headcount.eventstore.answers import RESET, TRAVERSAL
+from headcount.history.counts import History
+from headcount.history.events import SpaceView, space_events
+
+__all__ = [
+    "INTERVALS",
+    "MAX_PAGE_SIZE",
+    "Bucket",
+    "BucketFold",
+    "Page",
+    "boundaries",
+    "bucket_page",
+    "series",
+]
+
+#: The intervals a series is asked in, with their length where it is fixed in wall-clock time
+#: below a day (``None``: whole local days, ``1d``, or weeks from Monday, ``1w``).
+INTERVALS: Final[dict[str, int | None]] = {
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "1d": None,
+    "1w": None,
+}
+#: Buckets in one page: by default and at most.
+DEFAULT_PAGE_SIZE: Final = 1_000
+MAX_PAGE_SIZE: Final = 10_000
+
+_DAY_MS = 86_400_000
+_ts = itemgetter(1)
+#: Events folded at a time on the general path.
+_BATCH = 5_000
+_MIDNIGHT = time(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One bucket ``[start, end)`` of a space's series (ms since the epoch, UTC)."""
+
+    start: int
+    end: int
+    count: int
+    min: int
+    max: int
+    entrances: int
+    exits: int
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The bucket boundaries of one page: ``bounds[i]`` to ``bounds[i + 1]`` is bucket ``i``.
+    ``next_start`` is the start of the first bucket of the next page, ``None`` on the last."""
+
+    bounds: tuple[int, ...]
+    next_start: int | None
+
+
+def day_start(time_zone: str, day: date) -> int:
+    """The first instant of local date ``day`` in ``time_zone``: its midnight, or where the
+    clock skips midnight, the jump."""
+    return daily_reset_instant(time_zone, day, _MIDNIGHT)
+
+
+def _local_date(zone: ZoneInfo, ms: int) -> date:
+    return from_ms(ms).astimezone(zone).date()
+
+
+def _day_bounds(time_zone: str, zone: ZoneInfo, day: date, step: int) -> list[int]:
+    """The instants in local date ``day`` at which the clock reads a multiple of ``step`` ms
+    since midnight, and the day's first instant."""
+    first = day_start(time_zone, day)
+    after = day_start(time_zone, day + timedelta(days=1))
+    if (
+        after - first == _DAY_MS
+        and from_ms(first).astimezone(zone).utcoffset()
+        == from_ms(after - 1).astimezone(zone).utcoffset()
+    ):
+        return list(range(first, after, step))  # no change of offset that day
+    found = {first}
+    midnight = datetime.combine(day, _MIDNIGHT)
+    for k in range(_DAY_MS // step):
+        wall = midnight + timedelta(milliseconds=k * step)
+        for repeated in (0, 1):  # an hour the clock repeats has two instants per reading
+            ms = to_ms(wall.replace(tzinfo=zone, fold=repeated))
+            if first <= ms < after and from_ms(ms).astimezone(zone).replace(tzinfo=None) == wall:
+                found.add(ms)
+    return sorted(found)
+
+
+def boundaries(interval: str, time_zone: str, start: int) -> Iterator[int]:
+    """The bucket boundaries of ``interval`` in ``time_zone`` from the one at or before
+    ``start`` onwards, without end."""
+    zone = ZoneInfo(time_zone)
+    step = INTERVALS[interval]
+    day = _local_date(zone, start)
+    if step is None:
+        days = 7 if interval == "1w" else 1
+        if interval == "1w":
+            day -= timedelta(days=day.weekday())
+        while True:
+            yield day_start(time_zone, day)
+            day += timedelta(days=days)
+    bounds = _day_bounds(time_zone, zone, day, step)
+    yield max(b for b in bounds if b <= start)
+    while True:
+        for b in bounds:
+            if b > start:
+                yield b
+        day += timedelta(days=1)
+        bounds = _day_bounds(time_zone, zone, day, step)
+
+
+def bucket_page(interval: str, time_zone: str, start: int, end: int, page_size: int) -> Page:
+    """The buckets of ``interval`` in ``time_zone`` from the one holding ``start`` to the one
+    holding ``end - 1``, at most ``page_size`` of them."""
+    if end <= start:
+        raise ValueError("a series needs start < end")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE}")
+    bounds: list[int] = []
+    for b in boundaries(interval, time_zone, start):
+        bounds.append(b)
+        if b >= end:
+            return Page(tuple(bounds), None)
+        if len(bounds) == page_size + 1:
+            return Page(tuple(bounds), b)
+    raise AssertionError("boundaries() does not end")  # pragma: no cover
+
+
+class BucketFold:
+    """One pass of the fold over a series' buckets. Start it from a state of the space before
+    ``bounds[0]`` (a snapshot's, say), give it every event after that state up to
+    ``bounds[-1]`` (exclusive) in fold order as rows ``(kind, ts, value)`` (``kind``
+    :data:`RESET`, ``value`` the count set, or a traversal, ``value`` its delta to the space)
+    with :meth:`rows`; :meth:`finish` closes the buckets left and returns them. The fold is
+    ``domain.fold.Folder``'s; the events before ``bounds[0]`` only bring it up to the start.
+    """
+
+    def __init__(self, space: Space, state: SpaceState, bounds: Sequence[int]) -> None:
+        if len(bounds) < 2:
+            raise ValueError("a series needs at least one bucket")
+        self.folder = Folder(space, state)
+        self.bounds = bounds
+        self.buckets: list[Bucket] = []
+        self._counting = False
+        #: The next time at which something other than folding happens: the window's start,
+        #: then the sooner of the open bucket's end and the next daily reset.
+        self._stop = bounds[0]
+        self._daily: int | None = None
+        self._start = self._end = 0
+        self._min = self._max = self._events = self._entrances = self._exits = 0
+
+    def rows(self, rows: Sequence[Sequence[int]]) -> None:
+        """Fold rows in fold order, each after the state so far and before ``bounds[-1]``:
+        each run of them up to the next bucket end or daily reset in one call of the fold."""
+        folder = self.folder
+        i, n = 0, len(rows)
+        while i < n:
+            if rows[i][1] >= self._stop:
+                self._reach(rows[i][1])
+            j = bisect_left(rows, self._stop, i, n, key=_ts)  # > i: _reach moved the stop
+            if self._counting:
+                folded, self._min, self._max = folder.fold_range(
+                    rows[i:j], RESET, self._min, self._max
+                )
+                self._events += folded
+            else:
+                folder.fold_rows(rows[i:j], RESET)
+            i = j
+
+    def events(self, events: Iterable[SpaceEvent]) -> None:
+        """Fold events as :meth:`rows` does."""
+        self.rows(
+            [
+                (RESET, e.ts, e.count) if isinstance(e, Reset) else (TRAVERSAL, e.ts, e.delta)
+                for e in events
+            ]
+        )
+
+    def finish(self) -> list[Bucket]:
+        """Close every bucket left; the series."""
+        self._reach(self.bounds[-1])
+        return self.buckets
+
+    def _reach(self, ts: int) -> None:
+        """Before folding an event at ``ts`` (or at the end, ``bounds[-1]``): start the
+        buckets if ``ts`` is in the window, fold the daily resets at or before it (they come
+        first in their millisecond), close the buckets that end at or before it."""
+        folder = self.folder
+        if not self._counting:
+            if ts < self.bounds[0]:
+                return
+            folder.advance(self.bounds[0] - 1)
+            space = folder.space
+            if space.daily_reset is not None:
+                last, upcoming = daily_reset_window(space, self.bounds[0])
+                self._daily = last if last == self.bounds[0] else upcoming
+            self._counting = True
+            self._open(folder.count)
+        while True:
+            daily = self._daily
+            while daily is not None and daily <= ts and daily < self._end:
+                folder.advance(daily)
+                count = folder.count
+                self._events += 1
+                self._min, self._max = min(self._min, count), max(self._max, count)
+                daily = self._daily = daily_reset_window(folder.space, daily)[1]
+            if ts < self._end:
+                break
+            self._close()
+            if len(self.buckets) == len(self.bounds) - 1:
+                self._stop = self.bounds[-1] + 1  # done: nothing more may come
+                return
+            self._open(folder.count)
+        self._stop = self._end if daily is None else min(self._end, daily)
+
+    def _open(self, count: int) -> None:
+        i = len(self.buckets)
+        self._start, self._end = self.bounds[i], self.bounds[i + 1]
+        self._min = self._max = count
+        self._events = 0
+        self._entrances, self._exits = self.folder.entrances, self.folder.exits
+
+    def _close(self) -> None:
+        folder = self.folder
+        self.buckets.append(
+            Bucket(
+                self._start,
+                self._end,
+                folder.count,
+                self._min,
+                self._max,
+                folder.entrances - self._entrances,
+                folder.exits - self._exits,
+                self._events,
+            )
+        )
+
+
+async def series(history: History, space_id: str, bounds: Sequence[int]) -> list[Bucket]:
+    """The buckets ``bounds[i]`` to ``bounds[i + 1]`` of a space: the newest usable snapshot
+    before the first, the log from it through the last, one fold, in one statement through
+    the driver (``EventStore.answers``) or, where that cannot answer, in one read transaction
+    of the general path (as ``History.count_at`` does)."""
+    space = history.topology.space(space_id)
+    view = SpaceView.of(history.topology, space_id)
+    first, last = bounds[0], bounds[-1]
+    async with history.store.answers.snapshot_window(
+        space_id, view.fingerprint, view.sources, before=first, end=last
+    ) as window:
+        if window is not None:
+            buckets = BucketFold(space, window.state, bounds)
+            async for batch in window.batches:
+                buckets.rows(batch)
+            return buckets.finish()
+    async with history.store.log.reading() as within:
+        base = await history.usable_snapshot(view, at_or_before=first - 1, within=within)
+        buckets = BucketFold(space, EMPTY if base is None else base.state, bounds)
+        pending: list[SpaceEvent] = []
+        async for event in space_events(
+            history.store,
+            view,
+            after=None if base is None else base.as_of,
+            until=last - 1,
+            within=within,
+        ):
+            pending.append(event)
+            if len(pending) == _BATCH:
+                buckets.events(pending)
+                pending.clear()
+        buckets.events(pending)
+    return buckets.finish()

@@ -45,7 +45,16 @@ def _parse_ts(value: object) -> object:
 Moment = Annotated[
     int,
     BeforeValidator(_parse_ts),
-    WithJsonSchema({"type": "string", "format": "date-time", "examples": [TS_EXAMPLE]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            # The supported range, as far as a pattern can say it: not the years 0000, 0001 or
+            # 9999 (their edges are out of range in some offset or other).
+            "pattern": "^(?!000[01]-|9999-)",
+            "examples": [TS_EXAMPLE],
+        }
+    ),
 ]
 
 

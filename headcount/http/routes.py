@@ -16,6 +16,7 @@ from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Space, Topology
 from headcount.errors import InvalidTimestampError
+from headcount.http import live
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
@@ -35,6 +36,7 @@ def add_routes(app: web.Application) -> None:
     registry."""
     app.middlewares.extend([json_errors, limit_query, require_token])
     app.on_startup.append(_watch_gauges)
+    live.setup(app)
     app.add_routes(
         [
             web.get("/space/{space_id}/count", space_count_seed),
@@ -46,6 +48,8 @@ def add_routes(app: web.Application) -> None:
             web.get("/healthz", healthz),
             web.get("/metrics", metrics),
             web.get("/openapi.json", openapi),
+            web.get("/live", live.live_websocket),
+            web.get("/live/sse", live.live_sse),
         ]
     )
 

@@ -1,0 +1,260 @@
+"""Live push over WebSocket (/live) and Server-Sent Events (/live/sse): the current state
+first, then every change with its cause; bad messages, slow clients, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError, web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from headcount.actors import ActorSystem
+from headcount.domain.events import Reset, Traversal
+from headcount.domain.timefmt import format_ms
+from headcount.domain.topology import Topology
+from headcount.eventstore.store import EventStore
+from headcount.history import History
+from headcount.http import live
+from headcount.http.auth import AUTH, Auth
+from headcount.http.keys import ACTORS, CHANGES, CLOCK, DPUS, HISTORY, METRICS, STORE
+from headcount.http.routes import add_routes
+from headcount.http.tokens import Scope, Tokens, add_token
+from headcount.ingest.dpus import DpuRegistry
+from headcount.metrics import Metrics
+
+SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
+NOW = 1_700_000_000_000
+MINUTE = 60_000
+SYSTEM = web.AppKey[ActorSystem]("test_live_system")
+#: No wall-clock bound on the push: only a guard so a broken test ends.
+GUARD_S = 60
+
+
+def state(space_id: str, count: int, entrances: int, exits: int) -> dict[str, Any]:
+    return {"space_id": space_id, "ts": format_ms(NOW), "count": count,
+            "entrances": entrances, "exits": exits, "cause": "state"}  # fmt: skip
+
+
+def change(space_id: str, ts: int, count: int, ins: int, outs: int, cause: str) -> dict[str, Any]:
+    return {"space_id": space_id, "ts": format_ms(ts), "count": count,
+            "entrances": ins, "exits": outs, "cause": cause}  # fmt: skip
+
+
+def live_app(store: EventStore, auth: Auth | None = None) -> web.Application:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        topology = Topology.from_toml(SEED_TOPOLOGY.read_text(), source=str(SEED_TOPOLOGY))
+        history = History(store, topology)
+        system = ActorSystem(history, window_ms=5 * MINUTE, clock=lambda: NOW)
+        app[STORE], app[HISTORY], app[ACTORS], app[SYSTEM] = store, history, system, system
+        app[CHANGES], app[CLOCK] = system.changes, lambda: NOW
+        app[DPUS], app[METRICS] = DpuRegistry(), Metrics()
+        async with system.running():
+            yield
+
+    app = web.Application()
+    if auth is not None:
+        app[AUTH] = auth
+    app.cleanup_ctx.append(resources)
+    add_routes(app)
+    return app
+
+
+@dataclass
+class Service:
+    client: TestClient[web.Request, web.Application]
+    store: EventStore
+    system: ActorSystem
+
+    async def feed(self, events: Iterable[Traversal]) -> None:
+        await self.system.route((await self.store.log.append(events)).new)
+        await self.system.drain()
+
+
+@pytest.fixture
+async def service(store: EventStore, aiohttp_client: AiohttpClient) -> Service:
+    client = await aiohttp_client(live_app(store))
+    return Service(client, store, client.app[SYSTEM])
+
+
+async def receive(ws: ClientWebSocketResponse) -> Any:
+    return await asyncio.wait_for(ws.receive_json(), GUARD_S)
+
+
+async def subscribe(ws: ClientWebSocketResponse, spaces: list[str] | str) -> list[Any]:
+    """Subscribe; the acknowledgement and the states that follow it."""
+    await ws.send_json({"subscribe": spaces})
+    ack = await receive(ws)
+    assert ack == {"subscribed": spaces}
+    n = 2 if spaces == "*" else len(spaces)
+    return [await receive(ws) for _ in range(n)]
+
+
+# -- WebSocket -----------------------------------------------------------------------------
+
+
+async def test_state_first_then_each_change_with_its_cause(service: Service) -> None:
+    await service.feed([Traversal("283", 1, NOW - 10 * MINUTE, 1)])
+    async with service.client.ws_connect("/live") as ws:
+        assert await subscribe(ws, ["A"]) == [state("A", 1, 1, 0)]
+        await service.feed([Traversal("283", 2, NOW - 2 * MINUTE, 1)])
+        assert await receive(ws) == change("A", NOW - 2 * MINUTE, 2, 2, 0, "traversal")
+        await service.system.reset(Reset("A", NOW - MINUTE, 10))
+        assert await receive(ws) == change("A", NOW - MINUTE, 10, 2, 0, "reset")
+        await service.feed([Traversal("283", 3, NOW - 90_000, -1)])  # late, in the window
+        assert await receive(ws) == change("A", NOW - 90_000, 10, 2, 1, "correction")
+        # Older than the actor's window: folded from the store, dated by the newest event.
+        await service.feed([Traversal("283", 4, NOW - 9 * MINUTE, 1)])
+        assert await receive(ws) == change("A", NOW - MINUTE, 10, 3, 1, "correction")
+        live_a = service.system.live("A")
+        assert (live_a.count, live_a.entrances, live_a.exits) == (10, 3, 1)
+
+
+async def test_the_subscription_can_change(service: Service) -> None:
+    async with service.client.ws_connect("/live") as ws:
+        assert await subscribe(ws, ["A"]) == [state("A", 0, 0, 0)]
+        assert await subscribe(ws, ["B"]) == [state("B", 0, 0, 0)]
+        await service.feed([Traversal("283", 1, NOW - 1000, 1)])  # A only: not sent
+        await service.feed([Traversal("423", 1, NOW - 900, -1)])  # A to B
+        assert await receive(ws) == change("B", NOW - 900, 1, 1, 0, "traversal")
+        assert await subscribe(ws, "*") == [state("A", 0, 1, 1), state("B", 1, 1, 0)]
+        await service.feed([Traversal("283", 2, NOW - 800, 1)])
+        assert await receive(ws) == change("A", NOW - 800, 1, 2, 1, "traversal")
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ("not json", "Expecting value"),
+        ("[1, 2]", "one key, 'subscribe'"),
+        ('{"subscribe": ["A"], "also": 1}', "one key, 'subscribe'"),
+        ('{"subscribe": "A"}', "a list of space ids"),
+        ('{"subscribe": [1]}', "a list of space ids"),
+        ('{"subscribe": ["A", "Nowhere"]}', "no such space: 'Nowhere'"),
+    ],
+)
+async def test_a_bad_message_is_answered_and_the_socket_stays(
+    service: Service, message: str, says: str
+) -> None:
+    async with service.client.ws_connect("/live") as ws:
+        assert await subscribe(ws, ["A"]) == [state("A", 0, 0, 0)]
+        await ws.send_str(message)
+        answer = await receive(ws)
+        assert says in answer["error"]
+        assert '{"subscribe": ["A", "B"]}' in answer["error"] or "unchanged" in answer["error"]
+        # The old subscription still holds, and a good message still works.
+        await service.feed([Traversal("283", 1, NOW - 1000, 1)])
+        assert await receive(ws) == change("A", NOW - 1000, 1, 1, 0, "traversal")
+        assert await subscribe(ws, ["B"]) == [state("B", 0, 0, 0)]
+
+
+async def test_binary_is_refused_politely(service: Service) -> None:
+    async with service.client.ws_connect("/live") as ws:
+        await ws.send_bytes(b'{"subscribe": "*"}')
+        assert "JSON text" in (await receive(ws))["error"]
+        assert not ws.closed
+
+
+async def test_a_client_that_falls_behind_is_closed_and_counting_goes_on(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "QUEUE", 2)
+    async with service.client.ws_connect("/live") as ws, service.client.ws_connect("/live") as ok:
+        await subscribe(ws, ["A"])
+        monkeypatch.setattr(live, "QUEUE", 100)
+        await subscribe(ok, ["A"])
+        # Folded in one go: five changes published before the push can send one.
+        await service.feed([Traversal("283", i, NOW - 1000 + i, 1) for i in range(5)])
+        closing = await asyncio.wait_for(ws.receive(), GUARD_S)
+        assert closing.type is WSMsgType.CLOSE
+        assert closing.data == 1013
+        assert closing.extra == "fell more than 2 changes behind; reconnect"
+        assert [(await receive(ok))["count"] for _ in range(5)] == [1, 2, 3, 4, 5]
+        assert service.system.live("A").count == 5
+
+
+async def test_the_upgrade_needs_a_read_token(
+    store: EventStore, tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
+    file = tmp_path / "tokens.toml"
+    read = add_token(file, "display", Scope.READ)
+    client = await aiohttp_client(live_app(store, Auth(Tokens.load(file))))
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await client.ws_connect("/live")
+    assert refused.value.status == 401
+    sse = await client.get("/live/sse")
+    assert sse.status == 401
+    async with client.ws_connect("/live", headers={"Authorization": f"Bearer {read}"}) as ws:
+        assert await subscribe(ws, ["A"]) == [state("A", 0, 0, 0)]
+
+
+async def test_a_plain_get_is_refused_as_json(service: Service) -> None:
+    response = await service.client.get("/live")
+    assert response.status == 400
+    assert response.content_type == "application/json"
+
+
+# -- Server-Sent Events --------------------------------------------------------------------
+
+
+async def events(response: Any, n: int) -> list[tuple[str, Any]]:
+    """The next ``n`` events of an SSE stream: (event name, JSON data)."""
+    out: list[tuple[str, Any]] = []
+    name = "message"
+    while len(out) < n:
+        line = (await asyncio.wait_for(response.content.readline(), GUARD_S)).decode()
+        if line.startswith("event: "):
+            name = line[len("event: ") :].strip()
+        elif line.startswith("data: "):
+            out.append((name, json.loads(line[len("data: ") :])))
+            name = "message"
+    return out
+
+
+async def test_sse_state_first_then_changes(service: Service) -> None:
+    await service.feed([Traversal("423", 1, NOW - 5000, 1)])  # A to B: B 0, A 1
+    async with service.client.get("/live/sse", params=[("space_id", "B")]) as response:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        assert await events(response, 1) == [("message", state("B", 0, 0, 1))]
+        await service.feed([Traversal("423", 2, NOW - 4000, -1)])
+        assert await events(response, 1) == [
+            ("message", change("B", NOW - 4000, 1, 1, 1, "traversal"))
+        ]
+
+
+async def test_sse_every_space_without_space_id(service: Service) -> None:
+    async with service.client.get("/live/sse") as response:
+        assert await events(response, 2) == [
+            ("message", state("A", 0, 0, 0)),
+            ("message", state("B", 0, 0, 0)),
+        ]
+
+
+async def test_sse_refuses_unknown_and_empty_spaces(service: Service) -> None:
+    unknown = await service.client.get("/live/sse?space_id=A&space_id=Nowhere")
+    assert unknown.status == 404
+    assert await unknown.json() == {"detail": "Not found."}
+    empty = await service.client.get("/live/sse?space_id=")
+    assert empty.status == 400
+    assert "space_id" in (await empty.json())["detail"]
+
+
+async def test_sse_slow_client_is_told_and_dropped(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "QUEUE", 2)
+    async with service.client.get("/live/sse?space_id=A") as response:
+        assert await events(response, 1) == [("message", state("A", 0, 0, 0))]
+        await service.feed([Traversal("283", i, NOW - 1000 + i, 1) for i in range(5)])
+        assert await events(response, 1) == [
+            ("closed", {"error": "fell more than 2 changes behind; reconnect"})
+        ]
+        assert (await asyncio.wait_for(response.content.read(), GUARD_S)).strip() == b""  # ended
+    assert service.system.live("A").count == 5

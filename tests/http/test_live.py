@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestClient
@@ -28,6 +29,9 @@ from headcount.http.routes import add_routes
 from headcount.http.tokens import Scope, Tokens, add_token
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
+from tests.mqtt_fixtures import MqttNames
+from tests.sim.harness import Service as ServeProcessService
+from tests.sim.test_acceptance import after_the_day, planned_and_run
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -258,3 +262,58 @@ async def test_sse_slow_client_is_told_and_dropped(
         ]
         assert (await asyncio.wait_for(response.content.read(), GUARD_S)).strip() == b""  # ended
     assert service.system.live("A").count == 5
+
+
+# -- a simulated day with faults -----------------------------------------------------------
+
+
+class WatchedService(ServeProcessService):
+    """``headcount serve`` with a WebSocket client subscribed to every space from before the
+    day starts, keeping the last message per space."""
+
+    async def __aenter__(self) -> WatchedService:
+        await super().__aenter__()
+        self.last: dict[str, Any] = {}
+        self.messages = 0
+        self._ws_session = aiohttp.ClientSession()
+        self._ws = await self._ws_session.ws_connect(f"{self.http}/live")
+        await self._ws.send_json({"subscribe": "*"})
+        assert (await receive(self._ws)) == {"subscribed": "*"}
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        async for message in self._ws:
+            body = message.json()
+            assert "error" not in body, body
+            self.last[body["space_id"]] = body
+            self.messages += 1
+        raise AssertionError(f"the WebSocket closed: {self._ws.close_code}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._reader.cancel()
+        await asyncio.wait([self._reader])
+        await self._ws.close()
+        await self._ws_session.close()
+        await super().__aexit__(*exc)
+
+
+async def test_after_a_simulated_day_the_last_message_is_the_live_count_and_the_truth(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, broker_url: str, mqtt_names: MqttNames
+) -> None:
+    run = planned_and_run(capsys, tmp_path, broker_url, mqtt_names, service_class=WatchedService)
+    async with run as (ran, service, topology, truth):
+        assert isinstance(service, WatchedService)
+        final = {space_id: truth.final(space_id) for space_id in truth.spaces}
+        await service.settle(final, at=after_the_day(ran))
+        # Live, the spaces with a daily reset were emptied by the resets since the day.
+        live_truth = {s: 0 if topology.space(s).daily_reset else final[s] for s in truth.spaces}
+        await service.settle(live_truth)
+        pushed: dict[str, int] = {}
+        async with asyncio.timeout(GUARD_S):
+            while pushed != live_truth:
+                pushed = {s: service.last[s]["count"] for s in truth.spaces if s in service.last}
+                await asyncio.sleep(0.05)
+        assert {s: await service.count(s) for s in truth.spaces} == pushed
+        assert service.messages > ran.summary["events"] // 2
+        assert not service._reader.done()

@@ -120,7 +120,9 @@ def _unknown(topology: Topology, space_ids: Iterable[str]) -> list[str]:
 
 async def live_websocket(request: web.Request) -> web.WebSocketResponse:
     """``GET /live``: the WebSocket. See the module's documentation for the messages."""
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE)
+    # No per-message deflate: a change is ~120 bytes, and compressing it for each client
+    # would cost more than sending it.
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_MESSAGE, compress=False)
     await ws.prepare(request)
     request.app[_OPEN].add(ws)
     client = _Client(request, ws)
@@ -179,7 +181,11 @@ class _Client:
     async def _push(self, subscription: Subscription) -> None:
         try:
             while True:
-                await self.send(encoded(await subscription.get()))
+                change: Change | None = await subscription.get()
+                async with self._sending:  # what queued meanwhile goes out in one turn
+                    while change is not None:
+                        await self.ws.send_str(encoded(change))
+                        change = subscription.get_nowait()
         except SubscriptionClosed as e:
             if subscription.overflowed:
                 await self.ws.close(

@@ -119,14 +119,18 @@ class SpaceActor:
         while True:
             event = await self.mailbox.get()
             try:
+                # Nothing awaits until the mailbox is empty: nobody can subscribe meanwhile.
+                listened = self._changes is not None and self._changes.wants(self.space_id)
                 outcome = self._apply(live, event)
-                reload, cause = outcome is Applied.TOO_LATE, _cause(None, event, outcome)
+                reload = outcome is Applied.TOO_LATE
+                cause = _cause(None, event, outcome) if listened else None
                 while not self.mailbox.empty():
                     try:
                         event = self.mailbox.get_nowait()
                         outcome = self._apply(live, event)
                         reload = reload or outcome is Applied.TOO_LATE
-                        cause = _cause(cause, event, outcome)
+                        if listened:
+                            cause = _cause(cause, event, outcome)
                     finally:
                         self.mailbox.task_done()
                 if reload:

@@ -44,8 +44,9 @@ HEARTBEAT_S = 20.0
 MAX_MESSAGE = 1 << 20
 
 
-class _Open(set[web.StreamResponse]):
-    """The push responses under way, to close when the application shuts down."""
+class _Open(set[web.WebSocketResponse | Subscription]):
+    """The pushes under way (a WebSocket, an SSE stream's subscription), to end when the
+    application shuts down."""
 
 
 _OPEN = web.AppKey("live_clients", _Open)
@@ -61,12 +62,11 @@ def setup(app: web.Application) -> None:
 
 async def _close_all(app: web.Application) -> None:
     opened: _Open = app[_OPEN]
-    for response in tuple(opened):
-        if isinstance(response, web.WebSocketResponse):
-            await response.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+    for push in tuple(opened):
+        if isinstance(push, web.WebSocketResponse):
+            await push.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
         else:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await response.write_eof()
+            push.close("server stopping")  # the stream ends
 
 
 @lru_cache(maxsize=4096)
@@ -240,13 +240,13 @@ async def live_sse(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        request.app[_OPEN].add(response)
+        request.app[_OPEN].add(subscription)
         for state in states:
             await response.write(_event(json.dumps(state)))
         await _stream(response, subscription)
         return response
     finally:
-        request.app[_OPEN].discard(response)
+        request.app[_OPEN].discard(subscription)
         subscription.close()
 
 

@@ -324,3 +324,16 @@ async def test_after_a_simulated_day_the_last_message_is_the_live_count_and_the_
         assert {s: await service.count(s) for s in truth.spaces} == pushed
         assert service.messages > ran.summary["events"] // 2
         assert not service._reader.done()
+
+
+async def test_shutting_down_ends_every_push(service: Service) -> None:
+    async with (
+        service.client.ws_connect("/live") as ws,
+        service.client.get("/live/sse?space_id=A") as sse,
+    ):
+        await subscribe(ws, ["A"])
+        assert await events(sse, 1) == [("message", state("A", 0, 0, 0))]
+        await live._close_all(service.client.app)
+        closing = await asyncio.wait_for(ws.receive(), GUARD_S)
+        assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
+        assert (await asyncio.wait_for(sse.content.read(), GUARD_S)).strip() == b""

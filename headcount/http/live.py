@@ -20,19 +20,22 @@ import json
 import logging
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import Field
 
 from headcount.actors import SpaceRecoveringError
 from headcount.actors.changes import Change, ChangeFeed, Subscription, SubscriptionClosed
 from headcount.clock import now_ms
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
+from headcount.http.api import Model, Query, Routes, parse_query
 from headcount.http.errors import NOT_FOUND, error
 from headcount.http.keys import ACTORS, CHANGES, CLOCK
+from headcount.http.models import Stamp
 
-__all__ = ["HEARTBEAT_S", "QUEUE", "live_sse", "live_websocket", "setup"]
+__all__ = ["HEARTBEAT_S", "QUEUE", "LiveChange", "live_sse", "live_websocket", "routes", "setup"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,40 @@ class _Open(set[web.WebSocketResponse | Subscription]):
 
 _OPEN = web.AppKey("live_clients", _Open)
 _HOW = 'send {"subscribe": ["A", "B"]} (space ids) or {"subscribe": "*"} (every space)'
+
+
+#: The live push's routes.
+routes = Routes()
+
+
+class LiveChange(Model):
+    """One message of the live push (a WebSocket text message, an SSE ``data:`` line): a
+    space's live state, first as it is when the client subscribes, then after each change.
+    Built as a dict on the hot path; tests/http/test_live.py holds real messages to it."""
+
+    space_id: str
+    ts: Stamp = Field(
+        description="For `state`, when it was read; else the time of the newest event the state"
+        " holds (the reset instant for `daily_reset`)."
+    )
+    count: int
+    entrances: int
+    exits: int
+    cause: Literal["state", "traversal", "reset", "daily_reset", "correction"] = Field(
+        description="`state`: the current state, sent first; `traversal`: events folded on"
+        " top; `reset`: a manual reset; `daily_reset`: the space's daily reset time passed;"
+        " `correction`: a late event changed the live state. Events that reach a space"
+        " together make one message; the last one for a space is its live state."
+    )
+
+
+class LiveQuery(Query):
+    """``?space_id=A&space_id=B``: the spaces to follow."""
+
+    space_id: list[str] = Field(
+        default_factory=list,
+        description="A space to follow (repeat for several); without it, every space.",
+    )
 
 
 def setup(app: web.Application) -> None:
@@ -118,7 +155,15 @@ def _unknown(topology: Topology, space_ids: Iterable[str]) -> list[str]:
 # -- WebSocket -----------------------------------------------------------------------------
 
 
-async def live_websocket(request: web.Request) -> web.WebSocketResponse:
+@routes.websocket(
+    "/live",
+    summary='Live counts pushed over a WebSocket. Send `{"subscribe": ["A", "B"]}` or'
+    ' `{"subscribe": "*"}` (again to change the set); receive `{"subscribed": ...}`, the'
+    " current state of each space, then every change, each a `LiveChange` as JSON text. A bad"
+    ' message gets `{"error": "..."}`, the socket stays open. A client more than 1,000'
+    " changes behind is closed with code 1013.",
+)
+async def live_websocket(request: web.Request) -> web.StreamResponse:
     """``GET /live``: the WebSocket. See the module's documentation for the messages."""
     # No per-message deflate: a change is ~120 bytes, and compressing it for each client
     # would cost more than sending it.
@@ -218,16 +263,29 @@ def _subscription(message: object) -> list[str] | None:
 # -- Server-Sent Events --------------------------------------------------------------------
 
 
+@routes.get(
+    "/live/sse",
+    summary="Live counts pushed as Server-Sent Events: the current state of each space, then"
+    " every change, one `data:` line (a `LiveChange`) each; a comment line every 20 s. A"
+    " client more than 1,000 changes behind gets `event: closed` and the stream ends.",
+    query=LiveQuery,
+    answer=LiveChange,
+    errors=(404,),
+    content_type="text/event-stream",
+    description="A stream of events, each `data: ` and a `LiveChange` as JSON.",
+)
 async def live_sse(request: web.Request) -> web.StreamResponse:
     """``GET /live/sse?space_id=A&space_id=B`` (every space without ``space_id``): the same
     messages as Server-Sent Events, one ``data:`` line each; a comment every
     :data:`HEARTBEAT_S` seconds keeps the connection open through proxies."""
     topology = request.app[ACTORS].topology
-    asked = list(dict.fromkeys(request.query.getall("space_id", [])))
+    asked = list(dict.fromkeys(parse_query(request, LiveQuery).space_id))
     if any(not s for s in asked):
         raise error(web.HTTPBadRequest, "space_id: a space id, not empty (repeat for several)")
     if _unknown(topology, asked):
         raise error(web.HTTPNotFound, NOT_FOUND)
+    if request.method == "HEAD":  # the headers alone: a stream has no end to wait for
+        return web.Response(content_type="text/event-stream")
     wanted = asked or None
     subscription = request.app[CHANGES].subscribe(wanted, maxsize=QUEUE)
     try:

@@ -1,147 +1,31 @@
-"""The API described as an OpenAPI 3.1 document (a plain dict, served as ``/openapi.json``).
+"""The API described as an OpenAPI 3.1 document (a plain dict, served as ``/openapi.json``),
+built from the route tables (:class:`headcount.http.api.Routes`): their models give the
+schemas, parameters and bodies, so the document cannot drift from what is validated.
 
-Every response object lists all its properties as required and allows no others, so a test can
+Every answer object lists all its properties as required and allows no others, so a test can
 hold real responses to this document.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import re
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
+
 from headcount.domain.timefmt import SUPPORTED_RANGE
+from headcount.http.api import Model, Operation, Query, Routes
 from headcount.http.limits import Limits
+from headcount.http.models import Error
 
 Schema = dict[str, Any]
 
 _LIMITS = Limits()
-_TS_EXAMPLE = "2018-02-27T00:00:00.000Z"
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _obj(description: str, **properties: Schema) -> Schema:
-    return {
-        "type": "object",
-        "description": description,
-        "required": list(properties),
-        "properties": properties,
-        "additionalProperties": False,
-    }
-
-
-def _of(kind: str, description: str, nullable: bool = False, **extra: Any) -> Schema:
-    return {"type": [kind, "null"] if nullable else kind, "description": description, **extra}
-
-
-def _timestamp(description: str, nullable: bool = False) -> Schema:
-    return _of("string", description, nullable, format="date-time", examples=[_TS_EXAMPLE])
-
-
-def _list(item: str) -> Schema:
-    return {"type": "array", "items": _ref(item)}
-
-
-_SPACE_ID = _of("string", "The space's id in the topology.", examples=["A"])
-_COUNT = _of("integer", "People in the space (below zero only if it allows negatives).")
-_ENTRANCES = _of("integer", "Traversals into the space, ever (a reset does not clear them).")
-_EXITS = _of("integer", "Traversals out of the space, ever (a reset does not clear them).")
-_PARENT = _of("string", "The id of the enclosing space.", nullable=True)
-_CAPACITY = _of("integer", "How many people the space is meant to hold.", nullable=True)
-
-_COUNT_FIELDS: dict[str, Schema] = {
-    "space_id": _SPACE_ID,
-    "ts": _timestamp("The moment (UTC, milliseconds)."),
-    "count": _COUNT,
-}
-_DPU_FIELDS: dict[str, Schema] = {
-    "id": _of("string", "The DPU's id.", examples=["283"]),
-    "doorway": _of("string", "The doorway it serves now.", nullable=True),
-    "online": _of("boolean", "Its last status message; null: never heard.", nullable=True),
-    "last_seen": _timestamp("When its last traversal message arrived.", nullable=True),
-    "last_seq": _of("integer", "The highest seq it reported.", nullable=True),
-    "delivery": {
-        **_obj(
-            "The DPU's last delivery report (its status map) against the store; null: no"
-            " report yet, or firmware that sends none. `missing` above 0 means traversals the"
-            " broker acknowledged to the DPU never reached the store, or were refused into"
-            " quarantine.",
-            first=_of("integer", "The seq its count starts at; null when sent is 0.", True),
-            seq=_of("integer", "The highest seq it counted; null when sent is 0.", True),
-            sent=_of("integer", "Distinct traversals with seq in [first, seq] it sent."),
-            stored=_of("integer", "How many of those are in the store."),
-            missing=_of("integer", "sent - stored (never below 0)."),
-            reported_at=_timestamp("When its report was compared with the store."),
-        ),
-        "type": ["object", "null"],
-    },
-}
-
-SCHEMAS: dict[str, Schema] = {
-    "Error": _obj("Every error.", detail=_of("string", "What went wrong, for a person.")),
-    "Count": _obj("A space's count at a moment.", **_COUNT_FIELDS),
-    "CountDetail": _obj(
-        "A space's count at a moment, with the entrances and exits behind it.",
-        **_COUNT_FIELDS,
-        entrances=_ENTRANCES,
-        exits=_EXITS,
-    ),
-    "SpaceSummary": _obj(
-        "A space and its live count.",
-        id=_SPACE_ID,
-        name=_of("string", "The space's name."),
-        parent=_PARENT,
-        capacity=_CAPACITY,
-        count=_COUNT,
-    ),
-    "SpaceList": _obj("Every space of the topology.", spaces=_list("SpaceSummary")),
-    "SpaceDoorway": _obj(
-        "A doorway that links the space.",
-        id=_of("string", "The doorway's id."),
-        name=_of("string", "The doorway's name."),
-        sensor_placement=_of(
-            "integer", "+1: the DPU hangs inside this space; -1: outside it.", enum=[1, -1]
-        ),
-        dpus=_of("array", "The DPUs assigned to the doorway now.", items={"type": "string"}),
-    ),
-    "Space": _obj(
-        "A space's settings, its doorways and its live counts.",
-        id=_SPACE_ID,
-        name=_of("string", "The space's name."),
-        parent=_PARENT,
-        children=_of("array", "Ids of the spaces inside it.", items={"type": "string"}),
-        time_zone=_of("string", "IANA time zone of its daily reset.", examples=["Europe/Paris"]),
-        daily_reset=_of(
-            "string", "Local time of the daily reset to zero.", nullable=True, examples=["04:00"]
-        ),
-        capacity=_CAPACITY,
-        allow_negative=_of("boolean", "Whether the count may go below zero."),
-        doorways=_list("SpaceDoorway"),
-        count=_COUNT,
-        entrances=_ENTRANCES,
-        exits=_EXITS,
-    ),
-    "Dpu": _obj("A DPU: where it is now and what was last heard from it.", **_DPU_FIELDS),
-    "DpuList": _obj("Every DPU the topology knows.", dpus=_list("Dpu")),
-    "Assignment": _obj(
-        "A period in which the DPU served a doorway: [valid_from, valid_until).",
-        doorway=_of("string", "The doorway's id."),
-        valid_from=_timestamp("Start (inclusive)."),
-        valid_until=_timestamp("End (exclusive); null: still in force.", nullable=True),
-    ),
-    "DpuDetail": _obj(
-        "A DPU with every assignment it had.", **_DPU_FIELDS, assignments=_list("Assignment")
-    ),
-    "Health": _obj(
-        "The service is serving.",
-        status=_of("string", "Always ok.", enum=["ok"]),
-        spaces=_of("integer", "Spaces this process serves."),
-        actor_restarts=_of("integer", "Space actors restarted after a crash since start."),
-    ),
-}
+_REF = "#/components/schemas/{model}"
 
 _ERRORS = {
     "400": (
@@ -160,6 +44,7 @@ _ERRORS = {
         " token may do anything. `detail` names the token and the scope needed."
     ),
     "404": 'No such resource: `{"detail": "Not found."}`.',
+    "413": "The request body is larger than this server reads. `detail` gives the limit.",
     "500": "The server failed; the error is logged, not shown.",
     "503": (
         "Still recovering from the store, or (for a count at `ts`) the store is unavailable;"
@@ -167,114 +52,18 @@ _ERRORS = {
     ),
 }
 
-_TS_PARAM: Schema = {
-    "name": "ts",
-    "in": "query",
-    "required": False,
-    "description": (
-        "The moment to answer for, ISO-8601 with a UTC offset (`Z` or `+01:00`; a `+` must be"
-        f" sent as `%2B`), from {SUPPORTED_RANGE} (UTC). Without it: now, from the live state."
-    ),
-    "schema": {"type": "string", "format": "date-time", "examples": [_TS_EXAMPLE]},
-}
+
+#: Path parameters' descriptions; any other ``{name_id}`` is "The name's id."
+_PATH_PARAMS = {"dpu_id": "The DPU's id."}
 
 
-def _response(status: str) -> Schema:
-    return {"$ref": f"#/components/responses/{status}"}
-
-
-def _path_param(name: str, description: str) -> Schema:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": {"type": "string"},
-    }
-
-
-def _get(
-    summary: str,
-    schema: str | None,
-    *,
-    parameters: tuple[Schema, ...] = (),
-    errors: tuple[str, ...] = (),
-    open_: bool = False,
-) -> Schema:
-    if schema is None:
-        content = {"text/plain": {"schema": {"type": "string"}}}
-        ok = "The Prometheus text format (version 0.0.4)."
-    else:
-        content = {"application/json": {"schema": _ref(schema)}}
-        ok = "OK."
-    responses: Schema = {"200": {"description": ok, "content": content}}
-    # Any path may answer 400 (a request aiohttp cannot read, see headcount.http.server), 500;
-    # any but the open ones 401 when the service needs tokens (GETs need only `read`: no 403).
-    for status in ("400", *(() if open_ else ("401",)), *errors, "500"):
-        responses[status] = _response(status)
-    operation: Schema = {"summary": summary, "parameters": list(parameters)}
-    if open_:
-        operation["security"] = []
-    return {"get": {**operation, "responses": responses}}
-
-
-_SPACE = _path_param("space_id", "The space's id.")
-_DPU = _path_param("dpu_id", "The DPU's id.")
-
-PATHS: dict[str, Schema] = {
-    "/space/{space_id}/count": _get(
-        "A space's count, now or at `ts` (the seed service's endpoint).",
-        "Count",
-        parameters=(_SPACE, _TS_PARAM),
-        errors=("404", "503"),
-    ),
-    "/spaces": _get("Every space with its live count.", "SpaceList", errors=("503",)),
-    "/spaces/{space_id}": _get(
-        "A space's settings, doorways and live counts.",
-        "Space",
-        parameters=(_SPACE,),
-        errors=("404", "503"),
-    ),
-    "/spaces/{space_id}/count": _get(
-        "A space's count with its entrances and exits, now or at `ts`.",
-        "CountDetail",
-        parameters=(_SPACE, _TS_PARAM),
-        errors=("404", "503"),
-    ),
-    "/dpus": _get("Every DPU the topology knows.", "DpuList"),
-    "/dpus/{dpu_id}": _get(
-        "A DPU with its assignment history.", "DpuDetail", parameters=(_DPU,), errors=("404",)
-    ),
-    "/healthz": _get(
-        "Whether every space is being served and ingest keeps up; 503 says why not (spaces"
-        " still recovering, or messages waiting for a commit that does not come).",
-        "Health",
-        errors=("503",),
-        open_=True,
-    ),
-    "/metrics": _get(
-        "Prometheus metrics (without a token when the service runs with `--open-metrics`).",
-        None,
-    ),
-    "/openapi.json": {
-        "get": {
-            "summary": "This document.",
-            "responses": {
-                "200": {
-                    "description": "OpenAPI 3.1.",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "400": _response("400"),
-                "401": _response("401"),
-                "500": _response("500"),
-            },
-        }
-    },
-}
-
-
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API."""
+def build(tables: Iterable[Routes]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the routes in ``tables``."""
+    operations = [op for table in tables for op in table.operations]
+    schemas = _schemas(operations)
+    paths: dict[str, Schema] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -287,7 +76,7 @@ def document() -> dict[str, Any]:
                 " TOKEN`: scope `read` for GET, `write` for every other method."
             ),
         },
-        "paths": copy.deepcopy(PATHS),
+        "paths": paths,
         # Needed only when the service runs with --tokens; /healthz never needs it.
         "security": [{"bearer": []}],
         "components": {
@@ -302,7 +91,7 @@ def document() -> dict[str, Any]:
                     ),
                 }
             },
-            "schemas": copy.deepcopy(SCHEMAS),
+            "schemas": schemas,
             "responses": {
                 status: {
                     "description": description,
@@ -312,6 +101,126 @@ def document() -> dict[str, Any]:
             },
         },
     }
+
+
+def document() -> dict[str, Any]:
+    """The document of every route :func:`headcount.http.routes.add_routes` registers."""
+    return copy.deepcopy(_document())
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    from headcount.http.routes import TABLES  # routes serves this module's document
+
+    return build(TABLES)
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _schemas(operations: list[Operation]) -> dict[str, Schema]:
+    """Every model's schema (serialization for answers, validation for bodies), by class name,
+    with pydantic's ``anyOf [x, null]`` written as ``type: [x, "null"]``."""
+    models: set[tuple[type[Model], Any]] = {(Error, "serialization")}
+    for op in operations:
+        if op.answer is not None:
+            models.add((op.answer, "serialization"))
+        if op.body is not None:
+            models.add((op.body, "validation"))
+    ordered = sorted(models, key=lambda pair: (pair[0].__name__, pair[1]))
+    _, top = models_json_schema(ordered, ref_template=_REF)
+    defs: dict[str, Schema] = top.get("$defs", {})
+    return {name: _tidy(schema, defs) for name, schema in defs.items()}
+
+
+def _tidy(schema: Any, defs: dict[str, Schema]) -> Any:
+    """pydantic's schema in this document's style: no titles or defaults, nullable as a type
+    list (a nullable model inlined: a ``$ref`` cannot say null), an object's properties all
+    required."""
+    if isinstance(schema, list):
+        return [_tidy(item, defs) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    node = {k: v for k, v in schema.items() if k not in ("title", "default")}
+    if isinstance(node.get("description"), str):  # a docstring's line breaks are not news
+        node["description"] = " ".join(node["description"].split())
+    arms = node.get("anyOf")
+    if isinstance(arms, list) and len(arms) == 2 and {"type": "null"} in arms:
+        [arm] = [a for a in arms if a != {"type": "null"}]
+        if "$ref" in arm:
+            arm = defs[arm["$ref"].rsplit("/", 1)[1]]
+        del node["anyOf"]
+        node = {**_tidy(arm, defs), **node}
+        node["type"] = [node["type"], "null"]
+    if "properties" in node:
+        node["properties"] = {k: _tidy(v, defs) for k, v in node["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            node[key] = _tidy(node[key], defs)
+    return node
+
+
+def _operation(op: Operation, schemas: dict[str, Schema]) -> Schema:
+    parameters = [_path_param(name) for name in re.findall(r"\{(\w+)\}", op.path)]
+    if op.query is not None:
+        parameters += _query_params(op.query)
+    operation: Schema = {"summary": op.summary, "parameters": parameters}
+    if op.public:
+        operation["security"] = []
+    if op.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(op.body.__name__)}},
+        }
+    ok: Schema = {"description": op.description}
+    if op.websocket:  # a 101 has no body
+        pass
+    elif op.answer is not None:
+        ok["content"] = {op.content_type: {"schema": _ref(op.answer.__name__)}}
+    elif op.content_type == "application/json":
+        ok["content"] = {op.content_type: {"schema": {"type": "object"}}}
+    else:
+        ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
+    responses: Schema = {str(op.status): ok}
+    # Any path may answer 400 (a request aiohttp cannot read, see headcount.http.server), 500;
+    # any but the open ones 401 when the service needs tokens; any but GET needs `write` (403),
+    # and a body may be too large (413).
+    needs: tuple[str, ...] = () if op.public else ("401",)
+    if op.method != "get":
+        needs += ("403",)
+    if op.body is not None:
+        needs += ("413",)
+    for status in ("400", *needs, *(str(e) for e in op.errors), "500"):
+        responses[status] = {"$ref": f"#/components/responses/{status}"}
+    operation["responses"] = dict(sorted(responses.items()))
+    return operation
+
+
+def _path_param(name: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": _PATH_PARAMS.get(name, f"The {name.removesuffix('_id')}'s id."),
+        "schema": {"type": "string"},
+    }
+
+
+def _query_params(query: type[Query]) -> list[Schema]:
+    schema = query.model_json_schema(mode="validation", ref_template=_REF)
+    params = []
+    for name, field in query.model_fields.items():
+        key = field.alias or name
+        prop = _tidy(schema["properties"][key], schema.get("$defs", {}))
+        if isinstance(prop.get("type"), list):  # absent is its null
+            prop["type"] = next(t for t in prop["type"] if t != "null")
+        prop = {k: v for k, v in prop.items() if k not in ("description", "x-one")}
+        param: Schema = {"name": key, "in": "query", "required": field.is_required()}
+        if field.description:
+            param["description"] = field.description
+        params.append({**param, "schema": prop})
+    return params
 
 
 def _version() -> str:

@@ -6,17 +6,15 @@ Handlers read every resource from the application through the keys in
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from headcount.actors import SpaceRecoveringError
 from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
-from headcount.domain.timefmt import format_ms, parse_iso
+from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
-from headcount.errors import InvalidTimestampError
-from headcount.http import live
+from headcount.http import live, models
+from headcount.http.api import Routes, answer, parse_query
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
 from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
@@ -29,29 +27,20 @@ from headcount.ingest.dpus import Delivery, DpuRegistry
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+#: The core routes: counts, spaces, DPUs, operations.
+routes = Routes()
+
+
 def add_routes(app: web.Application) -> None:
-    """Register the API's routes, its middlewares (JSON errors, outermost; the query limit;
-    the token check, which lets every request in when ``app`` has no ``AUTH``), and (on
-    startup, once the resources are attached) the gauges that read the actors and the DPU
-    registry."""
+    """Register the API's routes (every table of :data:`TABLES`), its middlewares (JSON
+    errors, outermost; the query limit; the token check, which lets every request in when
+    ``app`` has no ``AUTH``), and (on startup, once the resources are attached) the gauges that
+    read the actors and the DPU registry."""
     app.middlewares.extend([json_errors, limit_query, require_token])
     app.on_startup.append(_watch_gauges)
     live.setup(app)
-    app.add_routes(
-        [
-            web.get("/space/{space_id}/count", space_count_seed),
-            web.get("/spaces", list_spaces),
-            web.get("/spaces/{space_id}", space_detail),
-            web.get("/spaces/{space_id}/count", space_count),
-            web.get("/dpus", list_dpus),
-            web.get("/dpus/{dpu_id}", dpu_detail),
-            web.get("/healthz", healthz),
-            web.get("/metrics", metrics),
-            web.get("/openapi.json", openapi),
-            web.get("/live", live.live_websocket),
-            web.get("/live/sse", live.live_sse),
-        ]
-    )
+    for table in TABLES:
+        app.add_routes(table.defs)
 
 
 async def _watch_gauges(app: web.Application) -> None:
@@ -63,6 +52,17 @@ async def _watch_gauges(app: web.Application) -> None:
 # -- counts --------------------------------------------------------------------------------
 
 
+# The live counts build their answers as dicts: a model per request costs measurable time
+# (bench/live_query.py); tests/http/test_openapi.py holds the answers to the models.
+
+
+@routes.get(
+    "/space/{space_id}/count",
+    summary="A space's count, now or at `ts` (the seed service's endpoint).",
+    query=models.AtQuery,
+    answer=models.Count,
+    errors=(404, 503),
+)
 async def space_count_seed(request: web.Request) -> web.Response:
     """``{space_id, ts, count}``: the seed service's answer, unchanged."""
     ts, state = await _count(request)
@@ -70,6 +70,13 @@ async def space_count_seed(request: web.Request) -> web.Response:
     return web.json_response({"space_id": space_id, "ts": format_ms(ts), "count": state.count})
 
 
+@routes.get(
+    "/spaces/{space_id}/count",
+    summary="A space's count with its entrances and exits, now or at `ts`.",
+    query=models.AtQuery,
+    answer=models.CountDetail,
+    errors=(404, 503),
+)
 async def space_count(request: web.Request) -> web.Response:
     """The count with the entrances and exits behind it."""
     ts, state = await _count(request)
@@ -80,7 +87,8 @@ async def space_count(request: web.Request) -> web.Response:
 async def _count(request: web.Request) -> tuple[int, SpaceState]:
     """Live from the space's actor, or from snapshots and the log for ``?ts=``."""
     space_id = request.match_info["space_id"]
-    at = _ts_param(request)
+    # The live count parses no query: no model on its hot path.
+    at = parse_query(request, models.AtQuery).ts if request.query_string else None
     if at is None:
         return await _live(request.app, space_id)
     return at, (await request.app[HISTORY].count_at(space_id, at)).state
@@ -100,32 +108,6 @@ async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
     return now, state
 
 
-def _ts_param(request: web.Request) -> int | None:
-    if not request.query_string:  # the live count: no query to parse
-        return None
-    given = request.query.getall("ts", [])
-    if not given:
-        return None
-    if len(given) > 1:
-        raise error(web.HTTPBadRequest, f"ts: give one timestamp, not {len(given)}")
-    try:
-        return parse_iso(given[0])
-    except InvalidTimestampError as e:
-        raise error(web.HTTPBadRequest, f"ts: {e}{_plus_hint(given[0])}") from None
-
-
-def _plus_hint(text: str) -> str:
-    """A ``+`` in a URL query reads as a space: say so when that is what went wrong."""
-    head, space, offset = text.strip().rpartition(" ")
-    if not space:
-        return ""
-    try:
-        parse_iso(f"{head}+{offset}", any_year=True)  # out of range or not, the '+' is the news
-    except InvalidTimestampError:
-        return ""
-    return f" (a '+' in a URL query means a space: send the offset as %2B{offset})"
-
-
 def _totals(state: SpaceState) -> dict[str, int]:
     return {"count": state.count, "entrances": state.entrances, "exits": state.exits}
 
@@ -133,41 +115,52 @@ def _totals(state: SpaceState) -> dict[str, int]:
 # -- spaces --------------------------------------------------------------------------------
 
 
+@routes.get(
+    "/spaces", summary="Every space with its live count.", answer=models.SpaceList, errors=(503,)
+)
 async def list_spaces(request: web.Request) -> web.Response:
     """Every space of the topology with its live count."""
     spaces = []
     for space in request.app[ACTORS].topology.spaces.values():
         _, state = await _live(request.app, space.id)
         spaces.append(
-            {
-                "id": space.id,
-                "name": space.name,
-                "parent": space.parent,
-                "capacity": space.capacity,
-                "count": state.count,
-            }
+            models.SpaceSummary(
+                id=space.id,
+                name=space.name,
+                parent=space.parent,
+                capacity=space.capacity,
+                count=state.count,
+            )
         )
-    return web.json_response({"spaces": spaces})
+    return answer(models.SpaceList(spaces=spaces))
 
 
+@routes.get(
+    "/spaces/{space_id}",
+    summary="A space's settings, doorways and live counts.",
+    answer=models.Space,
+    errors=(404, 503),
+)
 async def space_detail(request: web.Request) -> web.Response:
     """A space's settings, its doorways with the DPUs over them now, and its live counts."""
     topology = request.app[ACTORS].topology
     space = topology.space(request.match_info["space_id"])
     _, state = await _live(request.app, space.id)
-    return web.json_response(
-        {
-            "id": space.id,
-            "name": space.name,
-            "parent": space.parent,
-            "children": list(topology.children(space.id)),
-            "time_zone": space.time_zone,
-            "daily_reset": _clock_time(space),
-            "capacity": space.capacity,
-            "allow_negative": space.allow_negative,
-            "doorways": _doorways(topology, space.id, now_ms()),
-            **_totals(state),
-        }
+    return answer(
+        models.Space(
+            id=space.id,
+            name=space.name,
+            parent=space.parent,
+            children=list(topology.children(space.id)),
+            time_zone=space.time_zone,
+            daily_reset=_clock_time(space),
+            capacity=space.capacity,
+            allow_negative=space.allow_negative,
+            doorways=_doorways(topology, space.id, now_ms()),
+            count=state.count,
+            entrances=state.entrances,
+            exits=state.exits,
+        )
     )
 
 
@@ -175,19 +168,19 @@ def _clock_time(space: Space) -> str | None:
     return None if space.daily_reset is None else space.daily_reset.strftime("%H:%M")
 
 
-def _doorways(topology: Topology, space_id: str, now: int) -> list[dict[str, Any]]:
+def _doorways(topology: Topology, space_id: str, now: int) -> list[models.SpaceDoorway]:
     serving: dict[str, list[str]] = {}
     for dpu_id in sorted(topology.dpu_ids()):
         assignment = topology.assignment_at(dpu_id, now)
         if assignment is not None:
             serving.setdefault(assignment.doorway_id, []).append(dpu_id)
     return [
-        {
-            "id": doorway.id,
-            "name": doorway.name,
-            "sensor_placement": link.sensor_placement,
-            "dpus": serving.get(doorway.id, []),
-        }
+        models.SpaceDoorway(
+            id=doorway.id,
+            name=doorway.name,
+            sensor_placement=link.sensor_placement,
+            dpus=serving.get(doorway.id, []),
+        )
         for doorway in topology.doorways.values()
         for link in doorway.links
         if link.space_id == space_id
@@ -197,14 +190,20 @@ def _doorways(topology: Topology, space_id: str, now: int) -> list[dict[str, Any
 # -- DPUs ----------------------------------------------------------------------------------
 
 
+@routes.get("/dpus", summary="Every DPU the topology knows.", answer=models.DpuList)
 async def list_dpus(request: web.Request) -> web.Response:
     """Every DPU the topology knows: where it is now and what was last heard from it."""
     topology, dpus, now = request.app[ACTORS].topology, request.app[DPUS], now_ms()
-    return web.json_response(
-        {"dpus": [_dpu(topology, dpus, dpu_id, now) for dpu_id in sorted(topology.dpu_ids())]}
-    )
+    ids = sorted(topology.dpu_ids())
+    return answer(models.DpuList(dpus=[_dpu(topology, dpus, dpu_id, now) for dpu_id in ids]))
 
 
+@routes.get(
+    "/dpus/{dpu_id}",
+    summary="A DPU with its assignment history.",
+    answer=models.DpuDetail,
+    errors=(404,),
+)
 async def dpu_detail(request: web.Request) -> web.Response:
     """One DPU, with every assignment it had. 404 for a DPU the topology does not know, heard
     from or not: anyone can publish under any DPU id."""
@@ -216,43 +215,54 @@ async def dpu_detail(request: web.Request) -> web.Response:
         (a for a in topology.assignments if a.dpu_id == dpu_id), key=lambda a: a.valid_from
     )
     history = [
-        {
-            "doorway": a.doorway_id,
-            "valid_from": format_ms(a.valid_from),
-            "valid_until": None if a.valid_until is None else format_ms(a.valid_until),
-        }
+        models.Assignment(
+            doorway=a.doorway_id,
+            valid_from=format_ms(a.valid_from),
+            valid_until=None if a.valid_until is None else format_ms(a.valid_until),
+        )
         for a in assignments
     ]
-    return web.json_response({**_dpu(topology, dpus, dpu_id, now_ms()), "assignments": history})
+    dpu = _dpu(topology, dpus, dpu_id, now_ms())
+    return answer(models.DpuDetail(**dict(dpu), assignments=history))
 
 
-def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> dict[str, Any]:
+def _dpu(topology: Topology, dpus: DpuRegistry, dpu_id: str, now: int) -> models.Dpu:
     status = dpus.get(dpu_id)
     assignment = topology.assignment_at(dpu_id, now)
-    return {
-        "id": dpu_id,
-        "doorway": None if assignment is None else assignment.doorway_id,
-        "online": status.online,
-        "last_seen": None if status.last_seen is None else format_ms(status.last_seen),
-        "last_seq": status.last_seq,
-        "delivery": None if status.delivery is None else _delivery(status.delivery),
-    }
+    return models.Dpu(
+        id=dpu_id,
+        doorway=None if assignment is None else assignment.doorway_id,
+        online=status.online,
+        last_seen=None if status.last_seen is None else format_ms(status.last_seen),
+        last_seq=status.last_seq,
+        delivery=None if status.delivery is None else _delivery(status.delivery),
+    )
 
 
-def _delivery(delivery: Delivery) -> dict[str, Any]:
-    return {
-        "first": delivery.first,
-        "seq": delivery.seq,
-        "sent": delivery.sent,
-        "stored": delivery.stored,
-        "missing": delivery.missing,
-        "reported_at": format_ms(delivery.reported_at),
-    }
+def _delivery(delivery: Delivery) -> models.Delivery:
+    return models.Delivery(
+        first=delivery.first,
+        seq=delivery.seq,
+        sent=delivery.sent,
+        stored=delivery.stored,
+        missing=delivery.missing,
+        reported_at=format_ms(delivery.reported_at),
+    )
 
 
 # -- operations ----------------------------------------------------------------------------
 
 
+@routes.get(
+    "/healthz",
+    summary=(
+        "Whether every space is being served and ingest keeps up; 503 says why not (spaces"
+        " still recovering, or messages waiting for a commit that does not come)."
+    ),
+    answer=models.Health,
+    errors=(503,),
+    public=True,
+)
 async def healthz(request: web.Request) -> web.Response:
     """200 when every space's actor is serving and ingest keeps up; 503 while any space is
     still recovering, or while messages wait for a commit that does not come (the store is
@@ -269,11 +279,18 @@ async def healthz(request: web.Request) -> web.Response:
     problem = None if ingest is None else ingest.problem()
     if problem is not None:
         raise error(web.HTTPServiceUnavailable, problem)
-    return web.json_response(
-        {"status": "ok", "spaces": readiness.spaces, "actor_restarts": readiness.restarts}
+    return answer(
+        models.Health(status="ok", spaces=readiness.spaces, actor_restarts=readiness.restarts)
     )
 
 
+@routes.get(
+    "/metrics",
+    summary="Prometheus metrics (without a token when the service runs with `--open-metrics`).",
+    answer=None,
+    content_type="text/plain",
+    description="The Prometheus text format (version 0.0.4).",
+)
 async def metrics(request: web.Request) -> web.Response:
     """The Prometheus text exposition."""
     return web.Response(
@@ -281,6 +298,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/openapi.json", summary="This document.", answer=None, description="OpenAPI 3.1.")
 async def openapi(request: web.Request) -> web.Response:
     """This API described as OpenAPI 3.1."""
     return web.json_response(document())
+
+
+#: Every route table the service serves, the core's first; a feature adds its own here.
+TABLES: list[Routes] = [routes, live.routes]

@@ -245,7 +245,16 @@ class Subscriber:
     ) -> None:
         if self._client is not None:
             logger.info("leaving MQTT broker %s", self.address)
+            await self._settle_subscription()
         await self._disconnect()
+
+    async def _settle_subscription(self, timeout_s: float = 2.0) -> None:
+        """Before a graceful leave, let a renewal of the subscription still in flight finish
+        (briefly): cut off mid-way, Mosquitto was seen to keep a message whose PUBACK had been
+        sent just before, and deliver it once more to the next connection."""
+        subscribing = self._subscribing
+        if subscribing is not None and not subscribing.done():
+            await asyncio.wait([subscribing], timeout=timeout_s)
 
     async def messages(self) -> AsyncIterator[Received]:
         """Every message from now on, across reconnections; never ends by itself."""

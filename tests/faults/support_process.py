@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +186,22 @@ class Publisher:
                 message += 1
                 await asyncio.sleep(1 / self.rate)
 
+    async def report(self) -> None:
+        """Publish each DPU's delivery report (retained status): the distinct traversals the
+        broker acknowledged, as DPU firmware reports them."""
+        by_dpu: dict[str, list[int]] = {}
+        for t in self.sent:
+            by_dpu.setdefault(t.dpu_id, []).append(t.seq)
+        async with aiomqtt.Client(self.address.host, self.address.port) as client:
+            for dpu_id, seqs in sorted(by_dpu.items()):
+                report = wire.Report(sent=len(set(seqs)), first=min(seqs), seq=max(seqs))
+                await client.publish(
+                    wire.status_topic(dpu_id),
+                    wire.encode_status(True, report),
+                    qos=1,
+                    retain=True,
+                )
+
     def _next_chunk(self, *, batch: bool) -> list[Traversal]:
         """The next event, or with ``batch`` up to five next events of the same DPU (an array
         is one DPU's backlog)."""
@@ -262,6 +278,17 @@ class Tally:
     @property
     def ok(self) -> bool:
         return self.lost == 0 and self.doubled == 0 and not self.wrong
+
+
+async def missing_reported(service: ServeProcess, dpu_ids: Iterable[str]) -> dict[str, int]:
+    """What the service says is missing of each DPU's reported deliveries (``/dpus/{id}``)."""
+    found = {}
+    async with aiohttp.ClientSession() as http:
+        for dpu_id in dpu_ids:
+            async with http.get(f"{service.http}/dpus/{dpu_id}") as response:
+                delivery = (await response.json())["delivery"]
+            found[dpu_id] = -1 if delivery is None else delivery["missing"]
+    return found
 
 
 async def stored_keys(store_url: str) -> Counter[tuple[str, int]]:

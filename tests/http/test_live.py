@@ -25,6 +25,8 @@ from headcount.history import History
 from headcount.http import live
 from headcount.http.auth import AUTH, Auth
 from headcount.http.keys import ACTORS, CHANGES, CLOCK, DPUS, HISTORY, METRICS, STORE
+from headcount.http.live import LiveChange
+from headcount.http.openapi import document
 from headcount.http.routes import add_routes
 from headcount.http.tokens import Scope, Tokens, add_token
 from headcount.ingest.dpus import DpuRegistry
@@ -87,8 +89,15 @@ async def service(store: EventStore, aiohttp_client: AiohttpClient) -> Service:
     return Service(client, store, client.app[SYSTEM])
 
 
+def documented(message: Any) -> Any:
+    """``message``, checked against the document's model when it is a state or a change."""
+    if isinstance(message, dict) and "cause" in message:
+        LiveChange.model_validate(message)
+    return message
+
+
 async def receive(ws: ClientWebSocketResponse) -> Any:
-    return await asyncio.wait_for(ws.receive_json(), GUARD_S)
+    return documented(await asyncio.wait_for(ws.receive_json(), GUARD_S))
 
 
 async def subscribe(ws: ClientWebSocketResponse, spaces: list[str] | str) -> list[Any]:
@@ -221,7 +230,7 @@ async def events(response: Any, n: int) -> list[tuple[str, Any]]:
         if line.startswith("event: "):
             name = line[len("event: ") :].strip()
         elif line.startswith("data: "):
-            out.append((name, json.loads(line[len("data: ") :])))
+            out.append((name, documented(json.loads(line[len("data: ") :]))))
             name = "message"
     return out
 
@@ -337,3 +346,18 @@ async def test_shutting_down_ends_every_push(service: Service) -> None:
         closing = await asyncio.wait_for(ws.receive(), GUARD_S)
         assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
         assert (await asyncio.wait_for(sse.content.read(), GUARD_S)).strip() == b""
+
+
+async def test_sse_head_answers_the_headers_alone(service: Service) -> None:
+    response = await service.client.head("/live/sse?space_id=A")
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+
+
+def test_the_document_describes_both_routes() -> None:
+    paths = document()["paths"]
+    assert "101" in paths["/live"]["get"]["responses"]
+    sse = paths["/live/sse"]["get"]
+    assert set(sse["responses"]["200"]["content"]) == {"text/event-stream"}
+    assert [p["name"] for p in sse["parameters"]] == ["space_id"]
+    assert "404" in sse["responses"]

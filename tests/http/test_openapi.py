@@ -75,26 +75,30 @@ def problems(
     return found
 
 
-def response_schema(doc: dict[str, Any], template: str, status: int) -> dict[str, Any]:
-    response = resolve(doc, doc["paths"][template]["get"]["responses"][str(status)])
+def response_schema(
+    doc: dict[str, Any], template: str, status: int, method: str = "get"
+) -> dict[str, Any]:
+    response = resolve(doc, doc["paths"][template][method]["responses"][str(status)])
     schema: dict[str, Any] = response["content"]["application/json"]["schema"]
     return schema
 
 
-def test_every_route_is_documented_and_every_documented_path_is_routed() -> None:
+def test_every_route_is_documented_and_every_documented_operation_is_routed() -> None:
+    """Every method on every path, GET, POST, a WebSocket's GET: (aiohttp adds HEAD to GET)."""
     app = web.Application()
     add_routes(app)
     routed = {
-        route.resource.canonical
+        (route.resource.canonical, route.method.lower())
         for route in app.router.routes()
-        if route.method == "GET" and route.resource is not None
+        if route.method != "HEAD" and route.resource is not None
     }
     doc = document()
-    assert routed == set(doc["paths"])
+    documented = {(path, method) for path, item in doc["paths"].items() for method in item}
+    assert routed == documented
     for template, item in doc["paths"].items():
-        assert list(item) == ["get"], template
-        declared = {p["name"] for p in item["get"].get("parameters", []) if p["in"] == "path"}
-        assert declared == set(re.findall(r"\{(\w+)\}", template)), template
+        for method, operation in item.items():
+            declared = {p["name"] for p in operation["parameters"] if p["in"] == "path"}
+            assert declared == set(re.findall(r"\{(\w+)\}", template)), (template, method)
 
 
 def test_every_reference_resolves() -> None:
@@ -118,7 +122,27 @@ def test_every_operation_documents_the_400_and_500_any_request_may_get() -> None
     """aiohttp refuses a request line or header it cannot read on any path (see
     headcount.http.server); any handler may fail."""
     for template, item in document()["paths"].items():
-        assert {"400", "500"} <= set(item["get"]["responses"]), template
+        for method, operation in item.items():
+            assert {"400", "500"} <= set(operation["responses"]), (template, method)
+
+
+def test_every_schema_is_closed_and_requires_every_property() -> None:
+    """What lets a test hold a real answer to the document: no property it may leave out, none
+    it does not list."""
+
+    def objects(node: Any) -> list[dict[str, Any]]:
+        if isinstance(node, dict):
+            own = [node] if "properties" in node else []
+            return own + [o for value in node.values() for o in objects(value)]
+        if isinstance(node, list):
+            return [o for value in node for o in objects(value)]
+        return []
+
+    found = objects(document()["components"]["schemas"])
+    assert len(found) > 10
+    for schema in found:
+        assert schema["additionalProperties"] is False, schema
+        assert schema["required"] == list(schema["properties"]), schema
 
 
 def test_the_ts_parameter_states_the_supported_range() -> None:
@@ -221,10 +245,12 @@ def test_every_path_but_healthz_needs_the_bearer_scheme_and_documents_its_401() 
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["security"] == [{"bearer": []}]
     for template, item in doc["paths"].items():
-        operation = item["get"]
-        if template == "/healthz":
-            assert operation["security"] == []
-            assert "401" not in operation["responses"]
-        else:
-            assert "security" not in operation, template  # the document's: bearer
-            assert "401" in operation["responses"], template
+        for method, operation in item.items():
+            if template == "/healthz":
+                assert operation["security"] == []
+                assert "401" not in operation["responses"]
+            else:
+                assert "security" not in operation, template  # the document's: bearer
+                assert "401" in operation["responses"], (template, method)
+                if method != "get":  # every method but GET needs the write scope
+                    assert "403" in operation["responses"], (template, method)

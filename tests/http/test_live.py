@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from pytest_aiohttp import AiohttpClient
 
 from headcount.actors import ActorSystem, Cause, Change
 from headcount.domain.events import Reset, Traversal
-from headcount.domain.timefmt import format_ms
+from headcount.domain.timefmt import format_ms, parse_iso
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -31,6 +31,7 @@ from headcount.http.routes import add_routes
 from headcount.http.tokens import Scope, Tokens, add_token
 from headcount.ingest.dpus import DpuRegistry
 from headcount.metrics import Metrics
+from tests.actors.test_changes import DAILY
 from tests.mqtt_fixtures import MqttNames
 from tests.sim.harness import Service as ServeProcessService
 from tests.sim.test_acceptance import after_the_day, planned_and_run
@@ -53,13 +54,22 @@ def change(space_id: str, ts: int, count: int, ins: int, outs: int, cause: str) 
             "entrances": ins, "exits": outs, "cause": cause}  # fmt: skip
 
 
-def live_app(store: EventStore, auth: Auth | None = None) -> web.Application:
+def live_app(
+    store: EventStore,
+    auth: Auth | None = None,
+    *,
+    topology_text: str | None = None,
+    clock: Callable[[], int] = lambda: NOW,
+) -> web.Application:
+    """The API over the seed topology (or ``topology_text``) under ``clock``."""
+
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        topology = Topology.from_toml(SEED_TOPOLOGY.read_text(), source=str(SEED_TOPOLOGY))
+        text = SEED_TOPOLOGY.read_text() if topology_text is None else topology_text
+        topology = Topology.from_toml(text, source="test")
         history = History(store, topology)
-        system = ActorSystem(history, window_ms=5 * MINUTE, clock=lambda: NOW)
+        system = ActorSystem(history, window_ms=5 * MINUTE, clock=clock, daily_reset_tick_s=0.01)
         app[STORE], app[HISTORY], app[ACTORS], app[SYSTEM] = store, history, system, system
-        app[CHANGES], app[CLOCK] = system.changes, lambda: NOW
+        app[CHANGES], app[CLOCK] = system.changes, clock
         app[DPUS], app[METRICS] = DpuRegistry(), Metrics()
         async with system.running():
             yield
@@ -216,6 +226,25 @@ async def test_a_plain_get_is_refused_as_json(service: Service) -> None:
     response = await service.client.get("/live")
     assert response.status == 400
     assert response.content_type == "application/json"
+
+
+async def test_the_daily_reset_is_pushed_under_a_frozen_clock(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    now = [parse_iso("2026-03-28T02:59:00Z")]  # 03:59 in Berlin
+    app = live_app(store, topology_text=DAILY, clock=lambda: now[0])
+    client = await aiohttp_client(app)
+    await app[SYSTEM].route((await store.log.append([Traversal("7", 1, now[0] - 1000, 1)])).new)
+    await app[SYSTEM].drain()
+    async with client.ws_connect("/live") as ws:
+        await ws.send_json({"subscribe": ["Hall"]})
+        assert await receive(ws) == {"subscribed": ["Hall"]}
+        assert (await receive(ws))["count"] == 1
+        now[0] = parse_iso("2026-03-28T03:00:05Z")  # the clock passes 04:00 in Berlin
+        assert await receive(ws) == {
+            "space_id": "Hall", "ts": "2026-03-28T03:00:00.000Z", "count": 0,
+            "entrances": 1, "exits": 0, "cause": "daily_reset",
+        }  # fmt: skip
 
 
 # -- Server-Sent Events --------------------------------------------------------------------

@@ -89,7 +89,9 @@ class SpaceActor:
     async def recover(self) -> None:
         """Rebuild the live state from the store: the state at the checkpoint (snapshot +
         log), then every event after it. Events still in the mailbox that the store already
-        holds are recognised as duplicates when they are applied."""
+        holds are recognised as duplicates when they are applied. After a restart the state
+        recovered is published (a ``correction``): the events of a crashed drain were not."""
+        restarting = self._live is not None
         view = SpaceView.of(self.history.topology, self.space_id)
         newest = await self.history.store.log.newest_ts(s.dpu_id for s in view.sources)
         checkpoint = self.checkpoint_for(newest)
@@ -101,6 +103,8 @@ class SpaceActor:
             )
         ]
         self.restore(settled, checkpoint, recent)
+        if restarting and self._live is not None:
+            self._publish(self._live, self._live.state.as_of, Cause.CORRECTION)
 
     def restore(self, settled: SpaceState, checkpoint: int, recent: list[SpaceEvent]) -> None:
         """Start from a recovered state: ``settled`` at ``checkpoint``, ``recent`` after it."""

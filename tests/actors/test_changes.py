@@ -14,6 +14,7 @@ from headcount.domain.timefmt import parse_iso
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
+from tests.actors.test_system import crash_once
 from tests.polling import eventually
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -205,3 +206,16 @@ async def test_daily_reset_is_published_with_no_event(store: EventStore) -> None
         assert got.ts == parse_iso("2026-03-29T02:00:00Z")
         assert got.cause is Cause.DAILY_RESET
         assert subscription.qsize() == 0
+
+
+async def test_a_restarted_actor_publishes_the_state_it_recovered(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = ActorSystem(History(store, seed), clock=lambda: NOW)
+    actor = system.actor("A")
+    monkeypatch.setattr(actor, "_apply", crash_once(actor))
+    async with system.running():
+        a = system.changes.subscribe(["A"])
+        await routed(system, store, [Traversal("283", 1, NOW - 1000, 1)])  # crashes the actor
+        await eventually(lambda: system.restarts == 1 and actor.ready, what="the restart")
+        assert drained(a) == [Change("A", NOW - 1000, 1, 1, 0, Cause.CORRECTION)]

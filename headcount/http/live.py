@@ -177,6 +177,8 @@ async def live_websocket(request: web.Request) -> web.StreamResponse:
                 await client.received(message.data)
             elif message.type is WSMsgType.BINARY:
                 await client.send({"error": f"messages are JSON text: {_HOW}"})
+    except ConnectionError:  # the client went away while we wrote to it: nothing to log
+        pass
     finally:
         request.app[_OPEN].discard(ws)
         await client.stop()
@@ -205,6 +207,9 @@ class _Client:
             wanted = _subscription(json.loads(data))
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             await self.send({"error": f"{e}: {_HOW}"})
+            return
+        except RecursionError:
+            await self.send({"error": f"the message nests too deep: {_HOW}"})
             return
         topology = self.request.app[ACTORS].topology
         unknown = _unknown(topology, wanted or ())
@@ -299,17 +304,19 @@ async def live_sse(request: web.Request) -> web.StreamResponse:
         )
         await response.prepare(request)
         request.app[_OPEN].add(subscription)
-        for state in states:
-            await response.write(_event(json.dumps(state)))
-        await _stream(response, subscription)
+        await _stream(response, states, subscription)
         return response
     finally:
         request.app[_OPEN].discard(subscription)
         subscription.close()
 
 
-async def _stream(response: web.StreamResponse, subscription: Subscription) -> None:
+async def _stream(
+    response: web.StreamResponse, states: list[dict[str, Any]], subscription: Subscription
+) -> None:
     try:
+        for state in states:
+            await response.write(_event(json.dumps(state)))
         while True:
             try:
                 change = await asyncio.wait_for(subscription.get(), HEARTBEAT_S)

@@ -161,6 +161,7 @@ async def test_the_subscription_can_change(service: Service) -> None:
         ('{"subscribe": "A"}', "a list of space ids"),
         ('{"subscribe": [1]}', "a list of space ids"),
         ('{"subscribe": ["A", "Nowhere"]}', "no such space: 'Nowhere'"),
+        pytest.param("[" * 100_000 + "]" * 100_000, "nests too deep", id="deep"),
     ],
 )
 async def test_a_bad_message_is_answered_and_the_socket_stays(

@@ -29,7 +29,9 @@ class Cause(StrEnum):
     TRAVERSAL = "traversal"  # an event folded on top of the newest
     RESET = "reset"  # a manual reset (late or not)
     DAILY_RESET = "daily_reset"  # the space's daily reset instant passed
-    CORRECTION = "correction"  # a late event, refolded in memory or reloaded from the store
+    #: A late event (refolded in memory or reloaded from the store), or the state an actor
+    #: restarted with after a crash.
+    CORRECTION = "correction"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,3 +23,14 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is too small: it must be at least 1")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0 (and at most a day)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0 s and at most 86400 s")
+    return value

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -30,6 +31,7 @@ from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
+from headcount.history.dpu_health import HealthWatch
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
 from headcount.http.keys import ACTORS, CHANGES, DPUS, HISTORY, INGEST, METRICS, STORE
 from headcount.http.limits import new_app
@@ -51,6 +53,10 @@ from headcount.ingest.mqtt import (
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.ingest.tls import ServerTls
 from headcount.metrics import Metrics
+from headcount.outputs.config import ServiceConfig, load_config
+from headcount.outputs.follow import Outputs
+from headcount.outputs.mqtt import DEFAULT_PUBLISH_INTERVAL_S, MqttOut
+from headcount.outputs.webhooks import Webhooks
 
 __all__ = [
     "Part",
@@ -99,6 +105,14 @@ class Settings:
     open_metrics: bool = False
     #: Serve the API without tokens on an address beyond loopback: a decision, not a default.
     insecure_open_api: bool = False
+    #: Publish each space's state (retained) and capacity alerts on the broker.
+    mqtt_out: bool = False
+    #: At most one state per space this often (the last one always sent).
+    publish_interval: float = DEFAULT_PUBLISH_INTERVAL_S
+    #: Home Assistant MQTT discovery configs (implies ``mqtt_out``).
+    homeassistant: bool = False
+    #: The service config file (TOML: ``[[webhooks]]``).
+    config: Path | None = None
 
 
 def demo_files() -> tuple[str, Path]:
@@ -148,6 +162,10 @@ def preflight(settings: Settings) -> None:
             " give --tokens FILE (make one with 'headcount tokens add NAME --scope read'), or"
             " --insecure-open-api to serve it open on purpose"
         )
+    if settings.config is not None:
+        load_config(settings.config)  # every problem of the file, naming --config
+    if not settings.publish_interval > 0:
+        raise ConfigError(f"--publish-interval {settings.publish_interval} must be above 0 s")
     _check_port(settings.host, settings.http_port, "HTTP", "--http-port")
     if settings.broker_url is None:
         _check_port(settings.host, settings.mqtt_port, "the embedded MQTT broker", "--mqtt-port")
@@ -223,7 +241,9 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             "embedded" if settings.broker_url is None else _safe_url(settings.broker_url),
             "off" if auth is None else auth.summary(),
         )
-        await run_parts(system, ingest, stop)
+        outputs = _outputs(settings, choice, system, address, metrics)
+        watch = HealthWatch(store, choice.topology, metrics)
+        await run_parts(system, ingest, stop, outputs=outputs, background=[("dpu-health", watch)])
 
 
 class Part(Protocol):
@@ -232,19 +252,34 @@ class Part(Protocol):
     async def run(self) -> None: ...
 
 
-async def run_parts(system: ActorSystem, ingest: Part, stop: asyncio.Event) -> None:
+async def run_parts(
+    system: ActorSystem,
+    ingest: Part,
+    stop: asyncio.Event,
+    *,
+    outputs: Part | None = None,
+    background: Sequence[tuple[str, Part]] = (),
+) -> None:
     """The service's parts as one tree: a part that fails stops them all and raises
-    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest, then the actors once
-    their mailboxes are drained, then their final snapshots)."""
+    :class:`ServiceFailedError`; ``stop`` stops them in order (ingest and the ``background``
+    parts, named, then the actors once their mailboxes are drained, then the outputs, which
+    send what they hold, then the actors' final snapshots)."""
     try:
         async with asyncio.TaskGroup() as parts:
             actors = parts.create_task(system.run(), name="actors")
             ingesting = parts.create_task(ingest.run(), name="ingest")
+            telling = None if outputs is None else parts.create_task(outputs.run(), name="outputs")
+            others = [parts.create_task(part.run(), name=name) for name, part in background]
             await stop.wait()
             log.info("stopping: ingest first, then the actors drain their mailboxes")
-            ingesting.cancel()
-            await asyncio.wait([ingesting])
+            for task in [ingesting, *others]:
+                task.cancel()
+            await asyncio.wait([ingesting, *others])
             await system.drain()
+            if telling is not None:
+                await asyncio.sleep(0)  # the outputs take the last changes off the feed
+                telling.cancel()
+                await asyncio.wait([telling])
             actors.cancel()
     except* Exception as failed:
         error = failed.exceptions[0]
@@ -276,6 +311,37 @@ def build_app(
     app[INGEST] = ingest
     add_routes(app)
     return app
+
+
+def _outputs(
+    settings: Settings,
+    choice: TopologyChoice,
+    system: ActorSystem,
+    address: BrokerAddress,
+    metrics: Metrics,
+) -> Outputs | None:
+    """MQTT out and the capacity alerts' webhooks, as the settings ask; ``None``: neither."""
+    config = ServiceConfig() if settings.config is None else load_config(settings.config)
+    config.check_spaces(choice.topology.spaces, f"--config {settings.config}")
+    mqtt = None
+    if settings.mqtt_out or settings.homeassistant:
+        mqtt = MqttOut(
+            address,
+            choice.topology,
+            client_id=f"{settings.client_id}-out",
+            interval_s=settings.publish_interval,
+            homeassistant=settings.homeassistant,
+        )
+    webhooks = Webhooks(config.webhooks, metrics=metrics) if config.webhooks else None
+    if mqtt is None and webhooks is None:
+        return None
+    log.info(
+        "outputs: mqtt=%s homeassistant=%s webhooks=%d",
+        "on" if mqtt is not None else "off",
+        "on" if settings.homeassistant else "off",
+        len(config.webhooks),
+    )
+    return Outputs(system, system.changes, metrics=metrics, mqtt=mqtt, webhooks=webhooks)
 
 
 def _auth(settings: Settings) -> Auth | None:

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import aiomqtt
+import msgpack
 import pytest
 
 from headcount.domain.timefmt import format_ms, parse_iso
@@ -331,3 +334,57 @@ async def test_broker_alone_over_tls_prints_an_mqtts_url_that_works(tmp_path: Pa
             assert message.payload == b"x"
     finally:
         await stop_serving(process)
+
+
+def test_a_bad_config_file_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    config = tmp_path / "headcount.toml"
+    config.write_text('[[webhooks]]\nurl = "ftp://x/"\nspaces = "*"\nsecret = "0123456789abcdef"\n')
+    line = refusal(
+        serve("--demo", "--config", str(config), "--http-port", str(free_port()),
+              "--mqtt-port", str(free_port()), tmp=tmp_path)
+    )  # fmt: skip
+    assert f"--config {config}" in line
+    assert "is not an http:// or https:// URL" in line
+    assert not (tmp_path / "store.db").exists()
+
+
+async def test_mqtt_out_and_home_assistant_on_the_embedded_broker(tmp_path: Path) -> None:
+    """``serve --homeassistant``: retained states, discovery configs and availability on the
+    service's own broker; a traversal moves the state; a clean stop says offline."""
+    http, mqtt = free_port(), free_port()
+    command = serve("--demo", "--homeassistant", "--publish-interval", "0.2",
+                    "--http-port", str(http), "--mqtt-port", str(mqtt), tmp=tmp_path)  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE)
+    seen: dict[str, list[bytes]] = {}
+
+    async def until(topic: str, n: int = 1) -> list[bytes]:
+        async with asyncio.timeout(30):
+            async for message in watcher.messages:
+                assert isinstance(message.payload, bytes)
+                seen.setdefault(message.topic.value, []).append(message.payload)
+                if len(seen.get(topic, [])) >= n:
+                    return seen[topic]
+        raise AssertionError("the messages ended")
+
+    try:
+        assert await wait_healthy(f"http://127.0.0.1:{http}", process)
+        async with aiomqtt.Client("127.0.0.1", mqtt) as watcher:
+            await watcher.subscribe([("headcount/#", 1), ("homeassistant/#", 1)])
+            await until("headcount/status")
+            config = json.loads((await until("homeassistant/sensor/headcount_A/config"))[0])
+            assert config["state_topic"] == "headcount/spaces/A/state"
+            before = json.loads((await until("headcount/spaces/A/state"))[0])
+            assert set(before) == {"count", "ts", "capacity", "utilization"}
+            now = int(time.time() * 1000)
+            async with aiomqtt.Client("127.0.0.1", mqtt) as dpu:
+                event = {"seq": now, "ts": now, "direction": 1}
+                await dpu.publish("dpus/283/traversals", msgpack.packb(event), qos=1)
+            after = json.loads((await until("headcount/spaces/A/state", 2))[-1])
+            assert after["count"] == before["count"] + 1
+            assert seen["headcount/status"] == [b"online"]
+        log = await stop_serving(process)
+        assert "outputs: mqtt=on homeassistant=on webhooks=0" in log
+        assert "Traceback" not in log
+    finally:
+        if process.returncode is None:
+            await stop_serving(process)

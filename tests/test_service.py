@@ -88,6 +88,66 @@ async def test_a_stop_stops_ingest_first_then_drains_the_actors_and_writes_snaps
     assert log == ["ingest cancelled", "snapshots written, live A=1"]
 
 
+async def test_background_parts_run_beside_ingest_and_stop_with_it(system: ActorSystem) -> None:
+    log: list[str] = []
+    await system.recover()
+    stop = asyncio.Event()
+    background = [("dpu-health", RecordingIngest(log))]
+    parts = asyncio.create_task(
+        run_parts(system, RecordingIngest(log), stop, background=background)
+    )
+    await asyncio.sleep(0)
+    names = {task.get_name() for task in asyncio.all_tasks()}
+    assert {"ingest", "dpu-health", "actors"} <= names
+    stop.set()
+    async with asyncio.timeout(10):
+        await parts
+    assert log == ["ingest cancelled", "ingest cancelled"]
+
+
+class RecordingOutputs:
+    """Outputs that run until cancelled and say what the live count was then."""
+
+    def __init__(self, log: list[str], system: ActorSystem) -> None:
+        self.log = log
+        self.system = system
+
+    async def run(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.log.append(f"outputs cancelled, live A={self.system.live('A').count}")
+            raise
+
+
+async def test_a_stop_cancels_the_outputs_once_the_actors_have_drained(
+    system: ActorSystem,
+) -> None:
+    log: list[str] = []
+    store = system.history.store
+    await system.recover()
+    stop = asyncio.Event()
+    outputs = RecordingOutputs(log, system)
+    parts = asyncio.create_task(run_parts(system, RecordingIngest(log), stop, outputs=outputs))
+    stored = await store.log.append([Traversal("283", 1, NOW - 1000, 1)])
+    await system.route(stored.new)
+    stop.set()
+    async with asyncio.timeout(10):
+        await parts
+    assert log == ["ingest cancelled", "outputs cancelled, live A=1"]
+
+
+def test_a_config_file_that_cannot_be_used_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    config = tmp_path / "headcount.toml"
+    config.write_text('[[webhooks]]\nurl = "https://x/"\nspaces = "*"\nsecret = "short"\n')
+    with pytest.raises(ConfigError, match=f"--config {config}: webhooks\\[0\\]: secret must be"):
+        preflight(settings(config=config))
+    with pytest.raises(ConfigError, match="cannot read it"):
+        preflight(settings(config=tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="--publish-interval 0 must be above 0"):
+        preflight(settings(publish_interval=0))
+
+
 # -- preflight: the HTTP API beyond loopback ----------------------------------------------------
 
 

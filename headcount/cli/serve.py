@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from headcount.argtypes import at_least_one, non_negative
+from headcount.argtypes import at_least_one, non_negative, positive_seconds
 from headcount.cli.common import (
     Commands,
     choose_topology,
@@ -123,7 +123,41 @@ def add_command(commands: Commands) -> None:
         f" {ratelimit.DEFAULT_QUARANTINE_WINDOW_S:g} s; the rest are counted in"
         " headcount_quarantine_suppressed, not stored (default %(default)s)",
     )
+    add_output_flags(cmd)
     cmd.set_defaults(handler=run, log_level=logging.INFO)  # what it does while it runs
+
+
+def add_output_flags(cmd: argparse.ArgumentParser) -> None:
+    """MQTT out, Home Assistant, and the config file's webhooks."""
+    cmd.add_argument(
+        "--mqtt-out",
+        action="store_true",
+        help="publish each space's state, retained, on headcount/spaces/ID/state (JSON count,"
+        " ts, capacity, utilization), capacity alerts on headcount/spaces/ID/alerts, and"
+        " online/offline on headcount/status (the last will), on the service's broker",
+    )
+    cmd.add_argument(
+        "--publish-interval",
+        type=positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --mqtt-out, at most one state per space this often; the last one is"
+        " always sent (default %(default)s)",
+    )
+    cmd.add_argument(
+        "--homeassistant",
+        action="store_true",
+        help="--mqtt-out plus retained Home Assistant MQTT discovery configs"
+        " (homeassistant/sensor/headcount_ID/config): every space appears there by itself",
+    )
+    cmd.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("HEADCOUNT_CONFIG"),
+        metavar="FILE",
+        help="service config file (TOML; env HEADCOUNT_CONFIG): [[webhooks]] with url, spaces"
+        ' (a list, or "*") and secret, POSTed signed capacity alerts',
+    )
 
 
 def ingest_settings(args: argparse.Namespace) -> IngestSettings:
@@ -158,6 +192,10 @@ async def run(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         open_metrics=args.open_metrics,
         insecure_open_api=args.insecure_open_api,
+        mqtt_out=args.mqtt_out,
+        publish_interval=args.publish_interval,
+        homeassistant=args.homeassistant,
+        config=args.config,
     )
     preflight(settings)  # configuration problems are reported before the store is touched
     if args.demo and args.topology is None:

@@ -5,7 +5,7 @@ behind the constructor, and the TOML writer. A :class:`Reader` never raises on b
 records one sentence per problem and hands back ``None`` so that the caller can go on and
 report every other problem in the same file.
 
-Longer than most modules (about 490 lines) on purpose: every sentence a person reads about a
+Longer than most modules (about 530 lines) on purpose: every sentence a person reads about a
 bad topology file is written here, and keeping the readers, the checks and their wording in
 one place keeps those messages uniform.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -201,6 +202,22 @@ class Reader:
         )
         return None
 
+    def fraction(
+        self, table: Mapping[str, Any], key: str, where: str, *, example: float
+    ) -> float | None:
+        """``table[key]`` as a number (an integer or a float, not a boolean)."""
+        if key not in table:
+            return None
+        value = table[key]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        self.problem(
+            where,
+            f"{key} must be a number, got {type_name(value)} {render(value)}; "
+            f"write e.g. {key} = {example} (no quotes)",
+        )
+        return None
+
     def boolean(self, table: Mapping[str, Any], key: str, where: str) -> bool | None:
         """``table[key]`` if it is a boolean."""
         if key not in table:
@@ -329,12 +346,33 @@ def _check_spaces(
             report.problem(
                 where, f"capacity {space.capacity!r} is not an integer >= 0; fix or omit it"
             )
+        _check_alert_at(space, where, report)
     for index, space in spaces:
         if space.parent is not None and space.parent not in by_id:
             text = _unknown("parent", space.parent, by_id, "[[spaces]]")
             report.problem(_space_label(index, space), f"{text}, or remove parent")
     _check_cycles(by_id, report)
     return by_id
+
+
+#: The largest ``alert_at``: an alert at ten times a space's capacity is surely a typo.
+ALERT_AT_MAX = 10.0
+
+
+def _check_alert_at(space: Space, where: str, report: Reader) -> None:
+    alert_at = space.alert_at
+    if alert_at is None:
+        return
+    if not (math.isfinite(alert_at) and 0 < alert_at <= ALERT_AT_MAX):
+        report.problem(
+            where,
+            f"alert_at {alert_at!r} is not a fraction of capacity above 0 and at most"
+            f" {ALERT_AT_MAX:g}; write e.g. alert_at = 0.9 (alert at 90 % of capacity)",
+        )
+    elif space.capacity is None:
+        report.problem(
+            where, "alert_at is a fraction of capacity, and the space has none; add capacity"
+        )
 
 
 def _check_doorways(
@@ -467,6 +505,8 @@ def write_toml(
             lines.append(f'daily_reset = "{space.daily_reset.strftime("%H:%M")}"')
         if space.capacity is not None:
             lines.append(f"capacity = {space.capacity}")
+        if space.alert_at is not None:
+            lines.append(f"alert_at = {space.alert_at!r}")
         if space.allow_negative:
             lines.append("allow_negative = true")
         blocks.append(lines)

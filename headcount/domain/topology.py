@@ -25,7 +25,16 @@ if TYPE_CHECKING:
 Placement = Literal[1, -1]
 _Entry = TypeVar("_Entry")
 
-_SPACE_KEYS = ("id", "name", "parent", "time_zone", "daily_reset", "capacity", "allow_negative")
+_SPACE_KEYS = (
+    "id",
+    "name",
+    "parent",
+    "time_zone",
+    "daily_reset",
+    "capacity",
+    "alert_at",
+    "allow_negative",
+)
 _DOORWAY_KEYS = ("id", "name", "links")
 _LINK_KEYS = ("space", "sensor_placement")
 _ASSIGNMENT_KEYS = ("dpu", "doorway", "valid_from", "valid_until")
@@ -35,7 +44,9 @@ _FINGERPRINT_VERSION = "headcount.topology.fingerprint/1"
 
 @dataclass(frozen=True, slots=True)
 class Space:
-    """An area whose occupancy is counted. ``daily_reset`` is local wall-clock time."""
+    """An area whose occupancy is counted. ``daily_reset`` is local wall-clock time.
+    ``alert_at`` is the fraction of ``capacity`` at which a capacity alert fires (``None``:
+    at ``capacity`` itself); it decides no count."""
 
     id: str
     name: str
@@ -44,6 +55,7 @@ class Space:
     daily_reset: datetime.time | None = None
     capacity: int | None = None
     allow_negative: bool = False
+    alert_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +387,7 @@ def _read_space(report: Reader, index: int, entry: Mapping[str, Any]) -> Space |
         daily_reset=report.time_of_day(entry, "daily_reset", where),
         capacity=capacity,
         allow_negative=report.boolean(entry, "allow_negative", where) or False,
+        alert_at=report.fraction(entry, "alert_at", where, example=0.9),
     )
 
 

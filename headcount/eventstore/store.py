@@ -6,7 +6,8 @@
 - :attr:`EventStore.replays` replay generations (``eventstore.replays``);
 - :attr:`EventStore.topologies` the topology documents used (``eventstore.topologies``);
 - :attr:`EventStore.quarantine` refused input with its reason (``eventstore.quarantine``);
-- :attr:`EventStore.answers` past answers' reads in one statement (``eventstore.answers``).
+- :attr:`EventStore.answers` past answers' reads in one statement (``eventstore.answers``);
+- :attr:`EventStore.sensors` what the log says of the DPUs' health (``eventstore.sensors``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from headcount.eventstore.engine import DEFAULT_URL, create_engine
 from headcount.eventstore.log import EventLog
 from headcount.eventstore.quarantine import Quarantine
 from headcount.eventstore.replays import Replays
+from headcount.eventstore.sensors import SensorReads
 from headcount.eventstore.snapshots import Snapshots
 from headcount.eventstore.topologies import Topologies
 
@@ -40,6 +42,7 @@ class EventStore:
         self.topologies = Topologies(engine, clock=clock)
         self.quarantine = Quarantine(engine, clock=clock)
         self.answers = Answers(engine)
+        self.sensors = SensorReads(engine)
 
     @classmethod
     async def open(

@@ -13,7 +13,7 @@ from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
-from headcount.http import live, models
+from headcount.http import dpu_health, live, models
 from headcount.http.api import Routes, answer, parse_query
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
@@ -47,6 +47,14 @@ async def _watch_gauges(app: web.Application) -> None:
     gauges, actors, dpus = app[METRICS], app[ACTORS], app[DPUS]
     gauges.watch(gauges.mailbox_depth, actors.mailbox_depth)
     gauges.watch(gauges.dpus_online, dpus.online_count)
+    topology = actors.topology
+    gauges.dpu_last_heard.set_function(
+        lambda: (
+            (s.dpu_id, s.last_seen / 1000)
+            for s in list(dpus.statuses())
+            if s.last_seen is not None and topology.knows_dpu(s.dpu_id)
+        )
+    )
 
 
 # -- counts --------------------------------------------------------------------------------
@@ -305,4 +313,4 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 #: Every route table the service serves, the core's first; a feature adds its own here.
-TABLES: list[Routes] = [routes, live.routes]
+TABLES: list[Routes] = [routes, dpu_health.routes, live.routes]

@@ -8,7 +8,7 @@ themselves are returned once, to be printed, and kept only as hashes:
 - ``amqtt-acl.yaml``: the embedded broker's topic ACL, who may publish and subscribe where;
 - ``mosquitto.passwd``: ``user:$7$...`` lines, Mosquitto 2's PBKDF2-SHA512 format;
 - ``mosquitto.acl``: ``pattern write dpus/%u/#``: a DPU publishes only under its own id; the
-  service reads ``dpus/#`` and writes ``headcount/#``;
+  service reads ``dpus/#`` and writes ``headcount/#`` and ``homeassistant/#``;
 - ``mosquitto.conf``: the lines to add to a Mosquitto configuration (no anonymous clients,
   those two files, and the client id rule that keeps the service's session its own);
 - ``service.password`` (mode 0600): the service account's password, which the service reads.
@@ -61,9 +61,11 @@ MOSQUITTO_ACL: Final = "mosquitto.acl"
 MOSQUITTO_CONF: Final = "mosquitto.conf"
 SERVICE_PASSWORD: Final = "service.password"
 
-#: What the service may do: read every DPU topic, publish under ``headcount/``.
+#: What the service may do: read every DPU topic, publish under ``headcount/`` (MQTT out)
+#: and ``homeassistant/`` (Home Assistant's discovery configs).
 SERVICE_SUBSCRIBE: Final = "dpus/#"
 SERVICE_PUBLISH: Final = "headcount/#"
+SERVICE_DISCOVERY: Final = "homeassistant/#"
 #: Mosquitto 2's ``mosquitto_passwd`` defaults: PBKDF2-SHA512, 101 rounds, 12-byte salt.
 _PBKDF2_ROUNDS: Final = 101
 _SALT_BYTES: Final = 12
@@ -223,7 +225,7 @@ def _passwd_text(hashes: Mapping[str, str], accounts: list[str]) -> str:
 def _amqtt_acl_text(dpus: list[str]) -> str:
     acl = {
         "publish_acl": {
-            SERVICE_USERNAME: [SERVICE_PUBLISH],
+            SERVICE_USERNAME: [SERVICE_PUBLISH, SERVICE_DISCOVERY],
             **{dpu: [f"dpus/{dpu}/#"] for dpu in dpus},
         },
         "subscribe_acl": {SERVICE_USERNAME: [SERVICE_SUBSCRIBE]},
@@ -231,7 +233,8 @@ def _amqtt_acl_text(dpus: list[str]) -> str:
     header = (
         "# Written by 'headcount dpus credentials': the embedded broker's topic ACL.\n"
         "# A DPU publishes only under dpus/ITS_ID/ and subscribes to nothing; the service\n"
-        "# subscribes to dpus/# and publishes under headcount/. Anonymous clients: nothing.\n"
+        "# subscribes to dpus/# and publishes under headcount/ and homeassistant/.\n"
+        "# Anonymous clients: nothing.\n"
     )
     body: str = yaml.safe_dump(acl, sort_keys=True, default_flow_style=False)
     return header + body
@@ -242,10 +245,12 @@ _MOSQUITTO_ACL_TEXT: Final = f"""\
 # only under its own id (traversals, status and its last will), and read nothing.
 pattern write dpus/%u/#
 
-# The headcount service reads every DPU topic and publishes under headcount/.
+# The headcount service reads every DPU topic and publishes under headcount/ and, for Home
+# Assistant's discovery, homeassistant/.
 user {SERVICE_USERNAME}
 topic read {SERVICE_SUBSCRIBE}
 topic write {SERVICE_PUBLISH}
+topic write {SERVICE_DISCOVERY}
 """
 
 

@@ -3,6 +3,7 @@ how its delivery report compares with the store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 
@@ -59,6 +60,10 @@ class DpuRegistry:
 
     def set_delivery(self, dpu_id: str, delivery: Delivery) -> None:
         self._status[dpu_id] = replace(self.get(dpu_id), delivery=delivery)
+
+    def statuses(self) -> Iterable[DpuStatus]:
+        """Every DPU heard from, in no particular order."""
+        return self._status.values()
 
     def online_count(self) -> int:
         return sum(1 for s in self._status.values() if s.online)

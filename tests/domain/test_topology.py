@@ -90,6 +90,16 @@ def test_space_lookup_and_children() -> None:
             lookup("cellar")
 
 
+def test_alert_at_is_read_and_written_back() -> None:
+    topology = Topology.from_toml(
+        '[[spaces]]\nid = "A"\nname = "A"\ncapacity = 40\nalert_at = 0.75\n'
+        '[[spaces]]\nid = "B"\nname = "B"\ncapacity = 40\nalert_at = 1\n'
+    )
+    assert topology.space("A").alert_at == 0.75
+    assert topology.space("B").alert_at == 1.0
+    assert Topology.from_toml(topology.to_toml()) == topology
+
+
 def test_empty_file_is_an_empty_topology() -> None:
     topology = Topology.from_toml("")
     assert dict(topology.spaces) == {}
@@ -248,6 +258,26 @@ INVALID = [
         '[[spaces]]\nid = "A"\nname = "A"\nallow_negative = "yes"\n',
         ["allow_negative must be true or false", 'got a string "yes"'],
         id="allow-negative-string",
+    ),
+    pytest.param(
+        '[[spaces]]\nid = "A"\nname = "A"\ncapacity = 10\nalert_at = "90%"\n',
+        ["alert_at must be a number", 'got a string "90%"', "alert_at = 0.9"],
+        id="alert-at-string",
+    ),
+    pytest.param(
+        '[[spaces]]\nid = "A"\nname = "A"\ncapacity = 10\nalert_at = 0\n',
+        ["alert_at 0.0 is not a fraction of capacity above 0 and at most 10"],
+        id="alert-at-zero",
+    ),
+    pytest.param(
+        '[[spaces]]\nid = "A"\nname = "A"\ncapacity = 10\nalert_at = nan\n',
+        ["alert_at nan is not a fraction of capacity"],
+        id="alert-at-nan",
+    ),
+    pytest.param(
+        '[[spaces]]\nid = "A"\nname = "A"\nalert_at = 0.9\n',
+        ['spaces[0] (id "A")', "alert_at is a fraction of capacity", "add capacity"],
+        id="alert-at-without-capacity",
     ),
     pytest.param(
         '[[spaces]]\nid = 7\nname = "A"\n',
@@ -554,10 +584,15 @@ def _link_y_to_b_and_a(data: dict[str, Any]) -> None:
     data["doorways"][1]["links"].append({"space": "A", "sensor_placement": -1})
 
 
+def _capacity_alert_at(data: dict[str, Any]) -> None:
+    data["spaces"][0].update(capacity=20, alert_at=0.5)
+
+
 FINGERPRINT_CASES = [
     pytest.param(_set(("spaces", 0, "name"), "Renamed"), False, id="name"),
     pytest.param(_set(("spaces", 0, "parent"), "P"), False, id="parent"),
     pytest.param(_set(("spaces", 0, "capacity"), 10), False, id="capacity"),
+    pytest.param(_capacity_alert_at, False, id="capacity-alert-at"),
     pytest.param(_set(("spaces", 1, "daily_reset"), "03:00"), False, id="other-space"),
     pytest.param(_set(("doorways", 0, "name"), "Front"), False, id="doorway-name"),
     pytest.param(_set(("doorways", 1, "links", 0, "sensor_placement"), -1), False, id="other-door"),

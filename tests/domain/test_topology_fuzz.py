@@ -39,7 +39,16 @@ values = st.sampled_from(
     ]
 )  # fmt: skip
 KEYS: Final = {
-    "spaces": ["id", "name", "parent", "time_zone", "daily_reset", "capacity", "allow_negative"],
+    "spaces": [
+        "id",
+        "name",
+        "parent",
+        "time_zone",
+        "daily_reset",
+        "capacity",
+        "alert_at",
+        "allow_negative",
+    ],
     "doorways": ["id", "name", "links"],
     "assignments": ["dpu", "doorway", "valid_from", "valid_until"],
 }

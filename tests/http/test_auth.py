@@ -32,6 +32,7 @@ URLS = {
     "/spaces/{space_id}/count": "/spaces/A/count?ts=2023-11-14T22:00:00Z",
     "/dpus": "/dpus",
     "/dpus/{dpu_id}": "/dpus/283",
+    "/dpus/{dpu_id}/health": "/dpus/283/health",
     "/healthz": "/healthz",
     "/metrics": "/metrics",
     "/openapi.json": "/openapi.json",

@@ -212,6 +212,8 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         ("/dpus", "/dpus", 200),
         ("/dpus/{dpu_id}", "/dpus/283", 200),
         ("/dpus/{dpu_id}", "/dpus/999", 404),
+        ("/dpus/{dpu_id}/health", "/dpus/283/health", 200),
+        ("/dpus/{dpu_id}/health", "/dpus/999/health", 404),
         ("/healthz", "/healthz", 200),
     ],
     ids=[
@@ -227,6 +229,8 @@ async def test_served_document(client: TestClient[web.Request, web.Application])
         "dpus",
         "dpu",
         "dpu-404",
+        "dpu-health",
+        "dpu-health-404",
         "healthz",
     ],
 )

@@ -29,7 +29,7 @@ from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
 from tests.fuzzing import fuzz
 
-#: Generated cases per operation (9 operations: the document's but the live push's two).
+#: Generated cases per operation (every operation of the document but the live push's two).
 CASES_PER_OPERATION: Final = 20
 #: The routes open without a token.
 OPEN_PATHS: Final = frozenset({"/healthz"})
@@ -131,6 +131,7 @@ SEED_REQUESTS: Final = [
         ("/spaces/{space_id}/count", {"space_id": "B"}),
         ("/spaces/{space_id}", {"space_id": "A"}),
         ("/dpus/{dpu_id}", {"dpu_id": "423"}),
+        ("/dpus/{dpu_id}/health", {"dpu_id": "283"}),
     ]
     for query in [{}, {"ts": "2018-02-27T00:00:00Z"}, {"ts": "2018-02-26T09:00:00+01:00"}]
     if "count" in path or not query

@@ -57,7 +57,7 @@ def test_issue_writes_every_file_with_a_password_per_account(tmp_path: Path) -> 
     assert acl["publish_acl"] == {
         "283": ["dpus/283/#"],
         "423": ["dpus/423/#"],
-        SERVICE_USERNAME: ["headcount/#"],
+        SERVICE_USERNAME: ["headcount/#", "homeassistant/#"],
     }
     assert acl["subscribe_acl"] == {SERVICE_USERNAME: ["dpus/#"]}
     assert "pattern write dpus/%u/#" in (auth / "mosquitto.acl").read_text()

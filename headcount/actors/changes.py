@@ -6,9 +6,10 @@ SSE push, MQTT state publishing, webhooks) each hold a :class:`Subscription`: a 
 Publishing never waits and never fails: a subscriber whose queue is full is closed with
 ``overflowed`` set, so a slow consumer loses its subscription, never the actors' time.
 
-No coalescing: one change per event that changed the state, except that events too late to
-place in memory (folded from the store) give one ``correction`` after the reload. The last
-change published for a space always equals its live state.
+Coalesced by batch: an actor folds the events that arrived together (one group commit's worth
+for its space) and then publishes one change, its live state after them all; so a change may
+stand for several events (entrances and exits say how many), and the last change published
+for a space always equals its live state. At low rates that is one change per event.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ class Cause(StrEnum):
     TRAVERSAL = "traversal"  # an event folded on top of the newest
     RESET = "reset"  # a manual reset (late or not)
     DAILY_RESET = "daily_reset"  # the space's daily reset instant passed
-    CORRECTION = "correction"  # a late event, refolded in memory or reloaded from the store
+    #: A late event (refolded in memory or reloaded from the store), or the state an actor
+    #: restarted with after a crash.
+    CORRECTION = "correction"
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A space's live state right after a change: ``ts`` (ms) is the time of the event that
-    made it (the reset instant for a daily reset; for a correction reloaded from the store,
-    the newest event the space has)."""
+    """A space's live state right after a change: ``ts`` (ms) is the time of the newest event
+    the state holds (the reset instant for a daily reset). ``cause`` of a change made of
+    several events: ``correction`` if any was late, else ``reset`` if any was a reset."""
 
     space_id: str
     ts: int

@@ -118,7 +118,9 @@ class SpaceActor:
     async def recover(self) -> None:
         """Rebuild the live state from the store: the state at the checkpoint (snapshot +
         log), then every event after it. Events still in the mailbox that the store already
-        holds are recognised as duplicates when they are applied."""
+        holds are recognised as duplicates when they are applied. After a restart the state
+        recovered is published (a ``correction``): the events of a crashed drain were not."""
+        restarting = self._live is not None
         view = SpaceView.of(self.history.topology, self.space_id)
         newest = await self.history.store.log.newest_ts(s.dpu_id for s in view.sources)
         checkpoint = self.checkpoint_for(newest)
@@ -130,6 +132,8 @@ class SpaceActor:
             )
         ]
         self.restore(settled, checkpoint, recent)
+        if restarting and self._live is not None:
+            self._publish(self._live, self._live.state.as_of, Cause.CORRECTION)
 
     def restore(self, settled: SpaceState, checkpoint: int, recent: list[SpaceEvent]) -> None:
         """Start from a recovered state: ``settled`` at ``checkpoint``, ``recent`` after it."""
@@ -142,17 +146,26 @@ class SpaceActor:
     async def run(self) -> None:
         """Apply events from the mailbox until cancelled. Events too late to place in memory
         are in the store already: one reload from the store serves all of those that arrived
-        together (a DPU's backlog), once the mailbox is empty."""
+        together (a DPU's backlog), once the mailbox is empty. The events taken together
+        make one change on the feed (see :meth:`_publish`)."""
         live = self._live
         if live is None:
             raise RuntimeError("recover() before run()")
         while True:
             event = await self.mailbox.get()
             try:
-                reload = self._apply(live, event)
+                # Nothing awaits until the mailbox is empty: nobody can subscribe meanwhile.
+                listened = self._changes is not None and self._changes.wants(self.space_id)
+                outcome = self._apply(live, event)
+                reload = outcome is Applied.TOO_LATE
+                cause = _cause(None, event, outcome) if listened else None
                 while not self.mailbox.empty():
                     try:
-                        reload = self._apply(live, self.mailbox.get_nowait()) or reload
+                        event = self.mailbox.get_nowait()
+                        outcome = self._apply(live, event)
+                        reload = reload or outcome is Applied.TOO_LATE
+                        if listened:
+                            cause = _cause(cause, event, outcome)
                     finally:
                         self.mailbox.task_done()
                 if reload:
@@ -161,13 +174,15 @@ class SpaceActor:
                     before = live.state
                     live.reload(settled)
                     if _figures(before) != _figures(live.state):
-                        self._publish(live, live.state.as_of, Cause.CORRECTION)
+                        cause = Cause.CORRECTION
+                if cause is not None:
+                    self._publish(live, live.state.as_of, cause)
                 self._mark_folded(self._told - self.mailbox.qsize())
             finally:
                 self.mailbox.task_done()
 
-    def _apply(self, live: LiveSpace, event: SpaceEvent) -> bool:
-        """Fold one event; True when the checkpoint must be reloaded from the store."""
+    def _apply(self, live: LiveSpace, event: SpaceEvent) -> Applied:
+        """Fold one event; ``TOO_LATE`` when the checkpoint must be reloaded from the store."""
         outcome = live.apply(event)
         if outcome in (Applied.TOO_LATE, Applied.REFOLDED):
             self.late_events += 1
@@ -178,19 +193,12 @@ class SpaceActor:
             live.settle(newest - self.window_ms)
         if outcome is not Applied.DUPLICATE and self._on_applied is not None:
             self._on_applied(self.space_id, 1)
-        if outcome is Applied.APPENDED or outcome is Applied.REFOLDED:
-            # Every delta changes entrances or exits; a reset is published even when it sets
-            # the count it had (whoever made it may wait for it).
-            if isinstance(event, Reset):
-                self._publish(live, event.ts, Cause.RESET)
-            elif outcome is Applied.APPENDED:
-                self._publish(live, event.ts, Cause.TRAVERSAL)
-            else:
-                self._publish(live, event.ts, Cause.CORRECTION)
-        return outcome is Applied.TOO_LATE
+        return outcome
 
     def _publish(self, live: LiveSpace, ts: int | None, cause: Cause) -> None:
-        """Tell the change feed the live state, when anyone listens to this space."""
+        """Tell the change feed the live state, when anyone listens to this space: once per
+        mailbox drain (the events that arrived together), so under load a subscriber gets
+        one change per batch and space, never a stale last one."""
         changes = self._changes
         if changes is None or not changes.wants(self.space_id):
             return
@@ -203,6 +211,22 @@ class SpaceActor:
         """Publish the live state as it is now (a daily reset passed, say), if recovered."""
         if self._live is not None:
             self._publish(self._live, ts, cause)
+
+
+_RANK = {None: 0, Cause.TRAVERSAL: 1, Cause.RESET: 2, Cause.CORRECTION: 3}
+
+
+def _cause(so_far: Cause | None, event: SpaceEvent, outcome: Applied) -> Cause | None:
+    """The cause of a change made of several events: a late one makes it a correction, else a
+    reset a reset. Every delta folded changes entrances or exits; a reset is published even
+    when it sets the count it had (whoever made it may wait for it)."""
+    if outcome is Applied.APPENDED:
+        cause = Cause.RESET if isinstance(event, Reset) else Cause.TRAVERSAL
+    elif outcome is Applied.REFOLDED:
+        cause = Cause.CORRECTION
+    else:  # a duplicate changes nothing; a late one is judged after the reload
+        return so_far
+    return cause if _RANK[cause] > _RANK[so_far] else so_far
 
 
 def _figures(state: SpaceState) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
-from headcount.http import dpu_health, events, models, series
+from headcount.http import dpu_health, events, live, models, series
 from headcount.http.api import Routes, answer, parse_query
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
@@ -38,6 +38,7 @@ def add_routes(app: web.Application) -> None:
     read the actors and the DPU registry."""
     app.middlewares.extend([json_errors, limit_query, require_token])
     app.on_startup.append(_watch_gauges)
+    live.setup(app)
     for table in TABLES:
         app.add_routes(table.defs)
 
@@ -312,4 +313,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 #: Every route table the service serves, the core's first; a feature adds its own here.
-TABLES: list[Routes] = [routes, dpu_health.routes, events.routes, series.routes]
+TABLES: list[Routes] = [
+    routes,
+    dpu_health.routes,
+    events.routes,
+    series.routes,
+    live.routes,
+]

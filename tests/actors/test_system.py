@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from headcount.actors import ActorSystem, RestartBudget, SupervisorError
+from headcount.actors import ActorSystem, Applied, RestartBudget, SupervisorError
 from headcount.actors import system as system_module
 from headcount.actors.space import SpaceActor
 from headcount.domain.events import Reset, SpaceEvent, Traversal
@@ -127,12 +127,12 @@ async def test_unknown_space_is_refused(store: EventStore, seed: Topology) -> No
         ActorSystem(History(store, seed), space_ids=["nowhere"])
 
 
-def crash_once(actor: SpaceActor) -> Callable[[object, SpaceEvent], bool]:
+def crash_once(actor: SpaceActor) -> Callable[[object, SpaceEvent], Applied]:
     """The actor's ``_apply``, crashing on the first event it is given and normal after."""
     original = actor._apply
     crashes = 1
 
-    def apply(live: object, event: SpaceEvent) -> bool:
+    def apply(live: object, event: SpaceEvent) -> Applied:
         nonlocal crashes
         if crashes:
             crashes -= 1

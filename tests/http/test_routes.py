@@ -22,7 +22,17 @@ from headcount.errors import StoreDataError, StoreError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.http.errors import STORE_DOWN
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, RESETS, STORE
+from headcount.http.keys import (
+    ACTORS,
+    CHANGES,
+    CLOCK,
+    DPUS,
+    HISTORY,
+    INGEST,
+    METRICS,
+    RESETS,
+    STORE,
+)
 from headcount.http.routes import add_routes
 from headcount.ingest import wire
 from headcount.ingest.dpus import Delivery, DpuRegistry
@@ -97,6 +107,7 @@ def service_app(
         app[HISTORY] = history
         app[ACTORS] = system
         app[RESETS] = system
+        app[CHANGES] = system.changes
         app[SYSTEM] = system
         app[CLOCK] = clock
         app[DPUS] = DpuRegistry()

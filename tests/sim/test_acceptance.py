@@ -73,9 +73,10 @@ async def planned_and_run(
     broker_url: str,
     names: MqttNames,
     *extra: str,
+    service_class: type[Service] = Service,
 ) -> AsyncIterator[tuple[Simulated, Service, Topology, Truth]]:
-    """Plan with --dry-run, start the service on the planned topology, run the simulation
-    for real; the service runs until the block ends."""
+    """Plan with --dry-run, start the service (a ``service_class``) on the planned topology,
+    run the simulation for real; the service runs until the block ends."""
     (tmp_path / "hq.toml").write_text(headquarters(prefix=f"{names.token}-"))
     args: list[str | Path] = [
         "--topology", tmp_path / "hq.toml",
@@ -92,7 +93,7 @@ async def planned_and_run(
     async with contextlib.AsyncExitStack() as stack:
         dpu_ids = Topology.from_toml(written["simulated.toml"]).dpu_ids()
         stack.push_async_callback(forget_status, broker_url, dpu_ids)
-        service = Service(tmp_path, topology, broker_url, names.client_id("service"))
+        service = service_class(tmp_path, topology, broker_url, names.client_id("service"))
         await stack.enter_async_context(service)
         ran = await simulate(capsys, *args)
         assert ran.code == 0, ran.err

@@ -8,7 +8,7 @@ reset, dpu_id, seq), duplicates count once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -203,6 +203,48 @@ async def _wipe(store: EventStore) -> None:
             await conn.execute(delete(table))
 
 
+@dataclass
+class Played:
+    """A scenario's steps done so far: the topology now (a flip mounts D3 the other way round)
+    and the traversals and resets stored."""
+
+    scenario: Scenario
+    placement: int = 1
+    stored: set[Traversal] = field(default_factory=set)
+    stored_resets: set[Reset] = field(default_factory=set)
+
+    @property
+    def topo(self) -> Topology:
+        return topology(self.scenario.move_at, self.scenario.d3_from, self.placement)
+
+    async def step(self, store: EventStore, kind: str, arg: object, *, now: int) -> bool:
+        """Do a step that changes the store or the topology; False for a query step, which is
+        the test's own."""
+        if kind == "append":
+            assert isinstance(arg, list)
+            batch = [e for e in arg if isinstance(e, Traversal)]
+            await store.log.append(batch)
+            self.stored.update(batch)
+            for reset in (e for e in arg if isinstance(e, Reset)):
+                await store.log.append_reset(reset)
+                self.stored_resets.add(reset)
+        elif kind == "snapshot":
+            assert isinstance(arg, int)
+            history = History(store, self.topo, snapshot_every=arg, snapshot_lag_ms=0)
+            await history.refresh_snapshots(now=now)
+        elif kind == "replay":
+            assert isinstance(arg, tuple)
+            every, from_ts = arg
+            replay = Replay(store, self.topo, snapshot_every=every, snapshot_lag_ms=0)
+            await replay.run(from_ts=from_ts)
+            event("replayed from the start" if from_ts is None else "replayed from a time")
+        elif kind == "flip":
+            self.placement = -self.placement
+        else:
+            return False
+        return True
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -211,45 +253,22 @@ async def _wipe(store: EventStore) -> None:
 @given(scenario=scenarios())
 async def test_count_at_equals_reference_fold(store: EventStore, scenario: Scenario) -> None:
     await _wipe(store)
-    placement = 1
-    topo = topology(scenario.move_at, scenario.d3_from, placement)
-    stored: set[Traversal] = set()
-    stored_resets: set[Reset] = set()
+    played = Played(scenario)
     now = T0 + 10 * SLOTS * SLOT
 
     async def check(space_id: str, ts: int) -> None:
-        got = await History(store, topo).count_at(space_id, ts)
-        expected = reference_count(topo, stored, stored_resets, space_id, ts)
+        got = await History(store, played.topo).count_at(space_id, ts)
+        expected = reference_count(played.topo, played.stored, played.stored_resets, space_id, ts)
         assert got.count == expected, (space_id, ts)
         event("answered from a snapshot" if got.snapshot is not None else "folded from the start")
 
     for kind, arg in scenario.steps:
-        if kind == "append":
-            assert isinstance(arg, list)
-            batch = [e for e in arg if isinstance(e, Traversal)]
-            await store.log.append(batch)
-            stored.update(batch)
-            for reset in (e for e in arg if isinstance(e, Reset)):
-                await store.log.append_reset(reset)
-                stored_resets.add(reset)
-        elif kind == "snapshot":
-            assert isinstance(arg, int)
-            history = History(store, topo, snapshot_every=arg, snapshot_lag_ms=0)
-            await history.refresh_snapshots(now=now)
-        elif kind == "replay":
-            assert isinstance(arg, tuple)
-            every, from_ts = arg
-            replay = Replay(store, topo, snapshot_every=every, snapshot_lag_ms=0)
-            await replay.run(from_ts=from_ts)
-            event("replayed from the start" if from_ts is None else "replayed from a time")
-        elif kind == "flip":
-            placement = -placement
-            topo = topology(scenario.move_at, scenario.d3_from, placement)
-        else:
+        if not await played.step(store, kind, arg, now=now):
             assert isinstance(arg, tuple)
             await check(*arg)
     for space_id, ts in scenario.final_queries:
         await check(space_id, ts)
+    topo, stored, stored_resets = played.topo, played.stored, played.stored_resets
 
     # A replay's pass agrees with the reference, and so does every snapshot answers may use.
     times = sorted({ts for _, ts in scenario.final_queries})
@@ -326,22 +345,10 @@ async def test_series_equals_reference_fold(
     """Buckets across the 2026-03-08 change in New York, paged, from snapshots written as the
     events arrive (late ones and duplicates among them), equal the reference's."""
     await _wipe(store)
-    topo = topology(scenario.move_at, scenario.d3_from, 1)
-    stored: set[Traversal] = set()
-    stored_resets: set[Reset] = set()
+    played = Played(scenario)
     for kind, arg in scenario.steps:
-        if kind == "append":
-            assert isinstance(arg, list)
-            batch = [e for e in arg if isinstance(e, Traversal)]
-            await store.log.append(batch)
-            stored.update(batch)
-            for reset in (e for e in arg if isinstance(e, Reset)):
-                await store.log.append_reset(reset)
-                stored_resets.add(reset)
-        elif kind == "snapshot":
-            assert isinstance(arg, int)
-            history = History(store, topo, snapshot_every=arg, snapshot_lag_ms=0)
-            await history.refresh_snapshots(now=T0 + 10 * SLOTS * SLOT)
+        await played.step(store, kind, arg, now=T0 + 10 * SLOTS * SLOT)
+    topo, stored, stored_resets = played.topo, played.stored, played.stored_resets
     start, length, interval, time_zone, page_size, every = window
     history = History(store, topo)
     if every:

@@ -19,18 +19,17 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.history import History
-from headcount.history.replay import Replay
 from headcount.history.timeline import Key, events_page, resets_between
 from tests.history.test_counts_property import (
     SLOT,
     SLOTS,
     SPACES,
     T0,
+    Played,
     Scenario,
     _daily_resets,
     _wipe,
     scenarios,
-    topology,
 )
 
 #: (ts, kind, dpu_id, seq, doorway, direction, delta, count_after), as the API lists an event.
@@ -165,11 +164,8 @@ async def test_pages_and_resets_equal_the_reference(
     descending: bool,
 ) -> None:
     await _wipe(store)
-    placement = 1
-    topo = topology(scenario.move_at, scenario.d3_from, placement)
+    played = Played(scenario)
     window = (bounds[0], bounds[1])
-    stored: set[Traversal] = set()
-    stored_resets: set[Reset] = set()
     now = T0 + 10 * SLOTS * SLOT
     listing = Listing(space_id, window, size, descending, [])
 
@@ -177,11 +173,13 @@ async def test_pages_and_resets_equal_the_reference(
         """One more page of the listing, checked against the log as it is now."""
         if listing.done:
             return
-        expected = reference_events(topo, stored, stored_resets, space_id, *window)
+        expected = reference_events(
+            played.topo, played.stored, played.stored_resets, space_id, *window
+        )
         if listing.at_start is None:
             listing.at_start = {_key(e) for e in expected}
         got, listing.beyond = await _page(
-            store, topo, space_id, window, size, descending, listing.beyond
+            store, played.topo, space_id, window, size, descending, listing.beyond
         )
         by_key = {_key(e): e for e in expected}
         assert [by_key.get(_key(e)) for e in got] == got  # count_after as the log is now
@@ -189,29 +187,11 @@ async def test_pages_and_resets_equal_the_reference(
         listing.done = listing.beyond is None
 
     for kind, arg in scenario.steps:
-        if kind == "append":
-            assert isinstance(arg, list)
-            batch = [e for e in arg if isinstance(e, Traversal)]
-            await store.log.append(batch)
-            stored.update(batch)
-            for reset in (e for e in arg if isinstance(e, Reset)):
-                await store.log.append_reset(reset)
-                stored_resets.add(reset)
-        elif kind == "snapshot":
-            assert isinstance(arg, int)
-            history = History(store, topo, snapshot_every=arg, snapshot_lag_ms=0)
-            await history.refresh_snapshots(now=now)
-        elif kind == "replay":
-            assert isinstance(arg, tuple)
-            replay = Replay(store, topo, snapshot_every=arg[0], snapshot_lag_ms=0)
-            await replay.run(from_ts=arg[1])
-        elif kind == "flip":
-            placement = -placement
-            topo = topology(scenario.move_at, scenario.d3_from, placement)
-        else:
+        if not await played.step(store, kind, arg, now=now):
             await next_page()
     while not listing.done:
         await next_page()
+    topo, stored, stored_resets = played.topo, played.stored, played.stored_resets
 
     # The listing that ran beside the appends: in order, nothing twice, nothing skipped.
     keys = [_key(e) for e in listing.seen]

@@ -7,7 +7,7 @@ each against two others asked interleaved on the same store in the same run:
 - the limit: a plain scan of the window's rows through the bare driver (``sqlite3`` /
   asyncpg), in fold order, each row read (goal: the series within 2x of it for the day).
 
-    python bench/counts.py [--events N] [--rounds N] [--backend sqlite|postgresql ...]
+    python bench/counts.py [--quick] [--events N] [--rounds N] [--backend sqlite|postgresql ...]
 
 The figures: each one's median over its rounds, and per round the ratios (point queries over
 the series, the series over the scan), as the median with the spread of the rounds. Every
@@ -167,8 +167,11 @@ async def run(backends: list[str], events: int, rounds: int) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=10_000_000, help="the store's events")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
+    parser.add_argument(
+        "--events", type=int, help="the store's events (default 10,000,000; 100,000 quick)"
+    )
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; 2 quick)")
     parser.add_argument(
         "--backend",
         action="append",
@@ -176,7 +179,9 @@ async def main() -> None:
         help="repeat for both (default: both)",
     )
     args = parser.parse_args()
-    await run(args.backend or ["sqlite", "postgresql"], args.events, args.rounds)
+    events = args.events or (100_000 if args.quick else 10_000_000)
+    rounds = args.rounds or (2 if args.quick else 5)
+    await run(args.backend or ["sqlite", "postgresql"], events, rounds)
 
 
 if __name__ == "__main__":

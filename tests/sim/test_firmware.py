@@ -43,6 +43,12 @@ def a_day_in(seconds: float) -> Speed:
     return Speed(TUESDAY, DAY / 1000 / seconds)
 
 
+def gateways(names: MqttNames) -> str:
+    """The client id prefix of this test's connections: runs sharing a broker never take
+    each other's connections."""
+    return f"headcount-test-{names.token}-gw"
+
+
 def schedule_for(names: MqttNames, faults: Faults | None = None, people: int = 40) -> Schedule:
     """A day of a small synthetic site whose DPU ids are this test's own."""
     toml = synthetic_topology(4, 5, dpu_prefix=f"{names.token}-").to_toml()
@@ -185,7 +191,13 @@ async def test_every_event_once_in_sequence_order_with_status_online_then_offlin
     schedule = schedule_for(mqtt_names)
     async with watching(broker_url, schedule.dpu_ids) as seen:
         stats = await run_firmware(
-            schedule, anonymous(broker_url), a_day_in(1.5), connections=2, batch=BATCH, backoff=FAST
+            schedule,
+            anonymous(broker_url),
+            a_day_in(1.5),
+            connections=2,
+            batch=BATCH,
+            client_prefix=gateways(mqtt_names),
+            backoff=FAST,
         )
         await seen.until_all(schedule)
     assert stats.acknowledged == stats.sent == len(schedule.sends) > 50
@@ -206,7 +218,7 @@ async def test_statuses_carry_the_delivery_report_with_heartbeats_between(
     async with watching(broker_url, schedule.dpu_ids) as seen:
         await run_firmware(
             schedule, anonymous(broker_url), a_day_in(2.0), connections=2, batch=BATCH,
-            backoff=FAST, heartbeat=0.1,
+            client_prefix=gateways(mqtt_names), backoff=FAST, heartbeat=0.1,
         )  # fmt: skip
         await seen.until_all(schedule)
     heartbeats = 0
@@ -249,7 +261,13 @@ async def test_store_and_forward_loses_nothing_while_the_broker_is_unreachable(
         try:
             outages = asyncio.create_task(cut_and_restore())
             stats = await run_firmware(
-                schedule, proxy.address, pace, connections=2, batch=BATCH, backoff=FAST
+                schedule,
+                proxy.address,
+                pace,
+                connections=2,
+                batch=BATCH,
+                client_prefix=gateways(mqtt_names),
+                backoff=FAST,
             )
             await outages
             await seen.until_all(schedule)
@@ -275,7 +293,13 @@ async def test_duplicates_reordering_and_outages_reach_the_wire(
     assert schedule.outages
     async with watching(broker_url, schedule.dpu_ids) as seen:
         stats = await run_firmware(
-            schedule, anonymous(broker_url), a_day_in(2.0), connections=5, batch=BATCH, backoff=FAST
+            schedule,
+            anonymous(broker_url),
+            a_day_in(2.0),
+            connections=5,
+            batch=BATCH,
+            client_prefix=gateways(mqtt_names),
+            backoff=FAST,
         )
         await seen.until_all(schedule)
     assert stats.duplicates == schedule.duplicates

@@ -22,6 +22,10 @@ from headcount.ingest.tls import ServerTls
 #: Exit codes: 1 the work failed, 2 the command was given something it cannot use.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Where the commands that talk to a running service (replay --verify, reset) find its URL
+#: and their API token when no flag gives them.
+SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
+TOKEN_ENV = "HEADCOUNT_TOKEN"
 
 #: A command's handler: ``args.handler``, run on its own event loop by ``main``.
 Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from headcount.cli.common import (
     EXIT_FAILED,
+    SERVICE_URL_ENV,
+    TOKEN_ENV,
     Commands,
     UsageError,
     choose_topology,
@@ -35,9 +37,6 @@ from headcount.progress import Progress
 
 if TYPE_CHECKING:
     from headcount.http.client import ServiceClient
-
-SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
-TOKEN_ENV = "HEADCOUNT_TOKEN"
 
 
 def add_command(commands: Commands) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 from headcount.argtypes import non_negative
 from headcount.cli.common import (
+    SERVICE_URL_ENV,
+    TOKEN_ENV,
     Commands,
     UsageError,
     choose_topology,
@@ -25,9 +27,6 @@ from headcount.errors import HeadcountError, StoreBusyError
 from headcount.eventstore.lease import lease
 from headcount.eventstore.store import EventStore
 from headcount.ingest.wire import DEFAULT_MAX_SKEW_MS
-
-SERVICE_URL_ENV = "HEADCOUNT_SERVICE_URL"
-TOKEN_ENV = "HEADCOUNT_TOKEN"
 
 
 def add_command(commands: Commands) -> None:

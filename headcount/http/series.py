@@ -27,7 +27,7 @@ from headcount.history.series import (
     series,
 )
 from headcount.http.api import Model, Query, Routes, parse_query
-from headcount.http.errors import NOT_FOUND, error
+from headcount.http.errors import error
 from headcount.http.keys import HISTORY
 from headcount.http.models import Moment
 
@@ -209,11 +209,8 @@ async def _series(request: web.Request, space: Space, query: SeriesQuery) -> dic
     errors=(404, 503),
 )
 async def space_counts(request: web.Request) -> web.Response:
-    """One space's counts in buckets."""
-    try:
-        space = request.app[HISTORY].topology.space(request.match_info["space_id"])
-    except UnknownSpaceError:
-        raise error(web.HTTPNotFound, NOT_FOUND) from None
+    """One space's counts in buckets (an unknown space: the 404 of ``json_errors``)."""
+    space = request.app[HISTORY].topology.space(request.match_info["space_id"])
     query = parse_query(request, SeriesQuery)
     return web.json_response(await _series(request, space, query))
 

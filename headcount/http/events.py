@@ -77,7 +77,7 @@ class Window(Query):
         json_schema_extra={"x-one": "timestamp"},
     )
     end_time: Moment = Field(
-        description=f"The window's end, excluded: {_TIME_HELP}.",
+        description=f"The window's end, excluded, after start_time: {_TIME_HELP}.",
         json_schema_extra={"x-one": "timestamp"},
     )
 

@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batches", type=int, default=10, help="batches per round and target")
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows the migration moves")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows the migration moves")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.batches, args.rows, args.months = 3, 2, 20_000, 6

@@ -4,6 +4,8 @@ answers from the boundary on. On SQLite nothing is partitioned."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -226,3 +228,22 @@ def test_months() -> None:
     for bad in ("2026-13", "1969-12"):
         with pytest.raises(ValueError, match="no partition month"):
             Month.parse(bad)
+
+
+async def test_the_upkeep_makes_the_coming_months_at_start(store: EventStore) -> None:
+    postgres_only(store.engine.url.render_as_string())
+    frozen = Month(2030, 6).start + 3 * DAY
+    upkeep = PartitionUpkeep(store.engine, ahead=1, every_s=3_600, clock=lambda: frozen)
+    running = asyncio.create_task(upkeep.run(), name="partitions")
+    try:
+        async with asyncio.timeout(30):
+            while {p.month for p in await partitions.list_partitions(store.engine)} != {
+                Month(2030, 6),
+                Month(2030, 7),
+                None,
+            }:
+                await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running

@@ -63,6 +63,8 @@ MONTHS_HELD = (
     " FROM (SELECT to_timestamp(ts / 1000) AT TIME ZONE 'UTC' AS m FROM {table}"
     f" WHERE ts >= 0 AND ts < {_LAST_MS}) AS held ORDER BY 1, 2"
 )
+#: How long making or detaching a partition waits for the log's lock.
+_LOCK_WAIT = "10s"
 _NAME = re.compile(r"^traversals_y(\d{4})m(\d{2})$")
 
 
@@ -184,6 +186,7 @@ async def create(engine: AsyncEngine, months: Iterable[Month]) -> list[Month]:
         )
     made: list[Month] = []
     async with write_transaction(engine, exclusive=True) as conn:
+        await _wait_briefly(conn)
         existing = set(await _attached_months(conn))
         for month in wanted:
             if month not in existing:
@@ -255,12 +258,20 @@ async def detach_before(engine: AsyncEngine, month: Month) -> list[Month]:
             f"the log is not closed before {month}: close it first (partitions.close_before)"
         )
     async with write_transaction(engine, exclusive=True) as conn:
+        await _wait_briefly(conn)
         detached = [m for m in await _attached_months(conn) if m < month]
         for m in detached:
             await conn.execute(text(f"ALTER TABLE traversals DETACH PARTITION {m.table}"))
     for m in detached:
         log.info("partition %s detached from the log", m.table)
     return detached
+
+
+async def _wait_briefly(conn: AsyncConnection) -> None:
+    """Making or detaching a partition locks the whole log for a moment; behind a long read
+    it would make every other reader queue behind it. Give up instead (a store error: the
+    service's upkeep tries again later, a command says so)."""
+    await conn.execute(text(f"SET LOCAL lock_timeout = '{_LOCK_WAIT}'"))
 
 
 async def _attached_months(conn: AsyncConnection) -> list[Month]:

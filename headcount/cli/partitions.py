@@ -18,6 +18,7 @@ from headcount.cli.common import topology_parent as _topology_parent
 from headcount.clock import now_ms
 from headcount.errors import HeadcountError
 from headcount.eventstore import partitions
+from headcount.eventstore.lease import lease
 from headcount.eventstore.partitions import Month
 from headcount.eventstore.records import Snapshot
 from headcount.eventstore.store import EventStore
@@ -131,10 +132,14 @@ async def run_detach(args: argparse.Namespace) -> int:
         )
     async with await EventStore.open(args.store) as store:
         await _partitioned(store)
-        boundary = await partitions.close_before(store.engine, month)
         choice = await choose_topology(args, store)
-        written = await _snapshots_at(store, History(store, choice.topology), boundary - 1)
-        detached = await partitions.detach_before(store.engine, month)
+        # Shared, as a service holds it: a replay (which would supersede the snapshots written
+        # here) neither runs beside a detach nor starts during one.
+        async with lease(store, exclusive=False, holder="headcount partitions detach"):
+            boundary = await partitions.close_before(store.engine, month)
+            history = History(store, choice.topology)
+            written = await _snapshots_at(store, history, boundary - 1)
+            detached = await partitions.detach_before(store.engine, month)
     print(
         json.dumps(
             {

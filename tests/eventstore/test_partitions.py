@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
 from alembic import command
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from headcount.cli.partitions import _snapshots_at
@@ -247,3 +250,50 @@ async def test_the_upkeep_makes_the_coming_months_at_start(store: EventStore) ->
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+#: Times in three months made as partitions, and one in no month (the DEFAULT partition).
+SPREAD = (JAN.start, JAN.start + 5, Month(2018, 2).start - 1, Month(2018, 2).start, MAR.start + 9)
+traversals_st = st.builds(
+    Traversal,
+    st.sampled_from(("a", "b")),
+    st.integers(0, 12),
+    st.sampled_from((*SPREAD, Month(2019, 7).start)),
+    st.sampled_from((1, -1)),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batches=st.lists(st.lists(traversals_st, min_size=1, max_size=8), min_size=1, max_size=4))
+async def test_duplicates_and_conflicts_are_the_same_across_months(
+    store: EventStore, batches: list[list[Traversal]]
+) -> None:
+    """Against the rule itself: a report of a stored ``(dpu_id, seq)`` is a duplicate when it
+    is the stored event, else a conflict, whatever month either falls in."""
+    async with store.engine.begin() as conn:
+        for table in ("quarantine", "traversals", "traversal_keys"):
+            if table != "traversal_keys" or store.backend == "postgresql":
+                await conn.execute(text(f"DELETE FROM {table}"))
+    await partitions.create(store.engine, [JAN, Month(2018, 2), MAR])
+    stored: dict[tuple[str, int], Traversal] = {}
+    for batch in batches:
+        new, duplicates, conflicts = [], 0, []
+        for t in batch:
+            if t.key not in stored:
+                stored[t.key] = t
+                new.append(t)
+            elif stored[t.key] == t:
+                duplicates += 1
+            else:
+                conflicts.append((t, stored[t.key]))
+
+        result = await store.log.append(batch)
+
+        assert Counter(result.new) == Counter(new)
+        assert result.duplicates == duplicates
+        assert Counter((c.reported, c.stored) for c in result.conflicts) == Counter(conflicts)
+    assert await store.log.count_traversals() == len(stored)

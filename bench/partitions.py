@@ -10,9 +10,11 @@ log into partitions, each against its limit measured in the same run.
   CONFLICT DO NOTHING RETURNING``) into a table as the log was before partitioning (one
   table, ``UNIQUE(dpu_id, seq)``, the same indexes). Also headcount's append as it was before
   partitions (schema 0002), and the bare driver into the partitioned table, to tell the
-  schema's cost from headcount's. Interleaved (limit, headcount, bare partitioned, before,
-  ...); the figure is each one's events/s and its time over the limit's, the median of the
-  rounds with their spread.
+  schema's cost from headcount's, and the bare driver into a partitioned copy without the key
+  trigger whose statement inserts the keys itself (a CTE), the alternative to the trigger.
+  Interleaved (limit, headcount, bare partitioned, before, by statement, ...); the figure is
+  each one's events/s and its time over the limit's, the median of the rounds with their
+  spread.
 - **Migration.** ``--rows`` traversals in a store of the previous schema (0002), upgraded to
   partitions (``migrate.upgrade``), against the limit: the bare copy of the same rows into a
   new plain table with the same indexes (what any migration that moves the rows must do).
@@ -53,6 +55,28 @@ CREATE TABLE {name} (
   late BOOLEAN NOT NULL, UNIQUE (dpu_id, seq), CHECK (direction IN (1, -1)));
 CREATE INDEX ON {name} (dpu_id, ts);
 CREATE INDEX ON {name} (dpu_id, ts) WHERE late = true;
+"""
+#: The keys inserted by the statement itself instead of the trigger: a partitioned copy of the
+#: log without the trigger, and its own keys table.
+BY_STATEMENT = """
+CREATE TABLE stmt_log (LIKE traversals INCLUDING DEFAULTS) PARTITION BY RANGE (ts);
+CREATE TABLE stmt_log_default PARTITION OF stmt_log DEFAULT;
+CREATE TABLE stmt_keys (dpu_id VARCHAR(64), seq BIGINT, PRIMARY KEY (dpu_id, seq));
+"""
+BY_STATEMENT_INDEXES = """
+ALTER TABLE stmt_log ADD PRIMARY KEY (position, ts);
+ALTER TABLE stmt_log ADD UNIQUE (dpu_id, seq, ts);
+CREATE INDEX ON stmt_log (dpu_id, ts);
+CREATE INDEX ON stmt_log (dpu_id, ts) WHERE late = true;
+"""
+BY_STATEMENT_INSERT = """
+WITH b AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::smallint[])
+    AS b(d, s, t, r)),
+  k AS (INSERT INTO stmt_keys (dpu_id, seq) SELECT d, s FROM b ON CONFLICT DO NOTHING
+    RETURNING dpu_id, seq)
+INSERT INTO stmt_log (dpu_id, seq, ts, direction, received_at, late)
+SELECT b.d, b.s, b.t, b.r, 0, false FROM b JOIN k ON k.dpu_id = b.d AND k.seq = b.s
+ON CONFLICT (dpu_id, seq, ts) DO NOTHING RETURNING position
 """
 BARE_INSERT = """
 INSERT INTO {table} (dpu_id, seq, ts, direction, received_at, late)
@@ -154,35 +178,47 @@ async def bench_append(months: int, rounds: int, per_round: int) -> None:
                 months_list.append(months_list[-1].next())
             await partitions.create(store.engine, months_list)
             await conn.execute(PLAIN.format(name="plain"))
+            await conn.execute(BY_STATEMENT)
+            for m in months_list:
+                await conn.execute(
+                    f"CREATE TABLE stmt_{m.table} PARTITION OF stmt_log"
+                    f" FOR VALUES FROM ({m.start}) TO ({m.end})"
+                )
+            await conn.execute(BY_STATEMENT_INDEXES)
             plain_sql = BARE_INSERT.format(table="plain", target="dpu_id, seq")
             part_sql = BARE_INSERT.format(table="traversals", target="dpu_id, seq, ts")
             # Disjoint key sets: each target only ever sees new events.
-            work = batches((rounds + 1) * per_round * 4, months)
+            work = batches((rounds + 1) * per_round * 5, months)
             chunks = [work[i : i + per_round] for i in range(0, len(work), per_round)]
             await timed_bare(conn, plain_sql, chunks.pop())  # warm-up
             await timed_headcount(store, chunks.pop())
             await timed_bare(conn, part_sql, chunks.pop())
             await timed_headcount(before, chunks.pop())
+            await timed_bare(conn, BY_STATEMENT_INSERT, chunks.pop())
             limit: list[float] = []
             ours: list[float] = []
             bare_part: list[float] = []
             unpartitioned: list[float] = []
+            by_statement: list[float] = []
             events = per_round * BATCH
             for r in range(rounds):
                 limit.append(await timed_bare(conn, plain_sql, chunks.pop()))
                 ours.append(await timed_headcount(store, chunks.pop()))
                 bare_part.append(await timed_bare(conn, part_sql, chunks.pop()))
                 unpartitioned.append(await timed_headcount(before, chunks.pop()))
+                by_statement.append(await timed_bare(conn, BY_STATEMENT_INSERT, chunks.pop()))
                 print(
                     f"  round {r + 1}: limit {events / limit[-1]:,.0f}/s, headcount"
                     f" {events / ours[-1]:,.0f}/s, bare into partitions"
                     f" {events / bare_part[-1]:,.0f}/s, headcount before partitions"
-                    f" {events / unpartitioned[-1]:,.0f}/s",
+                    f" {events / unpartitioned[-1]:,.0f}/s, bare with keys by the statement"
+                    f" {events / by_statement[-1]:,.0f}/s",
                     flush=True,
                 )
             report("headcount append, partitioned", events, limit, ours)
             report("headcount append, before (one table)", events, limit, unpartitioned)
             report("bare insert into the partitioned table", events, limit, bare_part)
+            report("bare insert, keys by the statement, no trigger", events, limit, by_statement)
         finally:
             await conn.close()
             await store.close()

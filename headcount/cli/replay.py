@@ -28,6 +28,7 @@ from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology, document_digest
 from headcount.errors import HeadcountError
 from headcount.eventstore.lease import lease
+from headcount.eventstore.partitions import archived_before
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.history.compare import compare_topologies
@@ -120,6 +121,7 @@ async def run(args: argparse.Namespace) -> int:
         choice = await choose_topology(args, store)
         if args.verify:
             return await _verify(args, store, choice.topology)
+        await _refuse_detached(store, from_ts)
         document = choice.document or choice.topology.to_toml()
         async with lease(store, exclusive=True, holder="headcount replay"):
             replay = Replay(
@@ -135,6 +137,18 @@ async def run(args: argparse.Namespace) -> int:
             await record(store, choice)
     print(json.dumps({"topology": choice.origin, **summary.as_dict()}, indent=2))
     return 0
+
+
+async def _refuse_detached(store: EventStore, from_ts: int | None) -> None:
+    """A replay folds what the log holds: from before months detached from it, its snapshots
+    would miss their events and supersede the right ones."""
+    closed = await archived_before(store.engine)
+    if closed is not None and (from_ts is None or from_ts < closed):
+        raise UsageError(
+            f"the log before {format_ms(closed)} was detached ('headcount partitions"
+            f" detach'): replay with --from {format_ms(closed)} or later, or attach those"
+            " months again first"
+        )
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:

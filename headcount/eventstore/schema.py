@@ -54,6 +54,10 @@ traversals = Table(
     CheckConstraint("direction IN (1, -1)", name="direction"),
     Index(None, "dpu_id", "ts"),
 )
+#: The traversals' unique key, the ``ON CONFLICT`` target of every append, and the columns an
+#: append writes, in its order: named once here, so a change of the key changes one line.
+TRAVERSAL_KEY = ("dpu_id", "seq")
+TRAVERSAL_COLUMNS = ("dpu_id", "seq", "ts", "direction", "received_at", "late")
 #: Queries must say exactly this for the planners to use the partial index (SQLite matches
 #: the text: ``late = 1`` or ``late IS 1`` would scan every row of the DPU instead).
 LATE = text("late = true")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 
-from headcount.domain.events import Delta, SpaceEvent, fold_key
-from headcount.domain.fold import SpaceState, advance, fold, fold_all
+from headcount.domain.events import TRAVERSAL_RANK, Delta, SpaceEvent, fold_key
+from headcount.domain.fold import Folder, SpaceState, advance, fold_all
 from headcount.domain.topology import Space
 
 EventKey = tuple[int, int, str, int]
@@ -26,6 +27,18 @@ class Applied(Enum):
     REFOLDED = "refolded"  # out of order, within the window: refolded from the checkpoint
     DUPLICATE = "duplicate"  # already folded
     TOO_LATE = "too_late"  # at or before the checkpoint: the caller must reload
+
+
+@dataclass(slots=True)
+class Outcomes:
+    """What :meth:`LiveSpace.apply_all` did with a batch of events, by :class:`Applied`
+    (``resets``: how many of those appended were resets)."""
+
+    appended: int = 0
+    resets: int = 0
+    refolded: int = 0
+    duplicates: int = 0
+    too_late: int = 0
 
 
 def identity(event: SpaceEvent) -> tuple[str, int] | tuple[int]:
@@ -59,7 +72,22 @@ class LiveSpace:
                 self._seen.add(identity(event))
                 self._keys.append(fold_key(event))
                 self._recent.append(event)
-        self.state = fold_all(space, settled, self._recent)
+        self._folder = Folder(space, settled)
+        self._refold()
+
+    @property
+    def state(self) -> SpaceState:
+        """The fold of ``settled`` and ``recent``."""
+        return self._folder.state()
+
+    def _refold(self) -> None:
+        """Fold ``recent`` on ``settled`` again, in place."""
+        folder = self._folder = Folder(self.space, self.settled)
+        for event in self._recent:
+            if isinstance(event, Delta):
+                folder.delta(event.ts, event.delta)
+            else:
+                folder.reset(event.ts, event.count)
 
     @property
     def recent(self) -> tuple[SpaceEvent, ...]:
@@ -81,13 +109,59 @@ class LiveSpace:
         if not self._keys or key > self._keys[-1]:
             self._keys.append(key)
             self._recent.append(event)
-            self.state = fold(self.space, self.state, event)
+            if isinstance(event, Delta):
+                self._folder.delta(event.ts, event.delta)
+            else:
+                self._folder.reset(event.ts, event.count)
             return Applied.APPENDED
         at = bisect.bisect_left(self._keys, key)
         self._keys.insert(at, key)
         self._recent.insert(at, event)
-        self.state = fold_all(self.space, self.settled, self._recent)
+        self._refold()
         return Applied.REFOLDED
+
+    def apply_all(self, events: Iterable[SpaceEvent]) -> Outcomes:
+        """Fold events in their places, as :meth:`apply` does one by one, with one refold at
+        the end however many came out of order, and the state kept in place (the live path:
+        no object per event but the event itself)."""
+        out = Outcomes()
+        keys, recent, seen, folder = self._keys, self._recent, self._seen, self._folder
+        checkpoint = self.checkpoint
+        refold = False
+        for event in events:
+            if event.ts <= checkpoint:
+                out.too_late += 1
+                continue
+            if isinstance(event, Delta):
+                ident: tuple[str, int] | tuple[int] = (event.dpu_id, event.seq)
+                key: EventKey = (event.ts, TRAVERSAL_RANK, event.dpu_id, event.seq)
+            else:
+                ident = (event.ts,)
+                key = fold_key(event)
+            if ident in seen:
+                out.duplicates += 1
+                continue
+            seen.add(ident)
+            if not keys or key > keys[-1]:
+                keys.append(key)
+                recent.append(event)
+                out.appended += 1
+                if isinstance(event, Delta):
+                    if not refold:
+                        folder.delta(event.ts, event.delta)
+                else:
+                    out.resets += 1
+                    if not refold:
+                        folder.reset(event.ts, event.count)
+            else:
+                at = bisect.bisect_left(keys, key)
+                keys.insert(at, key)
+                recent.insert(at, event)
+                out.refolded += 1
+                refold = True
+        if refold:
+            self._refold()
+        return out
 
     def settle(self, until: int) -> int:
         """Fold the events with ``ts <= until`` into ``settled`` and move the checkpoint there:
@@ -109,10 +183,11 @@ class LiveSpace:
         """Take a new ``settled`` state for the same checkpoint (after a too-late event was
         folded into it from the store) and refold the recent events on top."""
         self.settled = settled
-        self.state = fold_all(self.space, settled, self._recent)
+        self._refold()
 
     def now(self, ts: int) -> SpaceState:
         """The live state as of ``ts`` (a daily reset may have happened since the last event)."""
-        if self.state.as_of is not None and ts < self.state.as_of:
-            return self.state
-        return advance(self.space, self.state, ts)
+        state = self._folder.state()
+        if state.as_of is not None and ts < state.as_of:
+            return state
+        return advance(self.space, state, ts)

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from operator import attrgetter
 from typing import Self
 
 from headcount.actors.changes import Cause, ChangeFeed
@@ -26,6 +27,9 @@ from headcount.history import History
 from headcount.history.replay import Replay
 
 log = logging.getLogger(__name__)
+
+#: The fold order of deltas (``domain.events.fold_key`` without the rank all deltas share).
+_FOLD_ORDER = attrgetter("ts", "dpu_id", "seq")
 
 
 class SupervisorError(HeadcountError):
@@ -263,16 +267,26 @@ class ActorSystem:
 
     async def route(self, traversals: Sequence[Traversal]) -> int:
         """Hand stored traversals to the actors of the spaces their DPU's doorway links at
-        each one's time. Returns how many deltas were delivered."""
-        delivered = 0
+        each one's time: one hand-off per space, its deltas in fold order (so the actor folds
+        them on top of its state rather than refolding). Returns how many deltas were
+        delivered."""
+        by_space: dict[str, list[Delta]] = {}
+        links_at = self.topology.links_at
         for t in traversals:
-            for link in self.topology.links_at(t.dpu_id, t.ts):
-                actor = self.actors.get(link.space_id)
-                if actor is not None:
-                    delta = space_delta(t.direction, link.sensor_placement)
-                    self._wake(actor)
-                    await actor.tell(Delta(t.ts, t.dpu_id, t.seq, delta))
-                    delivered += 1
+            for link in links_at(t.dpu_id, t.ts):
+                deltas = by_space.get(link.space_id)
+                if deltas is None:
+                    deltas = by_space[link.space_id] = []
+                delta = space_delta(t.direction, link.sensor_placement)
+                deltas.append(Delta(t.ts, t.dpu_id, t.seq, delta))
+        delivered = 0
+        for space_id, deltas in by_space.items():
+            actor = self.actors.get(space_id)
+            if actor is not None:
+                deltas.sort(key=_FOLD_ORDER)
+                self._wake(actor)
+                await actor.tell_all(deltas)
+                delivered += len(deltas)
         return delivered
 
     async def reset(self, reset: Reset) -> StoredReset:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from headcount.domain.events import TRAVERSAL_RANK, Delta, SpaceEvent, fold_key
-from headcount.domain.fold import Folder, SpaceState, advance, fold_all
+from headcount.domain.events import RESET_RANK, TRAVERSAL_RANK, Delta, Reset, SpaceEvent, fold_key
+from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.topology import Space
 
 EventKey = tuple[int, int, str, int]
@@ -48,9 +48,23 @@ def identity(event: SpaceEvent) -> tuple[str, int] | tuple[int]:
     return (event.ts,)
 
 
+def _key(event: SpaceEvent) -> EventKey:
+    """An event's place in fold order, which is also its identity here: the events given are
+    stored ones, so a redelivery has the same time as the first delivery, and a space has at
+    most one reset per millisecond."""
+    if isinstance(event, Delta):
+        return (event.ts, TRAVERSAL_RANK, event.dpu_id, event.seq)
+    return (event.ts, RESET_RANK, "", 0)
+
+
 class LiveSpace:
     """``settled`` is the fold of every event with ``ts <= checkpoint``; ``recent`` the events
-    after it, in fold order; ``state`` the fold of both."""
+    after it, in fold order; ``state`` the fold of both.
+
+    The recent events are kept as their keys and values (a delta, or a reset's count) in two
+    lists of plain tuples and integers, which the garbage collector stops tracking: a window of
+    a busy space holds hundreds of thousands of events, and as objects every collection would
+    walk them all. Resets, rare, are also kept whole."""
 
     def __init__(
         self,
@@ -63,17 +77,32 @@ class LiveSpace:
         self.settled = settled
         self.checkpoint = checkpoint
         self._keys: list[EventKey] = []
-        self._recent: list[SpaceEvent] = []
-        self._seen: set[tuple[str, int] | tuple[int]] = set()
+        self._values: list[int] = []
+        self._resets: dict[EventKey, Reset] = {}
         for event in sorted(recent, key=fold_key):
             if event.ts <= checkpoint:
                 raise ValueError("recent events must be newer than the checkpoint")
-            if identity(event) not in self._seen:
-                self._seen.add(identity(event))
-                self._keys.append(fold_key(event))
-                self._recent.append(event)
+            key = _key(event)
+            if not self._keys or key != self._keys[-1]:
+                self._append(key, event)
         self._folder = Folder(space, settled)
         self._refold()
+
+    def _append(self, key: EventKey, event: SpaceEvent) -> None:
+        self._keys.append(key)
+        if isinstance(event, Delta):
+            self._values.append(event.delta)
+        else:
+            self._values.append(event.count)
+            self._resets[key] = event
+
+    def _insert(self, at: int, key: EventKey, event: SpaceEvent) -> None:
+        self._keys.insert(at, key)
+        if isinstance(event, Delta):
+            self._values.insert(at, event.delta)
+        else:
+            self._values.insert(at, event.count)
+            self._resets[key] = event
 
     @property
     def state(self) -> SpaceState:
@@ -82,50 +111,46 @@ class LiveSpace:
 
     def _refold(self) -> None:
         """Fold ``recent`` on ``settled`` again, in place."""
-        folder = self._folder = Folder(self.space, self.settled)
-        for event in self._recent:
-            if isinstance(event, Delta):
-                folder.delta(event.ts, event.delta)
-            else:
-                folder.reset(event.ts, event.count)
+        self._folder = Folder(self.space, self.settled)
+        _fold_into(self._folder, self._keys, self._values)
 
     @property
     def recent(self) -> tuple[SpaceEvent, ...]:
-        return tuple(self._recent)
+        return tuple(
+            self._resets[key] if key[1] == RESET_RANK else Delta(key[0], key[2], key[3], value)
+            for key, value in zip(self._keys, self._values, strict=True)
+        )
 
     @property
     def newest_ts(self) -> int | None:
-        return self._recent[-1].ts if self._recent else self.settled.as_of
+        return self._keys[-1][0] if self._keys else self.settled.as_of
 
     def apply(self, event: SpaceEvent) -> Applied:
         """Fold one event in its place."""
         if event.ts <= self.checkpoint:
             return Applied.TOO_LATE
-        ident = identity(event)
-        if ident in self._seen:
-            return Applied.DUPLICATE
-        self._seen.add(ident)
-        key = fold_key(event)
-        if not self._keys or key > self._keys[-1]:
-            self._keys.append(key)
-            self._recent.append(event)
+        key = _key(event)
+        keys = self._keys
+        if not keys or key > keys[-1]:
+            self._append(key, event)
             if isinstance(event, Delta):
                 self._folder.delta(event.ts, event.delta)
             else:
                 self._folder.reset(event.ts, event.count)
             return Applied.APPENDED
-        at = bisect.bisect_left(self._keys, key)
-        self._keys.insert(at, key)
-        self._recent.insert(at, event)
+        at = bisect.bisect_left(keys, key)
+        if keys[at] == key:
+            return Applied.DUPLICATE
+        self._insert(at, key, event)
         self._refold()
         return Applied.REFOLDED
 
     def apply_all(self, events: Iterable[SpaceEvent]) -> Outcomes:
         """Fold events in their places, as :meth:`apply` does one by one, with one refold at
         the end however many came out of order, and the state kept in place (the live path:
-        no object per event but the event itself)."""
+        no object kept per event)."""
         out = Outcomes()
-        keys, recent, seen, folder = self._keys, self._recent, self._seen, self._folder
+        keys, values, folder = self._keys, self._values, self._folder
         checkpoint = self.checkpoint
         refold = False
         for event in events:
@@ -133,32 +158,30 @@ class LiveSpace:
                 out.too_late += 1
                 continue
             if isinstance(event, Delta):
-                ident: tuple[str, int] | tuple[int] = (event.dpu_id, event.seq)
                 key: EventKey = (event.ts, TRAVERSAL_RANK, event.dpu_id, event.seq)
-            else:
-                ident = (event.ts,)
-                key = fold_key(event)
-            if ident in seen:
-                out.duplicates += 1
-                continue
-            seen.add(ident)
-            if not keys or key > keys[-1]:
-                keys.append(key)
-                recent.append(event)
-                out.appended += 1
-                if isinstance(event, Delta):
+                if not keys or key > keys[-1]:
+                    keys.append(key)
+                    values.append(event.delta)
+                    out.appended += 1
                     if not refold:
                         folder.delta(event.ts, event.delta)
-                else:
+                    continue
+            else:
+                key = _key(event)
+                if not keys or key > keys[-1]:
+                    self._append(key, event)
+                    out.appended += 1
                     out.resets += 1
                     if not refold:
                         folder.reset(event.ts, event.count)
-            else:
-                at = bisect.bisect_left(keys, key)
-                keys.insert(at, key)
-                recent.insert(at, event)
-                out.refolded += 1
-                refold = True
+                    continue
+            at = bisect.bisect_left(keys, key)
+            if keys[at] == key:
+                out.duplicates += 1
+                continue
+            self._insert(at, key, event)
+            out.refolded += 1
+            refold = True
         if refold:
             self._refold()
         return out
@@ -170,14 +193,17 @@ class LiveSpace:
         if until <= self.checkpoint:
             return 0
         cut = bisect.bisect_right(self._keys, (until, 2, "", 0))
-        moved = self._recent[:cut]
-        self.settled = advance(self.space, fold_all(self.space, self.settled, moved), until)
-        for event in moved:
-            self._seen.discard(identity(event))
-        del self._recent[:cut]
+        moved = self._keys[:cut]
+        folder = Folder(self.space, self.settled)
+        _fold_into(folder, moved, self._values[:cut])
+        self.settled = advance(self.space, folder.state(), until)
+        if self._resets:
+            for key in moved:
+                self._resets.pop(key, None)
         del self._keys[:cut]
+        del self._values[:cut]
         self.checkpoint = until
-        return len(moved)
+        return cut
 
     def reload(self, settled: SpaceState) -> None:
         """Take a new ``settled`` state for the same checkpoint (after a too-late event was
@@ -191,3 +217,11 @@ class LiveSpace:
         if state.as_of is not None and ts < state.as_of:
             return state
         return advance(self.space, state, ts)
+
+
+def _fold_into(folder: Folder, keys: Iterable[EventKey], values: Iterable[int]) -> None:
+    for key, value in zip(keys, values, strict=True):
+        if key[1] == RESET_RANK:
+            folder.reset(key[0], value)
+        else:
+            folder.delta(key[0], value)

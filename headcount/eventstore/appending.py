@@ -51,7 +51,7 @@ def _sqlite_insert(rows: int) -> str:
 async def insert_traversals(
     conn: AsyncConnection, batch: Sequence[Traversal], received_at: int
 ) -> dict[tuple[str, int], int]:
-    """Insert ``batch`` (distinct keys, in key order) in ``conn``'s write transaction,
+    """Insert ``batch`` (distinct keys) in ``conn``'s write transaction, in its order,
     skipping keys already stored; the log position of each key inserted now. A traversal is
     ``late`` when its ``ts`` is at or before the newest snapshot stored."""
     if not batch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from itertools import pairwise
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -91,10 +92,13 @@ class EventLog:
         inserted: dict[tuple[str, int], int] = {}
         async with write_transaction(self.engine) as conn:
             if first:
-                # Rows in key order: concurrent appends of overlapping batches then take the
-                # unique index's locks in the same order and cannot deadlock (PostgreSQL).
-                ordered = sorted(first.values(), key=_BY_KEY)
-                inserted = await insert_traversals(conn, ordered, received_at)
+                rows = list(first.values())
+                if conn.dialect.name == "postgresql":
+                    # Rows in key order: concurrent appends of overlapping batches then take
+                    # the unique index's locks in the same order and cannot deadlock. (SQLite
+                    # has one writer at a time: its rows go in as they came.)
+                    rows.sort(key=_BY_KEY)
+                inserted = await insert_traversals(conn, rows, received_at)
             if len(inserted) < len(first) or repeats:
                 # Some keys were stored already (or repeated): what is stored for each is the
                 # truth each report is judged by.
@@ -118,13 +122,7 @@ class EventLog:
                 ),
             ]
             await quarantine_rows.insert_entries(conn, refused, now=received_at)
-        new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
-        return AppendResult(
-            new=tuple(t for _, t in new),
-            positions=tuple(pos for pos, _ in new),
-            duplicates=duplicates,
-            conflicts=tuple(conflicts),
-        )
+        return _result(first, inserted, duplicates, conflicts)
 
     @staticmethod
     async def _stored(
@@ -302,6 +300,29 @@ class EventLog:
         async with read_transaction(self.engine) as conn:
             rows = await conn.execute(stmt.order_by(resets.c.ts, resets.c.space_id))
             return [StoredReset(*row) for row in rows]
+
+
+def _result(
+    first: dict[tuple[str, int], Traversal],
+    inserted: dict[tuple[str, int], int],
+    duplicates: int,
+    conflicts: list[Conflict],
+) -> AppendResult:
+    """What an append did, ``new`` in log order. Without duplicates the rows usually went in
+    in the batch's order: then that order is kept without a sort."""
+    if len(inserted) == len(first):
+        positions = [inserted[k] for k in first]
+        if all(a < b for a, b in pairwise(positions)):
+            return AppendResult(
+                tuple(first.values()), tuple(positions), duplicates, tuple(conflicts)
+            )
+    new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
+    return AppendResult(
+        new=tuple(t for _, t in new),
+        positions=tuple(pos for pos, _ in new),
+        duplicates=duplicates,
+        conflicts=tuple(conflicts),
+    )
 
 
 async def interleave_resets(

@@ -99,8 +99,9 @@ class IngestSettings:
     @property
     def max_held(self) -> int:
         """The most messages ingest holds unacknowledged: a full queue, a full batch being
-        committed, and the one the reader waits to queue."""
-        return self.queue_size + self.max_events + 1
+        committed, the next batch being read meanwhile, and the one the reader waits to
+        queue."""
+        return self.queue_size + 2 * self.max_events + 1
 
     @property
     def rate_limit(self) -> RateLimit | None:
@@ -188,23 +189,41 @@ class Ingest(Generic[M]):
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            await self._store(batch.parts)
-            for part in batch.parts:
-                if part.report is not None:
-                    await self.loss.reported(*part.report)
-            for n, part in enumerate(batch.parts, start=1):
-                await self._ack(part.message)
-                if n % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the HTTP API answer between long runs
-            self.health.acknowledged(len(batch.parts))
+        """Commit batches one after the other, each acknowledged once committed; the next
+        batch is read and decoded meanwhile (the store works in its own thread or server), and
+        keeps filling until the commit before it is done."""
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._next_batch(committing)
+                if committing is not None:
+                    await committing  # in order: a batch is committed after the one before
+                committing = asyncio.create_task(self._commit_and_ack(batch), name="ingest:commit")
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                await asyncio.wait([committing])
 
-    async def _next_batch(self) -> _Batch[M]:
-        """Decode messages into one batch until it holds ``max_events`` traversals or
-        ``max_delay_s`` has passed since its first message."""
+    async def _commit_and_ack(self, batch: _Batch[M]) -> None:
+        await self._store(batch.parts)
+        for part in batch.parts:
+            if part.report is not None:
+                await self.loss.reported(*part.report)
+        for n, part in enumerate(batch.parts, start=1):
+            await self._ack(part.message)
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the HTTP API answer between long runs
+        self.health.acknowledged(len(batch.parts))
+
+    async def _next_batch(self, committing: asyncio.Task[None] | None = None) -> _Batch[M]:
+        """Decode messages into one batch until it holds ``max_events`` traversals, or
+        ``max_delay_s`` has passed since its first message and the commit before it
+        (``committing``) is done. A commit that fails ends the wait."""
         batch: _Batch[M] = _Batch()
-        self._add(batch, await self._queue.get())
+        first = None
+        while first is None:  # a commit that finishes first leaves nothing to wait for
+            first = await self._get(committing, None)
+        self._add(batch, first)
         deadline = time.monotonic() + self.settings.max_delay_s
         limit = self.settings.max_events
         while batch.events < limit and len(batch.parts) < limit:
@@ -212,19 +231,44 @@ class Ingest(Generic[M]):
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                busy = committing is not None and not committing.done()
+                if left <= 0 and not busy:
                     break
-                try:
-                    async with asyncio.timeout(left):
-                        message = await self._queue.get()
-                except TimeoutError:
-                    break
+                got = await self._get(committing if busy else None, max(left, 0.0))
+                if got is None:
+                    continue  # the deadline passed or the commit finished: look again
+                message = got
             self._add(batch, message)
             if len(batch.parts) % _YIELD_EVERY == 0:
                 # A full queue of cheap messages (a flood refused unread) would otherwise be
                 # read in one go, holding up every HTTP answer meanwhile.
                 await asyncio.sleep(0)
         return batch
+
+    async def _get(self, committing: asyncio.Task[None] | None, wait_s: float | None) -> M | None:
+        """The next message, or ``None`` when ``committing`` finished first or, while it
+        runs no more, ``wait_s`` passed. A commit that failed raises its error here."""
+        if committing is None or committing.done():
+            if committing is not None and committing.exception() is not None:
+                await committing  # raises
+            if wait_s is None:
+                return await self._queue.get()
+            try:
+                async with asyncio.timeout(wait_s):
+                    return await self._queue.get()
+            except TimeoutError:
+                return None
+        getter = asyncio.ensure_future(self._queue.get())
+        try:
+            await asyncio.wait([getter, committing], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()  # the queue keeps its item: get() takes it only when resumed
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        if committing.done() and committing.exception() is not None:
+            await committing  # raises
+        return None
 
     def _add(self, batch: _Batch[M], message: M) -> None:
         part = self._read_message(message)

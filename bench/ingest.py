@@ -285,7 +285,7 @@ async def main() -> None:
     ]
     print(f"python bench/ingest.py {' '.join(sys.argv[1:])}; {os.cpu_count()} cores;"
           f" load {load()}; {rounds} round(s)", flush=True)  # fmt: skip
-    results: list[tuple[str, int, Figures]] = []
+    results: list[tuple[str, Figures]] = []
     for store, broker, mode in configs:
         events, batch = sizes[mode]
         label = f"{store} {broker} {mode}"
@@ -293,9 +293,9 @@ async def main() -> None:
         figures = Figures()
         for n in range(rounds):
             await one_round(args, store, broker, events, batch, n, figures)
-        results.append((label, events, figures))
+        results.append((label, figures))
     print(f"\nsummary (median [min-max] over {rounds} round(s); load {load()})")
-    for label, events, figures in results:
+    for label, figures in results:
         print(f"{label}: headcount {spread(figures.rates, ',.0f')} events/s,"
               f" {spread(figures.cpu_us, '.1f')} us CPU/event")  # fmt: skip
         for name, rates in figures.limits.items():

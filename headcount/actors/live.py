@@ -117,7 +117,9 @@ class LiveSpace:
     @property
     def recent(self) -> tuple[SpaceEvent, ...]:
         return tuple(
-            self._resets[key] if key[1] == RESET_RANK else Delta(key[0], key[2], key[3], value)
+            self._resets[key]
+            if key[1] == RESET_RANK
+            else Delta(key[0], key[2], key[3], 1 if value > 0 else -1)
             for key, value in zip(self._keys, self._values, strict=True)
         )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -64,7 +65,8 @@ async def insert_traversals(
         result = await conn.exec_driver_sql(
             _POSTGRES, (dpu_ids, seqs, times, directions, received_at)
         )
-        return {(dpu_id, seq): position for position, dpu_id, seq in result}
+        returned: Sequence[Sequence[Any]] = result.all()
+        return {(row[1], row[2]): row[0] for row in returned}
     newest = (await conn.exec_driver_sql(_NEWEST_SNAPSHOT)).scalar()
     inserted: dict[tuple[str, int], int] = {}
     for start in range(0, len(batch), SQLITE_ROWS):
@@ -77,6 +79,7 @@ async def insert_traversals(
             for t in chunk:
                 params += (t.dpu_id, t.seq, t.ts, t.direction, received_at, t.ts <= newest)
         result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))
-        for position, dpu_id, seq in result:
-            inserted[(dpu_id, seq)] = position
+        rows: Sequence[Sequence[Any]] = result.all()
+        for row in rows:
+            inserted[(row[1], row[2])] = row[0]
     return inserted

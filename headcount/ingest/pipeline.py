@@ -30,6 +30,7 @@ time window, so a flood of bad input is not a flood of writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -164,7 +165,8 @@ class Ingest(Generic[M]):
         self.metrics = metrics
         self.settings = settings or IngestSettings()
         self._clock = clock
-        self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
+        #: Messages read, and ``None`` when a commit ends (a wake-up for the next batch).
+        self._queue: asyncio.Queue[M | None] = asyncio.Queue(self.settings.queue_size)
         self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
         self.loss = LossAudit(store.log, dpus, metrics, clock=clock)
         self.limiter = DpuRateLimiter(
@@ -199,6 +201,7 @@ class Ingest(Generic[M]):
                 if committing is not None:
                     await committing  # in order: a batch is committed after the one before
                 committing = asyncio.create_task(self._commit_and_ack(batch), name="ingest:commit")
+                committing.add_done_callback(self._committed)
         finally:
             if committing is not None and not committing.done():
                 committing.cancel()
@@ -218,26 +221,33 @@ class Ingest(Generic[M]):
     async def _next_batch(self, committing: asyncio.Task[None] | None = None) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals, or
         ``max_delay_s`` has passed since its first message and the commit before it
-        (``committing``) is done. A commit that fails ends the wait."""
+        (``committing``) is done. A commit that failed raises its error here."""
         batch: _Batch[M] = _Batch()
-        first = None
-        while first is None:  # a commit that finishes first leaves nothing to wait for
-            first = await self._get(committing, None)
-        self._add(batch, first)
+        message: M | None = None
+        while message is None:  # None: a commit ended, nothing to read
+            _raise_failed(committing)
+            message = await self._queue.get()
+        self._add(batch, message)
         deadline = time.monotonic() + self.settings.max_delay_s
         limit = self.settings.max_events
         while batch.events < limit and len(batch.parts) < limit:
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                left = deadline - time.monotonic()
-                busy = committing is not None and not committing.done()
-                if left <= 0 and not busy:
-                    break
-                got = await self._get(committing if busy else None, max(left, 0.0))
-                if got is None:
-                    continue  # the deadline passed or the commit finished: look again
-                message = got
+                _raise_failed(committing)
+                if committing is not None and not committing.done():
+                    message = await self._queue.get()  # or the None its end puts
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        async with asyncio.timeout(left):
+                            message = await self._queue.get()
+                    except TimeoutError:
+                        break
+            if message is None:
+                continue
             self._add(batch, message)
             if len(batch.parts) % _YIELD_EVERY == 0:
                 # A full queue of cheap messages (a flood refused unread) would otherwise be
@@ -245,30 +255,11 @@ class Ingest(Generic[M]):
                 await asyncio.sleep(0)
         return batch
 
-    async def _get(self, committing: asyncio.Task[None] | None, wait_s: float | None) -> M | None:
-        """The next message, or ``None`` when ``committing`` finished first or, while it
-        runs no more, ``wait_s`` passed. A commit that failed raises its error here."""
-        if committing is None or committing.done():
-            if committing is not None and committing.exception() is not None:
-                await committing  # raises
-            if wait_s is None:
-                return await self._queue.get()
-            try:
-                async with asyncio.timeout(wait_s):
-                    return await self._queue.get()
-            except TimeoutError:
-                return None
-        getter = asyncio.ensure_future(self._queue.get())
-        try:
-            await asyncio.wait([getter, committing], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()  # the queue keeps its item: get() takes it only when resumed
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        if committing.done() and committing.exception() is not None:
-            await committing  # raises
-        return None
+    def _committed(self, _task: asyncio.Task[None]) -> None:
+        """Wake a batch waiting for messages: the commit before it ended (a full queue has
+        messages to read: no need)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
 
     def _add(self, batch: _Batch[M], message: M) -> None:
         part = self._read_message(message)
@@ -481,6 +472,14 @@ class Ingest(Generic[M]):
                 _ascii(str(e), 500),
             )
             self.metrics.dropped.labels(reason).inc()
+
+
+def _raise_failed(committing: asyncio.Task[None] | None) -> None:
+    """Raise the error of a commit that failed."""
+    if committing is not None and committing.done() and not committing.cancelled():
+        error = committing.exception()
+        if error is not None:
+            raise error
 
 
 def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Traversal]:

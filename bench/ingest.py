@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from _harness import ROOT, free_port, metric, run_process, topology_toml
+from _harness import ROOT, free_port, run_process, topology_toml
 from _store_cache import DEFAULT_POSTGRES, POSTGRES_ENV
 from _store_limit import fresh_database, postgres_limit, publisher_rows, sqlite_limit
 from sqlalchemy.engine import make_url
@@ -119,25 +119,26 @@ def cpu_seconds(pid: int) -> float:
 async def headcount(
     url: str, pid: int, broker: str, events: int, batch: int, first_ts: int
 ) -> tuple[float, float]:
-    """Events/s of the service (first event stored to last event in the live counts) and its
-    CPU microseconds per event over the run."""
+    """Events/s of the service (first event to last event in the live counts) and its CPU
+    microseconds per event over the run. It reads the spaces' counts every 50 ms (the
+    Prometheus page costs the service more than a few percent at that rate); with one DPU
+    per space and every traversal an entry, their sum is the events folded, and an event is
+    folded only once it is stored."""
     async with aiohttp.ClientSession() as session:
         cpu_before = cpu_seconds(pid)
         publishing = asyncio.create_task(publish(broker, events, batch, first_ts))
         first = done = 0.0
         async with asyncio.timeout(300):
             while True:
-                stored = await metric(session, url, "headcount_events_ingested_total")
+                async with session.get(f"{url}/spaces") as response:
+                    folded = sum(s["count"] for s in (await response.json())["spaces"])
                 now = time.perf_counter()
-                if stored and not first:
+                if folded and not first:
                     first = now
-                if stored >= events:
-                    async with session.get(f"{url}/spaces") as response:
-                        counts = [s["count"] for s in (await response.json())["spaces"]]
-                    if sum(counts) >= events:
-                        done = now
-                        break
-                await asyncio.sleep(0.05)  # the polls cost the service CPU too: few
+                if folded >= events:
+                    done = now
+                    break
+                await asyncio.sleep(0.05)
         cpu = cpu_seconds(pid) - cpu_before
         await publishing
     return events / (done - first), cpu * 1e6 / events

@@ -18,6 +18,9 @@ from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.topology import Space
 
 EventKey = tuple[int, int, str, int]
+#: A traversal's delta to a space as routing hands it over: its fold key
+#: ``(ts, TRAVERSAL_RANK, dpu_id, seq)`` and the delta (+1 or -1). Two tuples, no object.
+DeltaRow = tuple[EventKey, int]
 
 
 class Applied(Enum):
@@ -147,41 +150,44 @@ class LiveSpace:
         self._refold()
         return Applied.REFOLDED
 
-    def apply_all(self, events: Iterable[SpaceEvent]) -> Outcomes:
+    def apply_all(self, events: Iterable[SpaceEvent | DeltaRow]) -> Outcomes:
         """Fold events in their places, as :meth:`apply` does one by one, with one refold at
         the end however many came out of order, and the state kept in place (the live path:
-        no object kept per event)."""
+        no object kept per event). A traversal's delta may come as a :data:`DeltaRow`."""
         out = Outcomes()
         keys, values, folder = self._keys, self._values, self._folder
         checkpoint = self.checkpoint
         refold = False
         for event in events:
-            if event.ts <= checkpoint:
+            if isinstance(event, tuple):
+                key, delta = event
+            elif isinstance(event, Delta):
+                key, delta = (event.ts, TRAVERSAL_RANK, event.dpu_id, event.seq), event.delta
+            else:  # a reset: rare, one by one (a pending refold redoes its folding anyway)
+                outcome = self.apply(event)
+                out.appended += outcome is Applied.APPENDED
+                out.resets += outcome is Applied.APPENDED
+                out.refolded += outcome is Applied.REFOLDED
+                out.duplicates += outcome is Applied.DUPLICATE
+                out.too_late += outcome is Applied.TOO_LATE
+                folder = self._folder  # a refold replaced it
+                continue
+            if key[0] <= checkpoint:
                 out.too_late += 1
                 continue
-            if isinstance(event, Delta):
-                key: EventKey = (event.ts, TRAVERSAL_RANK, event.dpu_id, event.seq)
-                if not keys or key > keys[-1]:
-                    keys.append(key)
-                    values.append(event.delta)
-                    out.appended += 1
-                    if not refold:
-                        folder.delta(event.ts, event.delta)
-                    continue
-            else:
-                key = _key(event)
-                if not keys or key > keys[-1]:
-                    self._append(key, event)
-                    out.appended += 1
-                    out.resets += 1
-                    if not refold:
-                        folder.reset(event.ts, event.count)
-                    continue
+            if not keys or key > keys[-1]:
+                keys.append(key)
+                values.append(delta)
+                out.appended += 1
+                if not refold:
+                    folder.delta(key[0], delta)
+                continue
             at = bisect.bisect_left(keys, key)
             if keys[at] == key:
                 out.duplicates += 1
                 continue
-            self._insert(at, key, event)
+            keys.insert(at, key)
+            values.insert(at, delta)
             out.refolded += 1
             refold = True
         if refold:

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from headcount.actors.changes import Cause, Change, ChangeFeed
-from headcount.actors.live import LiveSpace, Outcomes
+from headcount.actors.live import DeltaRow, LiveSpace, Outcomes
 from headcount.clock import now_ms
 from headcount.domain.events import SpaceEvent
 from headcount.domain.fold import SpaceState
@@ -31,7 +31,7 @@ class Mailbox:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._batches: deque[Sequence[SpaceEvent]] = deque()
+        self._batches: deque[Sequence[SpaceEvent | DeltaRow]] = deque()
         self._waiting = 0
         self._unfinished = 0
         self._arrived = asyncio.Event()
@@ -47,7 +47,7 @@ class Mailbox:
     def empty(self) -> bool:
         return not self._batches
 
-    async def put(self, batch: Sequence[SpaceEvent]) -> None:
+    async def put(self, batch: Sequence[SpaceEvent | DeltaRow]) -> None:
         """Hand in ``batch``; waits while the mailbox is full."""
         if not batch:
             return
@@ -60,7 +60,7 @@ class Mailbox:
         self._arrived.set()
         self._finished.clear()
 
-    async def take(self) -> list[Sequence[SpaceEvent]]:
+    async def take(self) -> list[Sequence[SpaceEvent | DeltaRow]]:
         """Every batch waiting (waiting for one if none is); :meth:`done` once handled."""
         while not self._batches:
             self._arrived.clear()
@@ -146,7 +146,7 @@ class SpaceActor:
         await self.mailbox.put((event,))
         self._told += 1
 
-    async def tell_all(self, events: Sequence[SpaceEvent]) -> None:
+    async def tell_all(self, events: Sequence[SpaceEvent | DeltaRow]) -> None:
         """Hand several events (already durably stored) to the actor at once: one hand-off
         for what one ingest batch brings the space. Waits while the mailbox is full."""
         await self.mailbox.put(events)
@@ -238,7 +238,7 @@ class SpaceActor:
             finally:
                 self.mailbox.done(taken)
 
-    def _apply(self, live: LiveSpace, events: Iterable[SpaceEvent]) -> Outcomes:
+    def _apply(self, live: LiveSpace, events: Iterable[SpaceEvent | DeltaRow]) -> Outcomes:
         """Fold events; those ``too_late`` need the checkpoint reloaded from the store."""
         outcomes = live.apply_all(events)
         late = outcomes.too_late + outcomes.refolded

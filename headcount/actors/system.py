@@ -11,14 +11,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from operator import attrgetter
 from typing import Self
 
 from headcount.actors.changes import Cause, ChangeFeed
+from headcount.actors.live import DeltaRow
 from headcount.actors.reading import Readiness, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
-from headcount.domain.events import Delta, Reset, Traversal, space_delta
+from headcount.domain.events import TRAVERSAL_RANK, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState, daily_reset_window
 from headcount.domain.topology import Space
 from headcount.errors import HeadcountError, StoreDataError, StoreError, UnknownSpaceError
@@ -27,9 +27,6 @@ from headcount.history import History
 from headcount.history.replay import Replay
 
 log = logging.getLogger(__name__)
-
-#: The fold order of deltas (``domain.events.fold_key`` without the rank all deltas share).
-_FOLD_ORDER = attrgetter("ts", "dpu_id", "seq")
 
 
 class SupervisorError(HeadcountError):
@@ -270,23 +267,23 @@ class ActorSystem:
         each one's time: one hand-off per space, its deltas in fold order (so the actor folds
         them on top of its state rather than refolding). Returns how many deltas were
         delivered."""
-        by_space: dict[str, list[Delta]] = {}
+        by_space: dict[str, list[DeltaRow]] = {}
         links_at = self.topology.links_at
         for t in traversals:
             for link in links_at(t.dpu_id, t.ts):
-                deltas = by_space.get(link.space_id)
-                if deltas is None:
-                    deltas = by_space[link.space_id] = []
+                rows = by_space.get(link.space_id)
+                if rows is None:
+                    rows = by_space[link.space_id] = []
                 delta = space_delta(t.direction, link.sensor_placement)
-                deltas.append(Delta(t.ts, t.dpu_id, t.seq, delta))
+                rows.append(((t.ts, TRAVERSAL_RANK, t.dpu_id, t.seq), delta))
         delivered = 0
-        for space_id, deltas in by_space.items():
+        for space_id, rows in by_space.items():
             actor = self.actors.get(space_id)
             if actor is not None:
-                deltas.sort(key=_FOLD_ORDER)
+                rows.sort()  # fold order: by key (a key has one delta)
                 self._wake(actor)
-                await actor.tell_all(deltas)
-                delivered += len(deltas)
+                await actor.tell_all(rows)
+                delivered += len(rows)
         return delivered
 
     async def reset(self, reset: Reset) -> StoredReset:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headcount.actors.live import Applied, LiveSpace, Outcomes
-from headcount.domain.events import Delta, Reset, SpaceEvent, fold_key
+from headcount.actors.live import Applied, DeltaRow, LiveSpace, Outcomes
+from headcount.domain.events import TRAVERSAL_RANK, Delta, Reset, SpaceEvent, fold_key
 from headcount.domain.fold import EMPTY, advance, fold_all
 from headcount.domain.topology import Space
 
@@ -15,6 +15,10 @@ ROOM = Space("room", "Room")
 
 def d(ts: int, delta: int, seq: int, dpu: str = "1") -> Delta:
     return Delta(ts, dpu, seq, 1 if delta > 0 else -1)
+
+
+def as_row(delta: Delta) -> DeltaRow:
+    return ((delta.ts, TRAVERSAL_RANK, delta.dpu_id, delta.seq), delta.delta)
 
 
 def reference(space: Space, events: list[SpaceEvent]) -> tuple[int, int, int]:
@@ -99,6 +103,7 @@ def test_live_state_equals_the_fold_of_everything_received(
     repeats=st.lists(st.integers(0, 39), max_size=8),
     checkpoint=st.integers(0, 30),
     sizes=st.lists(st.integers(1, 8), min_size=1, max_size=6),
+    rows=st.booleans(),
     data=st.data(),
 )
 def test_apply_all_in_batches_is_apply_one_by_one(
@@ -106,6 +111,7 @@ def test_apply_all_in_batches_is_apply_one_by_one(
     repeats: list[int],
     checkpoint: int,
     sizes: list[int],
+    rows: bool,
     data: st.DataObject,
 ) -> None:
     """Folding batches (one refold per batch, the state kept in place) gives what folding
@@ -118,7 +124,12 @@ def test_apply_all_in_batches_is_apply_one_by_one(
     start = n = 0
     while start < len(arrivals):
         size = sizes[n % len(sizes)]
-        out = batched.apply_all(arrivals[start : start + size])
+        # Deltas as routing hands them over (rows), or as events.
+        batch = [
+            as_row(e) if rows and isinstance(e, Delta) else e
+            for e in arrivals[start : start + size]
+        ]
+        out = batched.apply_all(batch)
         totals.appended += out.appended
         totals.resets += out.resets
         totals.refolded += out.refolded

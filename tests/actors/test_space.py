@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+from headcount.actors.live import DeltaRow
 from headcount.actors.space import Mailbox
-from headcount.domain.events import Delta
+from headcount.domain.events import TRAVERSAL_RANK
 
 NOW = 1_700_000_000_000
 
 
-def deltas(n: int, first: int = 0) -> list[Delta]:
-    return [Delta(NOW + i, "d", i, 1) for i in range(first, first + n)]
+def deltas(n: int, first: int = 0) -> list[DeltaRow]:
+    return [((NOW + i, TRAVERSAL_RANK, "d", i), 1) for i in range(first, first + n)]
 
 
 async def test_take_returns_every_batch_waiting_in_order() -> None:
@@ -21,7 +22,7 @@ async def test_take_returns_every_batch_waiting_in_order() -> None:
     await mailbox.put([])  # nothing handed in
     assert mailbox.qsize() == 5
     taken = await mailbox.take()
-    assert [e.ts - NOW for batch in taken for e in batch] == [0, 1, 2, 3, 4]
+    assert [e for batch in taken for e in batch] == deltas(5)
     assert mailbox.qsize() == 0
     assert mailbox.empty()
 
@@ -56,4 +57,4 @@ async def test_take_waits_for_a_batch() -> None:
     await asyncio.sleep(0.01)
     assert not taking.done()
     await mailbox.put(deltas(2))
-    assert [e.ts - NOW for batch in await asyncio.wait_for(taking, 1) for e in batch] == [0, 1]
+    assert [e for batch in await asyncio.wait_for(taking, 1) for e in batch] == deltas(2)

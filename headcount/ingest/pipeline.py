@@ -25,6 +25,9 @@ is not acknowledged (Mosquitto sends at most ``max_inflight_messages`` unacknowl
 Each DPU has a rate limit (:mod:`headcount.ingest.ratelimit`); what exceeds it is refused with
 reason ``rate_limited``. Quarantine keeps a bounded number of entries per DPU and reason per
 time window, so a flood of bad input is not a flood of writes.
+
+(Longer than most modules: the path of a message from decode to acknowledgement, faults
+included, is kept in one place to be read in one go.)
 """
 
 from __future__ import annotations
@@ -77,9 +80,10 @@ M = TypeVar("M", bound=Message)
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
     """Group commit: a batch closes at ``max_events`` traversals or ``max_delay_s`` after its
-    first message, whichever comes first. Payload limits and the clock-skew allowance are the
-    wire format's. Ingest counts as stalled (``/healthz`` 503) when messages have waited
-    ``stall_after_s`` without a commit.
+    first message, whichever comes first (while the batch before it still commits, it keeps
+    filling: the next commit could not start anyway). Payload limits and the clock-skew
+    allowance are the wire format's. Ingest counts as stalled (``/healthz`` 503) when
+    messages have waited ``stall_after_s`` without a commit.
 
     ``dpu_rate`` and ``dpu_burst``: each DPU's limit in messages per second and its burst
     (``dpu_rate`` ``None``: no limit; defaults in :mod:`headcount.ingest.ratelimit`).

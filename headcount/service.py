@@ -11,6 +11,7 @@ final snapshots, then the HTTP API, the broker and the store close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -244,6 +245,11 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         )
         outputs = _outputs(settings, choice, system, address, metrics)
         watch = HealthWatch(store, choice.topology, metrics)
+        # What start-up built (modules, topology, recovered state) lives as long as the
+        # process: out of the collector's full passes, which ingest's short-lived events set
+        # off every few tens of thousands and which would walk it all again each time.
+        gc.collect()
+        gc.freeze()
         upkeep = PartitionUpkeep(store.engine)  # PostgreSQL: this month and the next made
         background: list[tuple[str, Part]] = [("dpu-health", watch), ("partitions", upkeep)]
         await run_parts(system, ingest, stop, outputs=outputs, background=background)

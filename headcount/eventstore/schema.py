@@ -92,6 +92,9 @@ traversal_keys = Table(
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     info={"dialects": ("postgresql",)},
 )
+#: The columns an append writes, in its order (its ``ON CONFLICT`` target is
+#: ``traversal_conflict_target`` above).
+TRAVERSAL_COLUMNS = ("dpu_id", "seq", "ts", "direction", "received_at", "late")
 #: Queries must say exactly this for the planners to use the partial index (SQLite matches
 #: the text: ``late = 1`` or ``late IS 1`` would scan every row of the DPU instead).
 LATE = text("late = true")

@@ -48,6 +48,9 @@ _CONCURRENT = 64
 #: How long a clean stop may take to say goodbye to the broker.
 _FAREWELL_S = 5.0
 
+#: A state to publish: ts, count, and the entrances and exits behind it when known.
+_State = tuple[int, int, int | None, int | None]
+
 
 class MqttOut:
     """Publishes the spaces of ``topology`` to the broker at ``address``.
@@ -75,7 +78,7 @@ class MqttOut:
         self.topics = topics or Topics()
         self.homeassistant = homeassistant
         self._spaces = _publishable(topology.spaces)
-        self._throttle: Throttle[str, tuple[int, int]] = Throttle(interval_s)
+        self._throttle: Throttle[str, _State] = Throttle(interval_s)
         self._reconnect = reconnect or Backoff()
         self._keepalive = keepalive
         self._tls = tls_context(address)
@@ -88,12 +91,22 @@ class MqttOut:
 
     # -- what the rest of the service calls; never waits -----------------------------------
 
-    def offer(self, space_id: str, ts: int, count: int) -> None:
-        """The space's count changed (``ts`` ms): publish it, now or when its interval ends."""
+    def offer(
+        self,
+        space_id: str,
+        ts: int,
+        count: int,
+        *,
+        entrances: int | None = None,
+        exits: int | None = None,
+    ) -> None:
+        """The space's count changed (``ts`` ms): publish it, now or when its interval ends;
+        with the ``entrances`` and ``exits`` behind it when given."""
         if space_id not in self._spaces:
             return
-        if self._throttle.offer(space_id, (ts, count), _now()):
-            self._release(space_id, ts, count)
+        state = (ts, count, entrances, exits)
+        if self._throttle.offer(space_id, state, _now()):
+            self._release(space_id, state)
         else:
             self._timer_wake.set()
 
@@ -104,8 +117,11 @@ class MqttOut:
             self._alerts.append(alert)
             self._wake.set()
 
-    def _release(self, space_id: str, ts: int, count: int) -> None:
-        self._last[space_id] = state_payload(self._spaces[space_id], count, ts)
+    def _release(self, space_id: str, state: _State) -> None:
+        ts, count, entrances, exits = state
+        self._last[space_id] = state_payload(
+            self._spaces[space_id], count, ts, entrances=entrances, exits=exits
+        )
         self._unsent[space_id] = None
         self._wake.set()
 
@@ -121,8 +137,8 @@ class MqttOut:
         """Let the throttle's held-back states through when their interval ends."""
         while True:
             self._timer_wake.clear()
-            for space_id, (ts, count) in self._throttle.due(_now()):
-                self._release(space_id, ts, count)
+            for space_id, state in self._throttle.due(_now()):
+                self._release(space_id, state)
             when = self._throttle.next_due()
             delay = None if when is None else max(0.0, when - _now())
             with contextlib.suppress(TimeoutError):
@@ -222,8 +238,8 @@ class MqttOut:
 
     async def _farewell(self, client: aiomqtt.Client) -> None:
         """At a clean stop: what the throttle holds, what is unsent, then ``offline``."""
-        for space_id, (ts, count) in self._throttle.flush():
-            self._release(space_id, ts, count)
+        for space_id, state in self._throttle.flush():
+            self._release(space_id, state)
         sent = [(self.topics.state(space_id), self._last[space_id]) for space_id in self._unsent]
         try:
             async with asyncio.timeout(_FAREWELL_S):

@@ -97,13 +97,24 @@ def ha_id(space_id: str) -> str:
     return f"headcount_{kept}_{digest}"
 
 
-def state_payload(space: Space, count: int, ts: int) -> bytes:
+def state_payload(
+    space: Space, count: int, ts: int, *, entrances: int | None = None, exits: int | None = None
+) -> bytes:
     """``{"count", "ts", "capacity", "utilization"}`` as JSON: ``ts`` ISO-8601 UTC (the
     time of the count), ``utilization`` ``count / capacity`` (``null`` without a capacity
-    above 0)."""
+    above 0); with ``entrances`` and ``exits`` when given (the totals behind the count, which
+    the other shards of a deployment answer from: ``outputs.owners``)."""
     capacity = space.capacity
     utilization = round(count / capacity, 4) if capacity else None
-    body = {"count": count, "ts": format_ms(ts), "capacity": capacity, "utilization": utilization}
+    body: dict[str, object] = {
+        "count": count,
+        "ts": format_ms(ts),
+        "capacity": capacity,
+        "utilization": utilization,
+    }
+    if entrances is not None and exits is not None:
+        body["entrances"] = entrances
+        body["exits"] = exits
     return json.dumps(body, separators=(",", ":")).encode()
 
 

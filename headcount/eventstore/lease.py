@@ -246,4 +246,4 @@ class _ShardLock:
         if self._conn is not None and self._held:
             with contextlib.suppress(Exception):
                 await self._conn.scalar(text("SELECT pg_advisory_unlock(:a, :b)"), self._keys)
-            await self._drop()
+        await self._drop()

@@ -343,7 +343,8 @@ class Subscriber:
         for start in range(0, len(self.topics), _FILTERS_PER_SUBSCRIBE):
             chunk = self.topics[start : start + _FILTERS_PER_SUBSCRIBE]
             granted = await client.subscribe([(topic, self.qos) for topic in chunk])
-            refused = [t for t, code in zip(chunk, granted, strict=False) if _refused(code)]
+            verdicts = [_refused(code) for code in granted]
+            refused = [t for t, bad in zip(chunk, verdicts, strict=False) if bad]
             if refused:
                 shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
                 raise aiomqtt.MqttError(

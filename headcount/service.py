@@ -69,6 +69,7 @@ from headcount.outputs.config import ServiceConfig, load_config
 from headcount.outputs.follow import Outputs
 from headcount.outputs.mqtt import DEFAULT_PUBLISH_INTERVAL_S, MqttOut
 from headcount.outputs.owners import FollowedStates, ShardLive, StateFollower
+from headcount.outputs.payloads import Topics
 from headcount.outputs.webhooks import Webhooks
 
 __all__ = [
@@ -458,12 +459,15 @@ def _outputs(
     config.check_spaces(choice.topology.spaces, f"--config {settings.config}")
     mqtt = None
     if settings.mqtt_out or settings.homeassistant or settings.shard.sharded:
+        sharded = settings.shard.sharded
         mqtt = MqttOut(
             address,
             choice.topology,
             client_id=f"{settings.client_id}-out",
             interval_s=settings.publish_interval,
             homeassistant=settings.homeassistant,
+            topics=Topics(shard=settings.shard.index) if sharded else None,
+            space_ids=list(system.actors) if sharded else None,
         )
     webhooks = Webhooks(config.webhooks, metrics=metrics) if config.webhooks else None
     if mqtt is None and webhooks is None:

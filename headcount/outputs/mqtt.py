@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from itertools import islice
 
@@ -53,7 +53,8 @@ _State = tuple[int, int, int | None, int | None]
 
 
 class MqttOut:
-    """Publishes the spaces of ``topology`` to the broker at ``address``.
+    """Publishes the spaces of ``topology`` (those of ``space_ids`` when given: a shard's) to
+    the broker at ``address``.
 
     Call :meth:`offer` with each new count of a space (and once per space at the start), and
     run :meth:`run` until cancelled. A space whose id cannot be an MQTT topic level (it holds
@@ -72,12 +73,16 @@ class MqttOut:
         reconnect: Backoff | None = None,
         alert_queue: int = 1000,
         keepalive: int = 30,
+        space_ids: Collection[str] | None = None,
     ) -> None:
         self.address = address
         self.client_id = client_id
         self.topics = topics or Topics()
         self.homeassistant = homeassistant
-        self._spaces = _publishable(topology.spaces)
+        spaces = topology.spaces
+        if space_ids is not None:  # a shard's own spaces: each space has one publisher
+            spaces = {space_id: spaces[space_id] for space_id in space_ids}
+        self._spaces = _publishable(spaces)
         self._throttle: Throttle[str, _State] = Throttle(interval_s)
         self._reconnect = reconnect or Backoff()
         self._keepalive = keepalive

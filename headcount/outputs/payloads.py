@@ -54,13 +54,18 @@ class CountLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Where things are published: ``root`` for the service's own topics, ``discovery`` for
-    Home Assistant's (its default discovery prefix)."""
+    Home Assistant's (its default discovery prefix). ``shard``: the index of the shard a
+    process of a sharded deployment owns, whose availability is its own
+    (``{root}/shards/{shard}/status``): one shard stopping leaves the others' spaces available."""
 
     root: str = "headcount"
     discovery: str = "homeassistant"
+    shard: int | None = None
 
     @property
     def status(self) -> str:
+        if self.shard is not None:
+            return f"{self.root}/shards/{self.shard}/status"
         return f"{self.root}/status"
 
     def state(self, space_id: str) -> str:

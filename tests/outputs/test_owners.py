@@ -23,8 +23,10 @@ from headcount.errors import ConflictError, UnknownSpaceError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest.mqtt import BrokerAddress
+from headcount.outputs.mqtt import MqttOut
 from headcount.outputs.owners import FollowedStates, ShardLive, StateFollower
 from headcount.outputs.payloads import Topics, state_payload
+from tests.outputs.watch import FAST, watching
 from tests.polling import eventually
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -151,3 +153,35 @@ async def test_the_follower_reads_retained_states_and_their_changes(
             task.cancel()
             await asyncio.wait([task])
             await owner.publish(topics.state("B"), b"", qos=1, retain=True)
+
+
+async def test_a_shard_publishes_its_own_spaces_with_its_own_availability(
+    mosquitto: int, topics: Topics
+) -> None:
+    shard_topics = Topics(root=topics.root, discovery=topics.discovery, shard=1)
+    assert shard_topics.status == f"{topics.root}/shards/1/status"
+    out = MqttOut(
+        BrokerAddress("127.0.0.1", mosquitto),
+        SEED,
+        client_id=f"{topics.root}-out",
+        topics=shard_topics,
+        homeassistant=True,
+        reconnect=FAST,
+        space_ids=SHARD_OF_A.spaces(SEED),
+    )
+    async with watching(mosquitto, "#") as seen:
+        task = asyncio.create_task(out.run())
+        try:
+            out.offer("A", NOW, 2, entrances=3, exits=1)
+            out.offer("B", NOW, 5, entrances=5, exits=0)  # shard 0's: not published here
+            await eventually(lambda: bool(seen.on(shard_topics.state("A"))))
+            await eventually(lambda: bool(seen.on(shard_topics.status)))
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+    assert json.loads(seen.on(shard_topics.state("A"))[-1])["entrances"] == 3
+    assert not seen.on(shard_topics.state("B"))
+    configs = [json.loads(p) for t, p, _ in seen.messages if t.startswith(topics.discovery)]
+    assert configs
+    assert {c["availability_topic"] for c in configs} == {shard_topics.status}
+    assert all("headcount_A" in c["unique_id"] for c in configs)

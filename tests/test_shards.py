@@ -131,8 +131,12 @@ class Shard(ServeProcess):
         """What this process answers on every read route, live and past."""
         found: dict[str, object] = {}
         spaces, start = self.site.spaces, self.site.start
+        window = f"start_time={format_ms(start)}&end_time={format_ms(start + 86_400 * SECOND)}"
         for path in [
             "/spaces",
+            *(f"/spaces/{s}" for s in spaces),
+            *(f"/spaces/{s}/events?{window}&page_size=50" for s in spaces),
+            *(f"/spaces/{s}/resets?{window}" for s in spaces),
             *(f"/space/{s}/count" for s in spaces),
             *(f"/spaces/{s}/count" for s in spaces),
             *(f"/spaces/{s}/count?ts={format_ms(start + 1800 * SECOND)}" for s in spaces),
@@ -151,7 +155,9 @@ class Shard(ServeProcess):
 
 def live_counts(answers: dict[str, object]) -> dict[str, dict[str, int]]:
     result = {}
-    for s in [p.split("/")[2] for p in answers if p.startswith("/spaces/") and p.endswith("count")]:
+    for s in [
+        p.split("/")[2] for p in answers if p.startswith("/spaces/") and p.endswith("/count")
+    ]:
         body = answers[f"/spaces/{s}/count"]
         assert isinstance(body, dict)
         result[s] = {k: body[k] for k in ("count", "entrances", "exits")}

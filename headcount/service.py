@@ -6,6 +6,10 @@ ingest) as one supervision tree, a :class:`asyncio.TaskGroup`: when any part fai
 are cancelled and the service stops, exit 1. On SIGINT/SIGTERM it stops cleanly in order:
 ingest first (nothing more is acknowledged), then the actors drain their mailboxes and write
 final snapshots, then the HTTP API, the broker and the store close.
+
+With ``--shard I/N`` the process first takes the shard's lock, or waits for it as the shard's
+standby with the HTTP API open (see README, "Several processes"). Longer than 400 lines: the
+assembly of the service reads best in one place.
 """
 
 from __future__ import annotations
@@ -257,21 +261,10 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             changes=system.changes,
             shard=live.status,
         )
-        holding = shard_lease(store, shard, wait=True, holder="headcount serve")
-        claim = asyncio.ensure_future(holding.__aenter__())
-        await asyncio.wait([claim], timeout=0.05)  # a free shard: its owner at once
-        serving = False
-        if not claim.done():
-            await _start_http(app, settings, stack)
-            serving = True
-            log.info("shard %s: standby, waiting for its owner to stop", shard)
-            await _stand_by(claim, stop)
-            if claim.cancelled():
-                return
-        stack.push_async_exit(holding)
-        held = claim.result()
-        if stop.is_set():
-            return
+        claimed = await _claim_shard(store, settings, app, stack, stop)
+        if claimed is None:
+            return  # stopped while standing by
+        held, serving = claimed
         live.take()
         await system.recover()
         subscriber = await stack.enter_async_context(
@@ -323,6 +316,34 @@ def shard_topics(choice: TopologyChoice, shard: Shard) -> list[str]:
         log.warning("shard %s owns no space with a DPU: it subscribes to nothing", shard)
         topics = [wire.traversals_topic("headcount-shard-with-no-dpus")]
     return topics
+
+
+async def _claim_shard(
+    store: EventStore,
+    settings: Settings,
+    app: web.Application,
+    stack: AsyncExitStack,
+    stop: asyncio.Event,
+) -> tuple[ShardLease, bool] | None:
+    """Hold the shard's lock (until ``stack`` closes): at once when it is free, the usual
+    start, the HTTP API then opening once the spaces are recovered; else as a standby, the
+    HTTP API open meanwhile. Returns the lock and whether the API is open; ``None`` when
+    ``stop`` came first."""
+    shard = settings.shard
+    holding = shard_lease(store, shard, wait=True, holder="headcount serve")
+    claim = asyncio.ensure_future(holding.__aenter__())
+    await asyncio.wait([claim], timeout=0.05)  # a free shard: its owner at once
+    serving = False
+    if not claim.done():
+        await _start_http(app, settings, stack)
+        serving = True
+        log.info("shard %s: standby, waiting for its owner to stop", shard)
+        await _stand_by(claim, stop)
+        if claim.cancelled():
+            return None
+    stack.push_async_exit(holding)
+    held = claim.result()
+    return None if stop.is_set() else (held, serving)
 
 
 async def _stand_by(claim: asyncio.Future[ShardLease], stop: asyncio.Event) -> None:

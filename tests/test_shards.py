@@ -258,6 +258,13 @@ async def test_two_shards_and_a_standby_answer_the_truth_through_a_kill(
         await settled(alive, site.truth(sent + more))
         caught_up = time.monotonic() - killed
         assert await stored(store_url) == len(set(sent + more))  # nothing lost or doubled
+        # A new standby for the shard waits, answering like the others, and stops cleanly.
+        again = Shard(tmp_path, site, "again", mosquitto.url, store_url, ["--shard", "1/2"])
+        processes["again"] = again
+        await again.start()
+        assert await again.shard() == {"index": 1, "count": 2, "role": "standby"}
+        await settled([*alive, again], site.truth(sent + more))
+        assert await again.stop(signal.SIGTERM) == 0
         print(  # shown with -rP: what a take-over took here
             f"take-over: owner after {took_over:.2f} s, every answer right after"
             f" {caught_up:.2f} s ({len(more)} events sent meanwhile)"

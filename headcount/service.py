@@ -35,6 +35,7 @@ from headcount.domain.topology import TopologyChoice
 from headcount.errors import ConfigError, PortTakenError
 from headcount.eventstore.engine import DEFAULT_URL
 from headcount.eventstore.lease import ShardLease, lease, shard_lease
+from headcount.eventstore.partitions import PartitionUpkeep
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.history.dpu_health import HealthWatch
@@ -294,8 +295,10 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         )
         outputs = _outputs(settings, choice, system, address, metrics)
         watch = HealthWatch(store, choice.topology, metrics)
+        upkeep = PartitionUpkeep(store.engine)  # PostgreSQL: this month and the next made
         background: list[tuple[str, Part]] = [
             ("dpu-health", watch),
+            ("partitions", upkeep),
             ("shard-lease", _Watched(held)),
         ]
         await run_parts(system, ingest, stop, outputs=outputs, background=background)

@@ -31,6 +31,7 @@ from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology, TopologyChoice, document_digest
 from headcount.errors import HeadcountError
 from headcount.eventstore.lease import lease, shard_lease
+from headcount.eventstore.partitions import archived_before
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.history.compare import compare_topologies
@@ -133,6 +134,7 @@ async def run(args: argparse.Namespace) -> int:
             args.space = await _shard_spaces(args, store, choice)
         if args.verify:
             return await _verify(args, store, choice.topology)
+        await _refuse_detached(store, from_ts)
         document = choice.document or choice.topology.to_toml()
         async with contextlib.AsyncExitStack() as holding:
             if args.shard is None:
@@ -187,6 +189,18 @@ async def _shard_spaces(
             s for s in args.space if s not in choice.topology.spaces
         ]
     return owned
+
+
+async def _refuse_detached(store: EventStore, from_ts: int | None) -> None:
+    """A replay folds what the log holds: from before months detached from it, its snapshots
+    would miss their events and supersede the right ones."""
+    closed = await archived_before(store.engine)
+    if closed is not None and (from_ts is None or from_ts < closed):
+        raise UsageError(
+            f"the log before {format_ms(closed)} was detached ('headcount partitions"
+            f" detach'): replay with --from {format_ms(closed)} or later, or attach those"
+            " months again first"
+        )
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:

@@ -33,7 +33,12 @@ from headcount.eventstore.records import (
     StoredReset,
 )
 from headcount.eventstore.scan import sqlite_file, sqlite_rows
-from headcount.eventstore.schema import resets, snapshots, traversals
+from headcount.eventstore.schema import (
+    resets,
+    snapshots,
+    traversal_conflict_target,
+    traversals,
+)
 from headcount.eventstore.statements import (
     CHUNK,
     TAIL_PAGE,
@@ -56,7 +61,7 @@ class EventLog:
         self._clock = clock
         self._insert_traversals = (
             insert(engine, traversals)
-            .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
+            .on_conflict_do_nothing(index_elements=traversal_conflict_target(engine.dialect.name))
             .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
         )
 

@@ -187,8 +187,14 @@ class EventLog:
             yield conn
 
     async def head(self) -> Head:
-        """The newest traversal position and reset id (0 when empty)."""
-        async with read_transaction(self.engine) as conn:
+        """The newest traversal position and reset id (0 when empty). On PostgreSQL it is read
+        under the log's exclusive lock, as a snapshot write reads it: an append still in flight
+        could otherwise commit a position below it later, and a fold up to this head (a replay
+        of one shard beside the others, which keep appending) would miss that event."""
+        if self.engine.dialect.name != "postgresql":
+            async with read_transaction(self.engine) as conn:
+                return await read_head(conn)
+        async with write_transaction(self.engine, exclusive=True) as conn:
             return await read_head(conn)
 
     async def count_traversals(self) -> int:

@@ -17,7 +17,7 @@ from headcount.http import dpu_health, events, live, models, series
 from headcount.http.api import Routes, answer, parse_query
 from headcount.http.auth import require_token
 from headcount.http.errors import NOT_FOUND, error, json_errors
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, SHARD
 from headcount.http.limits import limit_query
 from headcount.http.openapi import document
 from headcount.ingest.dpus import Delivery, DpuRegistry
@@ -111,7 +111,8 @@ async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
     except SpaceRecoveringError as e:
         raise error(web.HTTPServiceUnavailable, str(e)) from None
     if state is None:
-        # Served by another shard: the shared log answers, exactly, a little slower.
+        # Served by another shard whose state is not known here: the shared log answers,
+        # exactly, a little slower.
         return now, (await app[HISTORY].count_at(space_id, now)).state
     return now, state
 
@@ -274,7 +275,8 @@ def _delivery(delivery: Delivery) -> models.Delivery:
 async def healthz(request: web.Request) -> web.Response:
     """200 when every space's actor is serving and ingest keeps up; 503 while any space is
     still recovering, or while messages wait for a commit that does not come (the store is
-    down, say), with the reason in ``detail``."""
+    down, say), with the reason in ``detail``. With ``shard``: the shard this process owns
+    or stands by for (a standby is healthy: it answers from the store and the owners)."""
     readiness = request.app[ACTORS].readiness()
     if not readiness.ready:
         waiting = readiness.recovering
@@ -287,9 +289,18 @@ async def healthz(request: web.Request) -> web.Response:
     problem = None if ingest is None else ingest.problem()
     if problem is not None:
         raise error(web.HTTPServiceUnavailable, problem)
-    return answer(
-        models.Health(status="ok", spaces=readiness.spaces, actor_restarts=readiness.restarts)
+    status = request.app[SHARD]() if SHARD in request.app else None
+    shard = (
+        None
+        if status is None
+        else models.ShardHealth(
+            index=status.shard.index, count=status.shard.count, role=status.role
+        )
     )
+    health = models.Health(
+        status="ok", spaces=readiness.spaces, actor_restarts=readiness.restarts, shard=shard
+    )
+    return answer(health)
 
 
 @routes.get(

@@ -100,6 +100,10 @@ class IngestSettings:
     dpu_burst: float = ratelimit.DEFAULT_DPU_BURST
     quarantine_keep: int = ratelimit.DEFAULT_QUARANTINE_KEEP
     quarantine_window_s: float = ratelimit.DEFAULT_QUARANTINE_WINDOW_S
+    #: Route traversals the store already held to the actors as well: a shard of a sharded
+    #: deployment shares the DPUs of a doorway between its spaces and another shard's, and the
+    #: other shard may have stored one first (the actors drop what they have).
+    route_duplicates: bool = False
 
     @property
     def max_held(self) -> int:
@@ -159,6 +163,7 @@ class Ingest(Generic[M]):
         settings: IngestSettings | None = None,
         clock: Callable[[], int] = now_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        health: IngestHealth | None = None,
     ) -> None:
         self._messages = messages
         self._ack = ack
@@ -171,7 +176,7 @@ class Ingest(Generic[M]):
         self._clock = clock
         #: Messages read, and ``None`` when a commit ends (a wake-up for the next batch).
         self._queue: asyncio.Queue[M | None] = asyncio.Queue(self.settings.queue_size)
-        self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
+        self.health = health or IngestHealth(self.settings.stall_after_s, clock=clock)
         self.loss = LossAudit(store.log, dpus, metrics, clock=clock)
         self.limiter = DpuRateLimiter(
             self.settings.rate_limit, known=self.topology.knows_dpu, monotonic=monotonic
@@ -440,7 +445,10 @@ class Ingest(Generic[M]):
                 m.quarantined.labels(reason).inc()
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
-        await self.actors.route([*result.new, *_stored_before(parts, result)])
+        if self.settings.route_duplicates:
+            await self.actors.route(_all_stored(traversals, result))
+        else:
+            await self.actors.route([*result.new, *_stored_before(parts, result)])
 
     async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
         """Quarantine a message whose content the store refuses, in a form any store holds:
@@ -502,6 +510,19 @@ def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Trav
                 new.add(t.key)
                 again.append(t)
     return again
+
+
+def _all_stored(traversals: Sequence[Traversal], result: AppendResult) -> list[Traversal]:
+    """Every traversal of the batch that the store holds now, each once: the new ones and the
+    duplicates, not the conflicts (quarantined)."""
+    refused = {c.reported for c in result.conflicts}
+    seen: set[tuple[str, int]] = set()
+    held: list[Traversal] = []
+    for t in traversals:
+        if t.key not in seen and t not in refused:
+            seen.add(t.key)
+            held.append(t)
+    return held
 
 
 def _ascii(text: str, limit: int) -> str:

@@ -337,7 +337,12 @@ async def test_space_served_by_another_shard_is_answered_from_the_log(
     await service.feed(MORNING)
     body = await service.get("/spaces/B/count")
     assert (body["count"], body["entrances"], body["exits"]) == (2, 2, 0)
-    assert await service.get("/healthz") == {"status": "ok", "spaces": 1, "actor_restarts": 0}
+    assert await service.get("/healthz") == {
+        "status": "ok",
+        "spaces": 1,
+        "actor_restarts": 0,
+        "shard": None,
+    }
 
 
 # -- spaces and DPUs -----------------------------------------------------------------------
@@ -436,7 +441,12 @@ async def test_dpu_not_in_the_topology_is_404_even_when_heard_from(service: Serv
 
 
 async def test_healthz(service: Service) -> None:
-    assert await service.get("/healthz") == {"status": "ok", "spaces": 2, "actor_restarts": 0}
+    assert await service.get("/healthz") == {
+        "status": "ok",
+        "spaces": 2,
+        "actor_restarts": 0,
+        "shard": None,
+    }
 
 
 async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
@@ -458,7 +468,7 @@ async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
             client = await aiohttp_client(app)
             service = Service(client, store, app[HISTORY], app[SYSTEM], app[DPUS])
             task = asyncio.create_task(ingest.run())
-            healthy = {"status": "ok", "spaces": 2, "actor_restarts": 0}
+            healthy = {"status": "ok", "spaces": 2, "actor_restarts": 0, "shard": None}
             assert await service.get("/healthz") == healthy
 
             faults.down = True

@@ -16,6 +16,7 @@ one, and aiohttp's access log does not print the ``Authorization`` header.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from aiohttp import hdrs, web
 
 from headcount.http.errors import JSON, guard
+from headcount.http.server import remember, verified
 from headcount.http.tokens import Scope, Token, Tokens
 
 __all__ = ["AUTH", "OPEN_ALWAYS", "Auth", "check_token", "needed_scope", "require_token"]
@@ -75,7 +77,7 @@ def check_token(request: web.Request) -> None:
             f"This API needs a token: {_HOW}.",
             'Bearer realm="headcount"',
         )
-    token = auth.tokens.find(presented)
+    token = _token(request, auth.tokens, presented)
     if token is None:
         log.debug("refused %s %s: a token this service does not know", request.method, request.path)
         raise _refusal(
@@ -93,6 +95,22 @@ def check_token(request: web.Request) -> None:
     ):
         return
     raise _scope_refusal(request, token)
+
+
+def _token(request: web.Request, tokens: Tokens, presented: str) -> Token | None:
+    """The token ``presented`` is, or ``None``. A connection of the service remembers the
+    token that last matched on it; a request presenting the same bytes (compared in constant
+    time) is that token without hashing it again: the hash is the check's main cost per
+    request (bench/live_query.py). Tokens change only with a restart, which closes every
+    connection."""
+    raw = presented.encode("utf-8", "surrogateescape")
+    known = verified(request)
+    if known is not None and hmac.compare_digest(known[0], raw):
+        return known[1]
+    token = tokens.find(presented)
+    if token is not None:
+        remember(request, raw, token)
+    return token
 
 
 #: The token check as a middleware of its own (:func:`check_token`).

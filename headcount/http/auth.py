@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
-from headcount.http.errors import JSON, guard
+from headcount.http.errors import JSON
 from headcount.http.server import remember, verified
 from headcount.http.tokens import Scope, Token, Tokens
 
-__all__ = ["AUTH", "OPEN_ALWAYS", "Auth", "check_token", "needed_scope", "require_token"]
+__all__ = ["AUTH", "OPEN_ALWAYS", "Auth", "check_token", "needed_scope"]
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,6 @@ def _token(request: web.Request, tokens: Tokens, presented: str) -> Token | None
     if token is not None:
         remember(request, raw, token)
     return token
-
-
-#: The token check as a middleware of its own (:func:`check_token`).
-require_token = guard(check_token)
 
 
 def _scope_refusal(request: web.Request, token: Token) -> web.HTTPException:

@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from headcount.http.errors import JSON, guard
+from headcount.http.errors import JSON
 
-__all__ = ["LIMITS", "Limits", "check_query", "limit_query", "new_app"]
+__all__ = ["LIMITS", "Limits", "check_query", "new_app"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ LIMITS = web.AppKey("limits", Limits)
 
 def new_app(limits: Limits | None = None) -> web.Application:
     """An application that reads bodies up to ``limits.body_bytes`` and keeps ``limits`` for
-    :func:`limit_query` and ``headcount.http.server.make_runner``."""
+    :func:`check_query` and ``headcount.http.server.make_runner``."""
     limits = limits or Limits()
     app = web.Application(client_max_size=limits.body_bytes)
     app[LIMITS] = limits
@@ -71,10 +71,6 @@ def check_query(request: web.Request) -> None:
         if given > limit:
             detail = f"The query has {given} parameters; this server reads at most {limit}."
             raise web.HTTPBadRequest(text=json.dumps({"detail": detail}), content_type=JSON)
-
-
-#: The query limit as a middleware of its own (:func:`check_query`).
-limit_query = guard(check_query)
 
 
 _DEFAULT = Limits()

@@ -358,6 +358,33 @@ async def test_spaces_lists_every_space_with_its_live_count(service: Service) ->
     }
 
 
+#: The seed, with a parent, a capacity and names that JSON must escape.
+NAMED_SEED = (
+    SEED_TOPOLOGY.read_text()
+    .replace('name = "Space A"', 'name = "Hall \\"A\\" \\\\ caf\u00e9 \u2603"\ncapacity = 40')
+    .replace('name = "Space B"', 'name = "Room\\tB"\nparent = "A"')
+)
+
+
+async def test_spaces_encodes_every_name_and_asks_another_shard_through_the_log(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    """``/spaces`` is written from parts encoded once per topology: they must be the JSON of
+    the names as given, and a space another shard serves answers from the log."""
+    service = await start(store, aiohttp_client, spaces=["A"], topology_text=NAMED_SEED)
+    await service.feed(MORNING)
+    response = await service.client.get("/spaces")
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert await response.json() == {
+        "spaces": [
+            {"id": "A", "name": 'Hall "A" \\ caf\u00e9 \u2603', "parent": None, "capacity": 40,
+             "count": 1},
+            {"id": "B", "name": "Room\tB", "parent": "A", "capacity": None, "count": 2},
+        ]
+    }  # fmt: skip
+    assert await service.get("/spaces") == await service.get("/spaces")  # from the parts kept
+
+
 async def test_space_detail(service: Service) -> None:
     await service.feed(MORNING)
     assert await service.get("/spaces/A") == {

@@ -124,6 +124,7 @@ class Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[str] = []
+        self._times: dict[str, int] = {}
 
     def problem(self, where: str, text: str) -> None:
         """Record one problem: ``"<source>: <where>: <text>."``."""
@@ -152,7 +153,7 @@ class Reader:
             return []
         found: list[tuple[int, Mapping[str, Any]]] = []
         for index, entry in enumerate(value):
-            if isinstance(entry, Mapping):
+            if type(entry) is dict or isinstance(entry, Mapping):  # the ABC check is slow
                 found.append((index, entry))
             else:
                 self.problem(
@@ -260,11 +261,15 @@ class Reader:
             return None
         value = table[key]
         if isinstance(value, str):
+            known = self._times.get(value)  # a file repeats its dates (one per DPU, often)
+            if known is not None:
+                return known
             try:
-                return parse_iso(value, any_year=True)
+                ms = self._times[value] = parse_iso(value, any_year=True)
             except InvalidTimestampError as exc:
                 self.problem(where, f"{key} is not a timestamp: {exc}")
                 return None
+            return ms
         if isinstance(value, datetime.datetime) and value.utcoffset() is not None:
             return to_ms(value)
         if isinstance(value, datetime.datetime):

@@ -65,9 +65,9 @@ _Route = tuple[
     tuple[Callable[[_Row], None], ...],
     tuple[tuple["_Track", dict[int, Direction]], ...],
 ]
-#: Passes over more spaces than a batch's rows divided by this find the spaces a batch
-#: touched from its DPUs instead of looking at every space.
-_FEW_SPACES = 8
+#: A batch is folded space by space (each space's rows in one loop) when it has at least this
+#: many rows for each space of the pass, else event by event.
+_ROWS_PER_SPACE = 8
 
 
 def _row_ts(row: tuple[str, int, int, int]) -> int:
@@ -143,7 +143,6 @@ class _Track:
         "sink",
         "space",
         "view",
-        "watching",
         "written",
     )
 
@@ -171,7 +170,6 @@ class _Track:
         self.checks: list[Snapshot] = []
         self.checked = 0
         self.mismatches: list[Mismatch] = []
-        self.watching = False
         #: The time of the next probe or check to settle (see :meth:`reach`).
         self.next_watch = _AFTER_ALL
         #: This space's traversals of the batch being folded (see :meth:`fold_pending`).
@@ -190,7 +188,6 @@ class _Track:
 
     def _watch_next(self) -> None:
         probes, checks = self.probes, self.checks
-        self.watching = len(self.probed) < len(probes) or self.checked < len(checks)
         self.next_watch = min(
             probes[len(self.probed)] if len(self.probed) < len(probes) else _AFTER_ALL,
             checks[self.checked].as_of if self.checked < len(checks) else _AFTER_ALL,
@@ -225,7 +222,7 @@ class _Track:
         """Get ready to fold an event at ``ts``; False if it is already folded in."""
         if ts <= self.after:
             return False
-        if self.watching:
+        if ts > self.next_watch:
             self.reach(ts)
         cadence = self.cadence
         if cadence is not None:
@@ -240,7 +237,7 @@ class _Track:
         inner loop)."""
         if ts <= self.after:
             return
-        if self.watching:
+        if ts > self.next_watch:
             self.reach(ts)
         cadence = self.cadence
         if cadence is not None:
@@ -518,7 +515,7 @@ class Replay:
         sink = next(iter(tracks.values())).sink if tracks else []
         resets_left = iter([*(r.ts for r in found), _AFTER_ALL])
         next_reset = next(resets_left)
-        few = list(tracks.values())
+        every = list(tracks.values())
         async for batch in interleave_resets(found, rows, _row_ts):
             last = batch[-1]
             if next_reset <= (last.ts if isinstance(last, StoredReset) else last[2]):
@@ -528,15 +525,13 @@ class Replay:
                         self._reset(tracks, item, head)
                         next_reset = next(resets_left)
                         read -= 1  # counted with its batch, but not a row of the traversal log
-                        continue
-                    dpu_id, seq, ts, direction = item
-                    route = routes.get(dpu_id)
-                    if route is None or not route[0] <= ts < route[1]:
-                        route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
-                    for track, deltas in route[4]:
-                        track.delta(ts, dpu_id, seq, deltas[direction], head)
+                    else:
+                        self._fold_event(item, routes, tracks, head)
+            elif len(batch) < len(every) * _ROWS_PER_SPACE:
+                for row in batch:  # too few rows a space for a loop per space to pay
+                    self._fold_event(row, routes, tracks, head)  # type: ignore[arg-type]
             else:
-                self._fold_batch(batch, routes, tracks, few, head)  # type: ignore[arg-type]
+                self._fold_batch(batch, routes, tracks, every, head)  # type: ignore[arg-type]
             read += len(batch)
             if progress is not None:
                 progress.update(read)
@@ -553,20 +548,17 @@ class Replay:
         batch: Sequence[_Row],
         routes: dict[str, _Route],
         tracks: dict[str, _Track],
-        few: list[_Track],
+        every: list[_Track],
         head: Head,
     ) -> None:
         """Fold a batch of traversals without resets: each row handed to the batches of the
         spaces it reaches, then each space's batch folded in one loop."""
         get = routes.get
-        moved: list[_Track] = []  # reached by a DPU in this batch before it moved
         for row in batch:
             dpu_id = row[0]
             ts = row[2]
             route = get(dpu_id)
             if route is None or not route[0] <= ts < route[1]:
-                if route is not None:
-                    moved += (track for track, _ in route[4])
                 route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
             for add in route[2]:
                 add(row)
@@ -574,18 +566,20 @@ class Replay:
                 reversed_row = (dpu_id, row[1], ts, -row[3])
                 for add in route[3]:
                     add(reversed_row)
-        if len(few) * _FEW_SPACES <= len(batch):
-            touched: Iterable[_Track] = few
-        else:
-            touched = {
-                track: None
-                for dpu_id in {row[0] for row in batch}
-                for track, _ in routes[dpu_id][4]
-            }
-            touched.update(dict.fromkeys(moved))
-        for track in touched:
+        for track in every:
             if track.pending:
                 track.fold_pending(head)
+
+    def _fold_event(
+        self, row: _Row, routes: dict[str, _Route], tracks: dict[str, _Track], head: Head
+    ) -> None:
+        """Fold one traversal into the spaces it reaches."""
+        dpu_id, seq, ts, direction = row
+        route = routes.get(dpu_id)
+        if route is None or not route[0] <= ts < route[1]:
+            route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+        for track, deltas in route[4]:
+            track.delta(ts, dpu_id, seq, deltas[direction], head)
 
     def _route(self, tracks: dict[str, _Track], dpu_id: str, ts: int) -> _Route:
         """Where a traversal of ``dpu_id`` at ``ts`` goes: the span of times it goes there

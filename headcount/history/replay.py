@@ -528,8 +528,8 @@ class Replay:
                     else:
                         self._fold_event(item, routes, tracks, head)
             elif len(batch) < len(every) * _ROWS_PER_SPACE:
-                for row in batch:  # too few rows a space for a loop per space to pay
-                    self._fold_event(row, routes, tracks, head)  # type: ignore[arg-type]
+                # Too few rows a space for a loop per space to pay.
+                self._fold_events(batch, routes, tracks, head)  # type: ignore[arg-type]
             else:
                 self._fold_batch(batch, routes, tracks, every, head)  # type: ignore[arg-type]
             read += len(batch)
@@ -569,6 +569,22 @@ class Replay:
         for track in every:
             if track.pending:
                 track.fold_pending(head)
+
+    def _fold_events(
+        self,
+        batch: Sequence[_Row],
+        routes: dict[str, _Route],
+        tracks: dict[str, _Track],
+        head: Head,
+    ) -> None:
+        """Fold a batch of traversals event by event (:meth:`_fold_event` for each, inline)."""
+        get = routes.get
+        for dpu_id, seq, ts, direction in batch:
+            route = get(dpu_id)
+            if route is None or not route[0] <= ts < route[1]:
+                route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+            for track, deltas in route[4]:
+                track.delta(ts, dpu_id, seq, deltas[direction], head)
 
     def _fold_event(
         self, row: _Row, routes: dict[str, _Route], tracks: dict[str, _Track], head: Head

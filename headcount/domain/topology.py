@@ -130,6 +130,24 @@ class Topology:
         )
         if report.problems:
             raise TopologyError(report.problems)
+        self._index(space_list, doorway_list)
+
+    @classmethod
+    def _checked(
+        cls,
+        spaces: tuple[Space, ...],
+        doorways: tuple[Doorway, ...],
+        assignments: tuple[Assignment, ...],
+    ) -> Topology:
+        """A topology of entries :func:`check` has already found valid (it is not cheap: a
+        file of 100,000 spaces is checked once, not twice)."""
+        topology = cls.__new__(cls)
+        topology._assignments = assignments
+        topology._index(spaces, doorways)
+        return topology
+
+    def _index(self, space_list: tuple[Space, ...], doorway_list: tuple[Doorway, ...]) -> None:
+        """Build the indexes of valid entries (``self._assignments`` set)."""
         self._spaces = MappingProxyType({space.id: space for space in space_list})
         self._doorways = MappingProxyType({doorway.id: doorway for doorway in doorway_list})
         self._canonical = tuple(sorted(self._assignments, key=lambda a: (a.dpu_id, a.valid_from)))
@@ -197,11 +215,10 @@ class Topology:
         check(spaces, doorways, assignments, report)
         if report.problems:
             raise TopologyError(report.problems)
-        return cls(
-            (space for _, space in spaces),
-            (doorway for _, doorway in doorways),
-            (assignment for _, assignment in assignments),
-            source=source,
+        return cls._checked(
+            tuple(space for _, space in spaces),
+            tuple(doorway for _, doorway in doorways),
+            tuple(assignment for _, assignment in assignments),
         )
 
     def to_toml(self) -> str:

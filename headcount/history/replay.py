@@ -20,9 +20,11 @@ Four uses share the pass:
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Direction, Reset, SpaceEvent, space_delta
@@ -50,8 +52,22 @@ _BEFORE_ALL = -(2**62)
 _AFTER_ALL = 2**62
 
 
-#: A DPU's route in a pass: from, until, and the tracks it reaches with its delta by direction.
-_Route = tuple[int, int, tuple[tuple["_Track", dict[int, Direction]], ...]]
+#: A traversal log row: ``(dpu_id, seq, ts, direction)``; in a track's batch, the direction is
+#: the delta to that space.
+_Row = tuple[str, int, int, int]
+#: A DPU's route in a pass: from, until; the batches of the tracks it reaches with its
+#: direction as it is, and with it reversed (the DPU hangs outside); and the tracks it reaches
+#: with its delta by direction (for batches with resets, folded event by event).
+_Route = tuple[
+    int,
+    int,
+    tuple[Callable[[_Row], None], ...],
+    tuple[Callable[[_Row], None], ...],
+    tuple[tuple["_Track", dict[int, Direction]], ...],
+]
+#: A batch is folded space by space (each space's rows in one loop) when it has at least this
+#: many rows for each space of the pass, else event by event.
+_ROWS_PER_SPACE = 8
 
 
 def _row_ts(row: tuple[str, int, int, int]) -> int:
@@ -118,6 +134,8 @@ class _Track:
         "events",
         "folder",
         "mismatches",
+        "next_watch",
+        "pending",
         "probed",
         "probes",
         "recent",
@@ -125,7 +143,6 @@ class _Track:
         "sink",
         "space",
         "view",
-        "watching",
         "written",
     )
 
@@ -153,7 +170,10 @@ class _Track:
         self.checks: list[Snapshot] = []
         self.checked = 0
         self.mismatches: list[Mismatch] = []
-        self.watching = False
+        #: The time of the next probe or check to settle (see :meth:`reach`).
+        self.next_watch = _AFTER_ALL
+        #: This space's traversals of the batch being folded (see :meth:`fold_pending`).
+        self.pending: list[_Row] = []
         #: ``recover_at``: the events after this time, kept as they are folded.
         self.recent_after = _AFTER_ALL
         self.recent: list[SpaceEvent] = []
@@ -164,7 +184,14 @@ class _Track:
 
     def watch(self, probes: list[int], checks: list[Snapshot]) -> None:
         self.probes, self.checks = probes, checks
-        self.watching = bool(probes or checks)
+        self._watch_next()
+
+    def _watch_next(self) -> None:
+        probes, checks = self.probes, self.checks
+        self.next_watch = min(
+            probes[len(self.probed)] if len(self.probed) < len(probes) else _AFTER_ALL,
+            checks[self.checked].as_of if self.checked < len(checks) else _AFTER_ALL,
+        )
 
     @property
     def state(self) -> SpaceState:
@@ -179,7 +206,7 @@ class _Track:
         while self.checked < len(checks) and checks[self.checked].as_of < ts:
             self._check(checks[self.checked])
             self.checked += 1
-        self.watching = len(self.probed) < len(probes) or self.checked < len(checks)
+        self._watch_next()
 
     def _check(self, snapshot: Snapshot) -> None:
         folded = advance(self.space, self.state, snapshot.as_of)
@@ -195,7 +222,7 @@ class _Track:
         """Get ready to fold an event at ``ts``; False if it is already folded in."""
         if ts <= self.after:
             return False
-        if self.watching:
+        if ts > self.next_watch:
             self.reach(ts)
         cadence = self.cadence
         if cadence is not None:
@@ -210,7 +237,7 @@ class _Track:
         inner loop)."""
         if ts <= self.after:
             return
-        if self.watching:
+        if ts > self.next_watch:
             self.reach(ts)
         cadence = self.cadence
         if cadence is not None:
@@ -222,10 +249,125 @@ class _Track:
         if ts > self.recent_after:
             self.recent.append(Delta(ts, dpu_id, seq, delta))
 
+    def fold_pending(self, head: Head) -> None:
+        """Fold :attr:`pending` (this space's traversals of a batch, each row's direction the
+        delta to this space) and empty it: :meth:`delta` for each row, in one loop with the
+        fold's state in locals (the replay's inner loop)."""
+        rows = self.pending
+        try:
+            if self.space.daily_reset is not None:  # the daily reset needs Folder's own path
+                for dpu_id, seq, ts, delta in rows:
+                    self.delta(ts, dpu_id, seq, 1 if delta > 0 else -1, head)
+            else:
+                self._fold_rows(rows, head)
+        finally:
+            rows.clear()  # in place: the routes of the pass append to this list
+
+    def _fold_rows(self, rows: list[_Row], head: Head) -> None:
+        folder = self.folder
+        cadence = self.cadence
+        every, counted, due, horizon = (
+            (0, 0, False, _BEFORE_ALL)
+            if cadence is None
+            else (cadence.every, cadence.count, cadence.due, cadence.horizon)
+        )
+        after, recent_after, watch_at, events = (
+            self.after,
+            self.recent_after,
+            self.next_watch,
+            self.events,
+        )
+        as_of, count, entrances, exits = folder.as_of, folder.count, folder.entrances, folder.exits
+        floor = not self.space.allow_negative
+        try:
+            for row in rows:
+                ts = row[2]
+                if ts <= after:
+                    continue
+                if ts > watch_at:  # a probe or check falls before this row: settle it
+                    folder.as_of, folder.count = as_of, count
+                    folder.entrances, folder.exits = entrances, exits
+                    self.reach(ts)
+                    watch_at = self.next_watch
+                if due and ts != as_of and as_of is not None and as_of <= horizon:
+                    due = False
+                    state = SpaceState(as_of, count, entrances, exits)
+                    self.sink.append(Snapshot(self.space.id, self.view.fingerprint, state, head))
+                if every:
+                    counted += 1
+                    if counted % every == 0:
+                        due = True
+                events += 1
+                if as_of is not None and ts < as_of:
+                    raise ValueError(f"fold out of order: event at {ts} after state as of {as_of}")
+                as_of = ts
+                delta = row[3]
+                count += delta
+                if count < 0 and floor:
+                    count = 0
+                if delta > 0:
+                    entrances += 1
+                else:
+                    exits += 1
+                if ts > recent_after:
+                    self.recent.append(Delta(ts, row[0], row[1], 1 if delta > 0 else -1))
+        finally:
+            folder.as_of, folder.count, folder.entrances, folder.exits = (
+                as_of,
+                count,
+                entrances,
+                exits,
+            )
+            self.events = events
+            if cadence is not None:
+                cadence.count, cadence.due = counted, due
+
     def finish(self, head: Head) -> None:
         self.reach(_AFTER_ALL)
         if self.cadence is not None and self.cadence.snapshot_at_end(self.folder.as_of):
             self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+
+
+class _Writer:
+    """Writes a pass's snapshots in the background, one batch at a time, while the pass goes
+    on folding (a write mostly waits for the disk); a pass with a batch to hand over while the
+    previous one is still being written waits for it, so at most two batches are held."""
+
+    def __init__(
+        self, store: EventStore, tracks: dict[str, _Track], generation: int | None
+    ) -> None:
+        self.store = store
+        self.tracks = tracks
+        self.generation = generation
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        task = self.task
+        if task is None:
+            return
+        if exc[0] is not None:  # the pass failed: its snapshots are not wanted
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            await task
+
+    async def write(self, sink: list[Snapshot]) -> None:
+        """Hand over the snapshots in ``sink`` (emptied) to be written."""
+        if self.task is not None:
+            await self.task  # a failed write fails the pass here
+        written = list(sink)
+        sink.clear()
+        self.task = asyncio.create_task(self._write(written), name="replay-snapshots")
+
+    async def _write(self, written: list[Snapshot]) -> None:
+        if self.generation is None or not written:
+            return
+        await self.store.replays.add_snapshots(self.generation, written)
+        for snapshot in written:
+            self.tracks[snapshot.space_id].written += 1
 
 
 class Replay:
@@ -348,47 +490,125 @@ class Replay:
         oldest = min((t.after for t in tracks.values()), default=_BEFORE_ALL)
         after = None if oldest == _BEFORE_ALL else oldest
         dpus = self._dpus(tracks)
-        sink = next(iter(tracks.values())).sink if tracks else []
         found = self._resets(await self.store.log.resets_up_to(head, after=after), tracks)
         rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head)
-        routes: dict[str, _Route] = {}
-        read = 0
         progress = self.progress
-        async for batch in interleave_resets(found, rows, _row_ts):
-            for item in batch:
-                if isinstance(item, StoredReset):
-                    self._reset(tracks, item, head)
-                    read -= 1  # counted with its batch, but not a row of the traversal log
-                    continue
-                dpu_id, seq, ts, direction = item
-                route = routes.get(dpu_id)
-                if route is None or not route[0] <= ts < route[1]:
-                    route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
-                for track, deltas in route[2]:
-                    track.delta(ts, dpu_id, seq, deltas[direction], head)
-            read += len(batch)
-            if progress is not None:
-                progress.update(read)
-            if generation is not None and len(sink) >= _FLUSH_EVERY:
-                await self._flush(tracks, sink, generation)
-        for track in tracks.values():
-            track.finish(head)
-        if generation is not None:
-            await self._flush(tracks, sink, generation)
+        async with _Writer(self.store, tracks, generation) as writer:
+            read = await self._stream(
+                tracks, head, found, rows, writer if generation is not None else None
+            )
         if progress is not None:
             progress.finish(read)
         return read
 
+    async def _stream(
+        self,
+        tracks: dict[str, _Track],
+        head: Head,
+        found: list[StoredReset],
+        rows: AsyncIterator[Sequence[_Row]],
+        writer: _Writer | None,
+    ) -> int:
+        routes: dict[str, _Route] = {}
+        read = 0
+        progress = self.progress
+        sink = next(iter(tracks.values())).sink if tracks else []
+        resets_left = iter([*(r.ts for r in found), _AFTER_ALL])
+        next_reset = next(resets_left)
+        every = list(tracks.values())
+        async for batch in interleave_resets(found, rows, _row_ts):
+            last = batch[-1]
+            if next_reset <= (last.ts if isinstance(last, StoredReset) else last[2]):
+                # Resets fall in this batch (merged in by time): fold it event by event.
+                for item in batch:
+                    if isinstance(item, StoredReset):
+                        self._reset(tracks, item, head)
+                        next_reset = next(resets_left)
+                        read -= 1  # counted with its batch, but not a row of the traversal log
+                    else:
+                        self._fold_event(item, routes, tracks, head)
+            elif len(batch) < len(every) * _ROWS_PER_SPACE:
+                # Too few rows a space for a loop per space to pay.
+                self._fold_events(batch, routes, tracks, head)  # type: ignore[arg-type]
+            else:
+                self._fold_batch(batch, routes, tracks, every, head)  # type: ignore[arg-type]
+            read += len(batch)
+            if progress is not None:
+                progress.update(read)
+            if writer is not None and len(sink) >= _FLUSH_EVERY:
+                await writer.write(sink)
+        for track in tracks.values():
+            track.finish(head)
+        if writer is not None:
+            await writer.write(sink)
+        return read
+
+    def _fold_batch(
+        self,
+        batch: Sequence[_Row],
+        routes: dict[str, _Route],
+        tracks: dict[str, _Track],
+        every: list[_Track],
+        head: Head,
+    ) -> None:
+        """Fold a batch of traversals without resets: each row handed to the batches of the
+        spaces it reaches, then each space's batch folded in one loop."""
+        get = routes.get
+        for row in batch:
+            dpu_id = row[0]
+            ts = row[2]
+            route = get(dpu_id)
+            if route is None or not route[0] <= ts < route[1]:
+                route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+            for add in route[2]:
+                add(row)
+            if route[3]:
+                reversed_row = (dpu_id, row[1], ts, -row[3])
+                for add in route[3]:
+                    add(reversed_row)
+        for track in every:
+            if track.pending:
+                track.fold_pending(head)
+
+    def _fold_events(
+        self,
+        batch: Sequence[_Row],
+        routes: dict[str, _Route],
+        tracks: dict[str, _Track],
+        head: Head,
+    ) -> None:
+        """Fold a batch of traversals event by event (:meth:`_fold_event` for each, inline)."""
+        get = routes.get
+        for dpu_id, seq, ts, direction in batch:
+            route = get(dpu_id)
+            if route is None or not route[0] <= ts < route[1]:
+                route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+            for track, deltas in route[4]:
+                track.delta(ts, dpu_id, seq, deltas[direction], head)
+
+    def _fold_event(
+        self, row: _Row, routes: dict[str, _Route], tracks: dict[str, _Track], head: Head
+    ) -> None:
+        """Fold one traversal into the spaces it reaches."""
+        dpu_id, seq, ts, direction = row
+        route = routes.get(dpu_id)
+        if route is None or not route[0] <= ts < route[1]:
+            route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+        for track, deltas in route[4]:
+            track.delta(ts, dpu_id, seq, deltas[direction], head)
+
     def _route(self, tracks: dict[str, _Track], dpu_id: str, ts: int) -> _Route:
         """Where a traversal of ``dpu_id`` at ``ts`` goes: the span of times it goes there
-        too, and the tracked spaces with its delta to each by direction."""
+        too, and the tracked spaces it reaches (see :data:`_Route`)."""
         links, start, end = self.topology.links_span(dpu_id, ts)
         reached = tuple(
             (tracks[link.space_id], {d: space_delta(d, link.sensor_placement) for d in (1, -1)})
             for link in links
             if link.space_id in tracks
         )
-        return start, end, reached
+        same = tuple(t.pending.append for t, deltas in reached if deltas[1] == 1)
+        flipped = tuple(t.pending.append for t, deltas in reached if deltas[1] == -1)
+        return start, end, same, flipped, reached
 
     def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:
         """The DPUs to read: those that reach the tracked spaces when they are few enough to
@@ -410,14 +630,6 @@ class Replay:
             track.folder.reset(reset.ts, reset.count)
             if reset.ts > track.recent_after:
                 track.recent.append(Reset(reset.space_id, reset.ts, reset.count, reset.source))
-
-    async def _flush(
-        self, tracks: dict[str, _Track], sink: list[Snapshot], generation: int
-    ) -> None:
-        await self.store.replays.add_snapshots(generation, sink)
-        for snapshot in sink:
-            tracks[snapshot.space_id].written += 1
-        sink.clear()
 
     def _summary(
         self, tracks: dict[str, _Track], rows: int, started: float, generation: int | None

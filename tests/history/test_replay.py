@@ -7,12 +7,15 @@ That a replay's answers equal the reference fold over random histories is in
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
 
-from headcount.domain.events import Reset, Traversal
+import headcount.history.replay as replay_module
+from headcount.domain.events import Delta, Reset, Traversal, fold_key, space_delta
+from headcount.domain.fold import EMPTY, advance, fold_all
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.errors import UnknownSpaceError
@@ -220,3 +223,48 @@ async def test_a_subset_of_spaces_is_replayed_alone(store: EventStore) -> None:
     assert await snapshot_times(store, topology, "A") == []  # superseded, 8 < 100 events
     with pytest.raises(UnknownSpaceError):
         Replay(store, topology, space_ids=["nowhere"])
+
+
+@pytest.mark.parametrize("rows_per_space", [8, 10**9], ids=["space-by-space", "event-by-event"])
+async def test_both_ways_of_folding_a_batch_give_the_reference_fold(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, rows_per_space: int
+) -> None:
+    """A batch is folded space by space when it has enough rows a space, else event by event
+    (``_ROWS_PER_SPACE``): both give the fold of each space's events, with a DPU moved in the
+    middle of the log, one mounted backwards, probes between events and recovery's tail."""
+    monkeypatch.setattr(replay_module, "_ROWS_PER_SPACE", rows_per_space)
+    move = T + 200_000
+    topology = seed(z_placement_in_a=-1, move_283_at=move)
+    rng = random.Random(7)
+    sent = [
+        Traversal(dpu, seq, T + rng.randrange(400_000), rng.choice((1, -1)))
+        for seq in range(300)
+        for dpu in ("283", "423")
+    ]
+    await store.log.append(sent)
+    times = sorted(T + rng.randrange(400_000) for _ in range(5))
+
+    _, states = await Replay(store, topology).states_at(times)
+    _, recovered = await Replay(store, topology).recover_at({"A": times[2], "B": times[3]})
+
+    for space_id in ("A", "B"):
+        space = topology.space(space_id)
+        events = sorted(
+            (
+                Delta(t.ts, t.dpu_id, t.seq, space_delta(t.direction, link.sensor_placement))
+                for t in sent
+                for link in topology.links_at(t.dpu_id, t.ts)
+                if link.space_id == space_id
+            ),
+            key=fold_key,
+        )
+        assert states[space_id] == [
+            advance(space, fold_all(space, EMPTY, (e for e in events if e.ts <= at)), at)
+            for at in times
+        ]
+        checkpoint = times[2] if space_id == "A" else times[3]
+        settled, recent = recovered[space_id]
+        assert (
+            settled.count == fold_all(space, EMPTY, (e for e in events if e.ts <= checkpoint)).count
+        )
+        assert recent == [e for e in events if e.ts > checkpoint]

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from headcount.cli import build_parser
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.engine import read_transaction
@@ -186,6 +189,106 @@ async def test_a_day_through_every_node_with_one_stopped_mid_burst_is_counted_ex
             topology = Topology.from_toml(topology_file.read_text())
             truth = Truth.load(tmp_path / "truth.csv")
             assert await assert_true_counts([service], ran, topology, truth) > 300
+        sent = sent_events(tmp_path)
+        assert len(sent) == ran.summary["events"] > 500
+        stored = await stored_events(postgres_url)
+        assert stored == sent, (
+            f"sent {len(sent)}, stored {len(stored)}, lost {len(sent - stored)},"
+            f" not sent {len(stored - sent)}"
+        )
+
+
+class ShardService(StoreService):
+    """``headcount serve --shard I/N`` under its own session, ``headcount-shard-I``."""
+
+    def __init__(
+        self, tmp: Path, topology: Path, broker_url: str, store_url: str, shard: str
+    ) -> None:
+        super().__init__(
+            tmp, topology, broker_url, "unused", store_url=store_url, extra=["--shard", shard]
+        )
+        at = self.args.index("--client-id")
+        del self.args[at : at + 2]
+
+    async def shard(self) -> object:
+        """What ``/healthz`` says of the shard this process owns or waits for."""
+        _, body = await self.get("/healthz")
+        assert isinstance(body, dict), body
+        return body.get("shard")
+
+
+@contextlib.asynccontextmanager
+async def broker_for(kind: str, tmp_path: Path) -> AsyncIterator[tuple[str, Fault]]:
+    """The broker of a sharded run: the URL DPUs and shards connect to, and the broker's own
+    fault mid-burst (a NATS node stopped; nothing for the single Mosquitto)."""
+    if kind == "mosquitto":
+        from tests.servers import MosquittoServer
+
+        config = (Path(__file__).parents[2] / "broker_config" / "mosquitto.conf").read_text()
+        with MosquittoServer(tmp_path / "mosquitto", config) as mosquitto:
+
+            async def nothing() -> None:
+                return None
+
+            yield mosquitto.url, nothing
+        return
+    with NatsCluster(tmp_path / "nats") as cluster:
+        async with RoundRobinProxy([n.mqtt_port for n in cluster.nodes]) as front:
+
+            async def stop_a_node() -> None:
+                await run_blocking(lambda: cluster.stop_node(1))
+
+            yield front.url, stop_a_node
+
+
+def _serve_help() -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    return out.getvalue()
+
+
+@pytest.mark.skipif(
+    "--shard" not in _serve_help(), reason="needs headcount serve --shard (branch shard)"
+)
+@pytest.mark.parametrize("broker", ["nats", "mosquitto"])
+async def test_three_shards_and_a_standby_count_a_day_exactly_through_a_kill_and_a_node_stop(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, postgres_url: str, broker: str
+) -> None:
+    """The issue's end-to-end test. Three shards (shard 0 owns five of the eight spaces) and a
+    standby for shard 0; the DPUs and the shards all reach the broker through one address
+    (on NATS, spread over the nodes). While the day goes in, shard 0's owner is killed with
+    SIGKILL (the standby takes the shard over and resumes its session) and one NATS node is
+    stopped (its clients reconnect to the others). Afterwards every process answers every
+    space, live and at every half hour, as the truth says, and the store holds each event sent
+    exactly once."""
+    async with (
+        broker_for(broker, tmp_path) as (url, broker_fault),
+        simulated_day(capsys, tmp_path, url, "shards-") as (args, topology_file),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        processes = {
+            name: ShardService(tmp_path / name, topology_file, url, postgres_url, spec)
+            for name, spec in [("s0", "0/3"), ("s1", "1/3"), ("s2", "2/3"), ("standby", "0/3")]
+        }
+        for name in ("s0", "s1", "s2", "standby"):
+            await stack.enter_async_context(processes[name])
+        assert await processes["standby"].shard() == {"index": 0, "count": 3, "role": "standby"}
+        standby = processes["standby"]
+
+        async def faults() -> None:
+            await processes["s0"].stop(signal.SIGKILL)
+            await asyncio.sleep(1.0)
+            await broker_fault()
+
+        ran = await run_with_fault(capsys, args, faults)
+        async with asyncio.timeout(60):
+            while await standby.shard() != {"index": 0, "count": 3, "role": "owner"}:
+                await asyncio.sleep(0.1)
+        topology = Topology.from_toml(topology_file.read_text())
+        truth = Truth.load(tmp_path / "truth.csv")
+        alive = [processes[name] for name in ("s1", "s2", "standby")]
+        assert await assert_true_counts(alive, ran, topology, truth) > 3 * 300
         sent = sent_events(tmp_path)
         assert len(sent) == ran.summary["events"] > 500
         stored = await stored_events(postgres_url)

@@ -54,15 +54,27 @@ MOSQUITTO_CONF = (
     "max_queued_messages 1000000\nmax_inflight_messages 1000\n"
 )
 CONFIGS = ["plain", "1 shard", "2 shards", "3 shards"]
+#: The gateway's redelivery wait: NATS's own default (the tests shorten it).
+NATS_ACK_WAIT = "30s"
+
+
+#: How often each process's ingest counter is read: each read costs the process a /metrics
+#: answer (about 2 ms), which polled every 20 ms came to a tenth of a core per process and
+#: was charged to headcount, the more so the more processes.
+POLL_S = 0.25
+#: Seconds of CPU measured with the deployment up and no traffic, before the load.
+IDLE_S = 5.0
 
 
 @dataclass
 class Run:
-    """One configuration's measurement."""
+    """One configuration's measurement: CPU seconds under load (``cpu``) and the cores each
+    part used idle, before it (``idle``)."""
 
     events: int
     seconds: float
     cpu: dict[str, float] = field(default_factory=dict)
+    idle: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -90,7 +102,7 @@ class Brokers:
         if self.kind == "nats":
             from tests.nats_fixtures import NatsCluster
 
-            with NatsCluster(directory) as cluster:
+            with NatsCluster(directory, ack_wait=NATS_ACK_WAIT) as cluster:
                 pids = [n.process.pid for n in cluster.nodes if n.process is not None]
                 yield cluster.mqtt_urls, pids
             return
@@ -140,12 +152,16 @@ async def check_counts(session: aiohttp.ClientSession, url: str, spaces: int, ev
         f"S{s}": events // spaces + (1 if s < events % spaces else 0) for s in range(spaces)
     }
     found: dict[str, int] = {}
-    async with asyncio.timeout(60):
-        while found != expected:
-            async with session.get(f"{url}/spaces") as response:
-                found = {s["id"]: s["count"] for s in (await response.json())["spaces"]}
-            if found != expected:
-                await asyncio.sleep(0.2)
+    try:
+        async with asyncio.timeout(60):
+            while found != expected:
+                async with session.get(f"{url}/spaces") as response:
+                    found = {s["id"]: s["count"] for s in (await response.json())["spaces"]}
+                if found != expected:
+                    await asyncio.sleep(0.2)
+    except TimeoutError:
+        wrong = {k: (v, expected[k]) for k, v in found.items() if v != expected[k]}
+        raise RuntimeError(f"{url}: live counts (found, expected) {wrong}") from None
 
 
 async def measure(
@@ -161,14 +177,19 @@ async def measure(
     topology = workdir / "topology.toml"
     with brokers.fresh() as (urls, broker_pids):
         async with database(postgres) as store, contextlib.AsyncExitStack() as stack:
-            services = []
+            services, folders = [], []
             for index in range(max(1, shards)):
                 extra = ["--shard", f"{index}/{shards}"] if shards else []
                 folder = workdir / f"{config.replace(' ', '-')}-{index}-{uuid.uuid4().hex[:6]}"
                 folder.mkdir()
+                folders.append(folder)
                 broker = urls[(index + 1) % len(urls)]
                 started = serve(folder, topology, store, broker_url=broker, extra=extra)
-                services.append(await stack.enter_async_context(started))
+                try:
+                    services.append(await stack.enter_async_context(started))
+                except RuntimeError as e:
+                    log = (folder / "service.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{config}, process {index}: {e}\n{log}") from e
             meters: dict[str, CpuMeter] = {
                 "broker": CpuMeter(broker_pids),
                 "headcount": CpuMeter([s.pid for s in services]),
@@ -177,17 +198,26 @@ async def measure(
             async with aiohttp.ClientSession() as session:
                 for meter in meters.values():
                     meter.start()
+                await asyncio.sleep(IDLE_S)
+                idle = {k: m.stop() / IDLE_S for k, m in meters.items()}
+                for meter in meters.values():
+                    meter.start()
                 began = time.perf_counter()
                 publishing = asyncio.create_task(publish(urls[0], events, dpus))
                 async with asyncio.timeout(600):
                     while True:
                         if await ingested(session, services) >= events:
                             break
-                        await asyncio.sleep(0.02)
+                        await asyncio.sleep(POLL_S)
                 seconds = time.perf_counter() - began
-                run = Run(events, seconds, {k: m.stop() for k, m in meters.items()})
+                run = Run(events, seconds, {k: m.stop() for k, m in meters.items()}, idle)
                 run.cpu["publisher"] = await publishing
-                await check_counts(session, services[-1].url, dpus, events)
+                for service, folder in zip(services, folders, strict=True):
+                    try:
+                        await check_counts(session, service.url, dpus, events)
+                    except RuntimeError as e:
+                        log = (folder / "service.log").read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"{config}: {e}\n{log}") from None
     return run
 
 
@@ -198,7 +228,7 @@ def spread(values: list[float]) -> str:
 
 
 def report(results: dict[str, list[Run]], configs: list[str]) -> None:
-    plain = results["plain"]
+    plain = results.get("plain") or results[configs[0]]
     print(
         f"\n{'configuration':<14} {'events/s':>9} {'ratio to plain':>22}"
         f" {'broker':>7} {'headcount':>9} {'postgres':>9} {'total':>7} {'publisher':>9}"
@@ -212,10 +242,16 @@ def report(results: dict[str, list[Run]], configs: list[str]) -> None:
             for part in ("broker", "headcount", "postgresql", "publisher")
         }
         total = us["broker"] + us["headcount"] + us["postgresql"]
+        idle = {
+            part: statistics.median(r.idle[part] for r in runs)
+            for part in ("broker", "headcount", "postgresql")
+        }
         print(
             f"{config:<14} {statistics.median(r.rate for r in runs):>9,.0f}"
             f" {spread(ratios):>22} {us['broker']:>7.0f} {us['headcount']:>9.0f}"
             f" {us['postgresql']:>9.0f} {total:>7.0f} {us['publisher']:>9.0f}"
+            f"   idle cores: broker {idle['broker']:.3f}, headcount {idle['headcount']:.3f},"
+            f" postgresql {idle['postgresql']:.3f}"
         )
 
 
@@ -236,10 +272,14 @@ async def main() -> None:
     parser.add_argument("--events", type=int, help="events per configuration (default 20,000)")
     parser.add_argument("--dpus", type=int, default=60, help="DPUs, one space each (60)")
     parser.add_argument("--broker", choices=["mosquitto", "nats"], default="mosquitto")
+    parser.add_argument(
+        "--config", action="append", choices=CONFIGS, help="only this one (repeat; default all)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     events = args.events or (2_000 if args.quick else 20_000)
     configs = CONFIGS if supports_shards() else ["plain"]
+    configs = [c for c in configs if c in (args.config or configs)]
     command = " ".join(["python bench/scale_out.py", *sys.argv[1:]])
     print(f"{command}\n{platform.node()}, {os.cpu_count()} cores, {platform.python_version()}")
     print(f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -262,7 +302,8 @@ async def main() -> None:
                         f"round {round_} {config:<9} {run.rate:>8,.0f} events/s,"
                         f" CPU µs/event: broker {run.us_per_event('broker'):.0f},"
                         f" headcount {run.us_per_event('headcount'):.0f},"
-                        f" postgresql {run.us_per_event('postgresql'):.0f}",
+                        f" postgresql {run.us_per_event('postgresql'):.0f};"
+                        f" idle cores: {', '.join(f'{k} {v:.3f}' for k, v in run.idle.items())}",
                         flush=True,
                     )
     report(results, configs)

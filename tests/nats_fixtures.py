@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -86,7 +87,7 @@ class NatsNode:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def config(self, peers: list[NatsNode], ack_wait: str = ACK_WAIT) -> str:
+    def config(self, peers: list[NatsNode], ack_wait: str = ACK_WAIT, mqtt_extra: str = "") -> str:
         routes = ", ".join(f'"nats-route://{HOST}:{p.cluster_port}"' for p in peers)
         return (
             f'server_name: "{self.name}"\n'
@@ -100,7 +101,7 @@ class NatsNode:
             # the count of the nodes it knows when its first client connects (two, had one node
             # not yet joined), and two replicas lose their quorum with one node down.
             f'mqtt {{ listen: "{HOST}:{self.mqtt_port}", ack_wait: "{ack_wait}",'
-            f" stream_replicas: {REPLICAS} }}\n"
+            f" stream_replicas: {REPLICAS}{mqtt_extra} }}\n"
         )
 
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
@@ -123,13 +124,16 @@ class NatsCluster:
     The methods are synchronous (a test calls them from its loop through
     ``tests.servers.run_blocking`` when the wait matters)."""
 
-    def __init__(self, directory: Path, size: int = 3, *, ack_wait: str = ACK_WAIT) -> None:
+    def __init__(
+        self, directory: Path, size: int = 3, *, ack_wait: str = ACK_WAIT, mqtt_extra: str = ""
+    ) -> None:
+        """``mqtt_extra``: more settings for the ``mqtt`` block (``, consumer_replicas: 1``)."""
         self.binary = nats_binary()
         self.nodes = [NatsNode(f"n{i + 1}", directory / f"n{i + 1}") for i in range(size)]
         for node in self.nodes:
             node.directory.mkdir(parents=True, exist_ok=True)
             peers = [p for p in self.nodes if p is not node]
-            node.conf.write_text(node.config(peers, ack_wait), encoding="utf-8")
+            node.conf.write_text(node.config(peers, ack_wait, mqtt_extra), encoding="utf-8")
 
     @property
     def mqtt_urls(self) -> list[str]:
@@ -139,6 +143,11 @@ class NatsCluster:
         for node in self.nodes:
             self._spawn(node)
         self.wait_ready()
+        # The gateway makes its JetStream streams when the first MQTT client connects, which
+        # takes seconds on a busy machine: long enough for a client's CONNECT to time out.
+        # A first connection here, so that the cluster handed over is ready for MQTT.
+        for node in self.nodes:
+            mqtt_connects(node.mqtt_port, f"ready-{node.name}")
 
     def start_node(self, index: int) -> None:
         """Start node ``index`` again (after ``stop_node`` or ``kill_node``) and wait until the
@@ -229,6 +238,27 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """A fresh three-node NATS cluster with JetStream and MQTT, ready; killed after the test."""
     with NatsCluster(tmp_path / "nats") as cluster:
         yield cluster
+
+
+def mqtt_connects(port: int, client_id: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Block until an MQTT 3.1.1 CONNECT (clean session) on ``port`` is accepted."""
+    name = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(name).to_bytes(2, "big") + name
+    connect = bytes([0x10, len(body)]) + body
+    deadline = time.monotonic() + timeout_s
+    answer = b""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as conn:
+                conn.sendall(connect)
+                answer = conn.recv(4)
+                if answer[:1] == b"\x20" and answer[3:4] == b"\x00":
+                    conn.sendall(b"\xe0\x00")  # DISCONNECT
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no MQTT CONNACK on {HOST}:{port} (last answer {answer!r})")
 
 
 class RoundRobinProxy:

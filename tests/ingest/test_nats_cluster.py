@@ -7,6 +7,11 @@ every node; the service subscribes through one node. Mid-burst one node the DPUs
 stopped: its DPUs reconnect to another node and upload what they buffered. Afterwards the
 store holds every event the DPUs sent exactly once, and the service's answers, live and past,
 are the simulator's truth.
+
+Then the issue's end-to-end test, sharded: three ``serve --shard I/3`` and a standby, the
+shards too behind the spreading address, on NATS and (lighter: one broker, no node to stop)
+on a Mosquitto of the test's own; a shard killed with SIGKILL and a NATS node stopped while
+the day goes in.
 """
 
 from __future__ import annotations

@@ -89,7 +89,9 @@ async def test_a_persistent_session_keeps_what_came_while_away_and_resumes_on_an
     await publish(n2.mqtt_port, *payloads(20))
     async with subscriber(n3.mqtt_url) as sub:
         assert await receive(sub, 20, ack=True) == payloads(20)
-        assert await quiet(sub, 1.0) == []
+        # At least once: on a busy machine an acknowledgement may come after ack_wait, and
+        # that message comes again; nothing else does.
+        assert set(await quiet(sub, 1.0)) <= set(payloads(20))
 
 
 async def test_unacknowledged_messages_come_again_after_ack_wait_even_on_a_new_connection(

@@ -1,14 +1,15 @@
-"""The live-query benchmark's baseline, run as its own process: a bare aiohttp app whose one
-handler answers both count routes with the same JSON shape as headcount's (the time formatted
-the same way), and nothing else: no middleware, no actors, no topology. Served like
-``headcount serve`` serves (an AppRunner without access log). Prints its URL, then runs until
-terminated."""
+"""The live-query benchmark's limit, run as its own process: a bare aiohttp app whose handlers
+answer headcount's live routes (``/spaces/{id}/count``, the seed's ``/space/{id}/count`` and
+``/spaces``) with the same JSON shapes (the time formatted the same way), and nothing else: no
+middleware, no token check, no actors, no topology. Served like ``headcount serve`` serves (an
+AppRunner without access log). Prints its URL, then runs until terminated."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -28,13 +29,40 @@ async def count(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def spaces_handler(spaces: int) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``/spaces`` for ``spaces`` spaces named as bench/_harness.topology_toml names them."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "spaces": [
+                    {
+                        "id": f"S{s}",
+                        "name": f"Space {s}",
+                        "parent": None,
+                        "capacity": None,
+                        "count": 7,
+                    }
+                    for s in range(spaces)
+                ]
+            }
+        )
+
+    return handler
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--spaces", type=int, default=10, help="spaces /spaces lists")
     args = parser.parse_args()
     app = web.Application()
     app.add_routes(
-        [web.get("/spaces/{space_id}/count", count), web.get("/space/{space_id}/count", count)]
+        [
+            web.get("/spaces/{space_id}/count", count),
+            web.get("/space/{space_id}/count", count),
+            web.get("/spaces", spaces_handler(args.spaces)),
+        ]
     )
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -6,34 +6,52 @@ ingest) as one supervision tree, a :class:`asyncio.TaskGroup`: when any part fai
 are cancelled and the service stops, exit 1. On SIGINT/SIGTERM it stops cleanly in order:
 ingest first (nothing more is acknowledged), then the actors drain their mailboxes and write
 final snapshots, then the HTTP API, the broker and the store close.
+
+With ``--shard I/N`` the process first takes the shard's lock, or waits for it as the shard's
+standby with the HTTP API open (see README, "Several processes"). Longer than 400 lines: the
+assembly of the service reads best in one place.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from headcount.actors import ActorSystem
+from headcount.actors import ActorSystem, ChangeFeed, LiveCounts, ResetTaker
+from headcount.domain.shards import ONE_SHARD, Shard, ShardStatus, shard_dpus
 from headcount.domain.topology import TopologyChoice
 from headcount.errors import ConfigError, PortTakenError
 from headcount.eventstore.engine import DEFAULT_URL
-from headcount.eventstore.lease import lease
+from headcount.eventstore.lease import ShardLease, lease, shard_lease
+from headcount.eventstore.partitions import PartitionUpkeep
 from headcount.eventstore.store import EventStore
 from headcount.history import DEFAULT_SNAPSHOT_EVERY, History
 from headcount.history.dpu_health import HealthWatch
 from headcount.http.auth import AUTH, OPEN_ALWAYS, Auth
-from headcount.http.keys import ACTORS, CHANGES, DPUS, HISTORY, INGEST, METRICS, RESETS, STORE
+from headcount.http.keys import (
+    ACTORS,
+    CHANGES,
+    DPUS,
+    HISTORY,
+    INGEST,
+    METRICS,
+    RESETS,
+    SHARD,
+    STORE,
+)
 from headcount.http.limits import new_app
 from headcount.http.routes import add_routes
 from headcount.http.server import make_runner
@@ -56,6 +74,8 @@ from headcount.metrics import Metrics
 from headcount.outputs.config import ServiceConfig, load_config
 from headcount.outputs.follow import Outputs
 from headcount.outputs.mqtt import DEFAULT_PUBLISH_INTERVAL_S, MqttOut
+from headcount.outputs.owners import FollowedStates, ShardLive, StateFollower
+from headcount.outputs.payloads import Topics
 from headcount.outputs.webhooks import Webhooks
 
 __all__ = [
@@ -67,6 +87,8 @@ __all__ = [
     "preflight",
     "run_parts",
     "serve",
+    "shard_client_id",
+    "shard_topics",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +135,16 @@ class Settings:
     homeassistant: bool = False
     #: The service config file (TOML: ``[[webhooks]]``).
     config: Path | None = None
+    #: The shard this process owns (or stands by for): the spaces whose id hashes to its index.
+    #: With more than one, the process publishes its spaces' states as ``mqtt_out`` does and
+    #: follows the other shards' (``outputs.owners``).
+    shard: Shard = ONE_SHARD
+
+
+def shard_client_id(shard: Shard) -> str:
+    """The client id of a shard's persistent MQTT session when ``--client-id`` gives none:
+    ``headcount`` for the one shard of an unsharded deployment, else ``headcount-shard-I``."""
+    return "headcount" if not shard.sharded else f"headcount-shard-{shard.index}"
 
 
 def demo_files() -> tuple[str, Path]:
@@ -125,6 +157,11 @@ def demo_files() -> tuple[str, Path]:
 def preflight(settings: Settings) -> None:
     """Check the configuration before anything is opened: each problem raises
     :class:`ConfigError` naming its own cause and the flag to change."""
+    if settings.shard.sharded and settings.broker_url is None:
+        raise ConfigError(
+            f"--shard {settings.shard} needs --broker URL: the shards share one external broker"
+            " (or cluster), which an embedded broker, one per process, cannot be"
+        )
     if settings.broker_url is not None:
         try:
             tls_context(parse_broker_url(settings.broker_url))  # reads a ?ca= file
@@ -198,19 +235,42 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         await _prepare_store(settings, choice, store)
         history = History(store, choice.topology, snapshot_every=settings.snapshot_every)
         metrics = Metrics()
-        system = ActorSystem(history, on_late=metrics.late.inc)
-        await system.recover()
-        dpus = DpuRegistry()
+        shard = settings.shard
+        owned = shard.spaces(choice.topology) if shard.sharded else None
+        system = ActorSystem(history, space_ids=owned, on_late=metrics.late.inc)
         if settings.broker_url is not None:
             address = _broker_address(settings.broker_url, settings.dpu_auth)
         else:
             address = await _start_broker(settings, stack)
+        followed = None
+        if shard.sharded:
+            followed = FollowedStates(choice.topology)
+            follower = StateFollower(address, followed, client_id=_follower_id(settings))
+            await _background(stack, follower, "follow-states")
+        live = ShardLive(system, shard, followed)
+        dpus = DpuRegistry()
+        health = IngestHealth(settings.ingest.stall_after_s)
+        auth = _auth(settings)
+        app = build_app(
+            store=store,
+            history=history,
+            actors=live,
+            dpus=dpus,
+            metrics=metrics,
+            ingest=health,
+            auth=auth,
+            resets=live,
+            changes=system.changes,
+            shard=live.status,
+        )
+        claimed = await _claim_shard(store, settings, app, stack, stop)
+        if claimed is None:
+            return  # stopped while standing by
+        held, serving = claimed
+        live.take()
+        await system.recover()
         subscriber = await stack.enter_async_context(
-            Subscriber(
-                address,
-                client_id=settings.client_id,
-                topics=[wire.SUBSCRIPTION],
-            )
+            Subscriber(address, client_id=settings.client_id, topics=shard_topics(choice, shard))
         )
         ingest = Ingest(
             subscriber.messages(),
@@ -219,31 +279,121 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
             actors=system,
             dpus=dpus,
             metrics=metrics,
-            settings=settings.ingest,
+            settings=replace(settings.ingest, route_duplicates=shard.sharded),
+            health=health,
         )
-        auth = _auth(settings)
-        app = build_app(
-            store=store,
-            history=history,
-            actors=system,
-            dpus=dpus,
-            metrics=metrics,
-            ingest=ingest.health,
-            auth=auth,
-        )
-        await _start_http(app, settings, stack)
+        if not serving:
+            await _start_http(app, settings, stack)
         log.info(
-            "serving http://%s:%d spaces=%d store=%s broker=%s api_tokens=%s",
+            "serving http://%s:%d spaces=%d%s store=%s broker=%s api_tokens=%s",
             settings.host,
             settings.http_port,
-            len(choice.topology.spaces),
+            len(system.actors),
+            f" (shard {shard}, owner)" if shard.sharded else "",
             _safe_url(settings.store_url),
             "embedded" if settings.broker_url is None else _safe_url(settings.broker_url),
             "off" if auth is None else auth.summary(),
         )
         outputs = _outputs(settings, choice, system, address, metrics)
         watch = HealthWatch(store, choice.topology, metrics)
-        await run_parts(system, ingest, stop, outputs=outputs, background=[("dpu-health", watch)])
+        # What start-up built (modules, topology, recovered state) lives as long as the
+        # process: out of the collector's full passes, which ingest's short-lived events set
+        # off every few tens of thousands and which would walk it all again each time.
+        gc.collect()
+        gc.freeze()
+        upkeep = PartitionUpkeep(store.engine)  # PostgreSQL: this month and the next made
+        background: list[tuple[str, Part]] = [
+            ("dpu-health", watch),
+            ("partitions", upkeep),
+            ("shard-lease", _Watched(held)),
+        ]
+        await run_parts(system, ingest, stop, outputs=outputs, background=background)
+
+
+def shard_topics(choice: TopologyChoice, shard: Shard) -> list[str]:
+    """What a shard subscribes to: everything under ``dpus/`` when it is the only one, else
+    the traversal and status topics of the DPUs its spaces ever had (``shard_dpus``)."""
+    if not shard.sharded:
+        return [wire.SUBSCRIPTION]
+    topics = []
+    for dpu_id in shard_dpus(choice.topology, shard):
+        try:
+            topics += [wire.traversals_topic(dpu_id), wire.status_topic(dpu_id)]
+        except wire.WireError as e:  # an id that cannot be a topic level: nothing can come
+            log.warning("DPU %r has no topic: %s", dpu_id, e)
+    if not topics:
+        log.warning("shard %s owns no space with a DPU: it subscribes to nothing", shard)
+        topics = [wire.traversals_topic("headcount-shard-with-no-dpus")]
+    return topics
+
+
+async def _claim_shard(
+    store: EventStore,
+    settings: Settings,
+    app: web.Application,
+    stack: AsyncExitStack,
+    stop: asyncio.Event,
+) -> tuple[ShardLease, bool] | None:
+    """Hold the shard's lock (until ``stack`` closes): at once when it is free, the usual
+    start, the HTTP API then opening once the spaces are recovered; else as a standby, the
+    HTTP API open meanwhile. Returns the lock and whether the API is open; ``None`` when
+    ``stop`` came first."""
+    shard = settings.shard
+    holding = shard_lease(store, shard, wait=True, holder="headcount serve")
+    claim = asyncio.ensure_future(holding.__aenter__())
+    await asyncio.wait([claim], timeout=0.05)  # a free shard: its owner at once
+    serving = False
+    if not claim.done():
+        await _start_http(app, settings, stack)
+        serving = True
+        log.info("shard %s: standby, waiting for its owner to stop", shard)
+        await _stand_by(claim, stop)
+        if claim.cancelled():
+            return None
+    stack.push_async_exit(holding)
+    held = claim.result()
+    return None if stop.is_set() else (held, serving)
+
+
+async def _stand_by(claim: asyncio.Future[ShardLease], stop: asyncio.Event) -> None:
+    """Wait for the shard's lock (``claim``) or for ``stop``, whichever comes first."""
+    stopping: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+    waits: list[asyncio.Future[Any]] = [claim, stopping]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not claim.done():
+        claim.cancel()
+        await asyncio.wait([claim])
+
+
+async def _background(stack: AsyncExitStack, part: Part, name: str) -> None:
+    """Run ``part`` until the service stops (it is cancelled then); its failure is logged."""
+    task = asyncio.create_task(part.run(), name=name)
+
+    async def stop_it() -> None:
+        task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", name, task.exception())
+
+    stack.push_async_callback(stop_it)
+
+
+def _follower_id(settings: Settings) -> str:
+    """The follower's client id: the process's own (a clean session, never shared)."""
+    return f"{settings.client_id}-follow-{socket.gethostname()}-{os.getpid()}"
+
+
+class _Watched:
+    """The shard's lock as a part of the service: it fails when another process took it."""
+
+    def __init__(self, held: ShardLease) -> None:
+        self._held = held
+
+    async def run(self) -> None:
+        await self._held.watch()
 
 
 class Part(Protocol):
@@ -292,21 +442,34 @@ def build_app(
     *,
     store: EventStore,
     history: History,
-    actors: ActorSystem,
+    actors: LiveCounts,
     dpus: DpuRegistry,
     metrics: Metrics,
     ingest: IngestHealth,
     auth: Auth | None = None,
+    resets: ResetTaker | None = None,
+    changes: ChangeFeed | None = None,
+    shard: Callable[[], ShardStatus] | None = None,
 ) -> web.Application:
-    """The HTTP API over the service's parts; with ``auth``, tokens are needed."""
+    """The HTTP API over the service's parts; with ``auth``, tokens are needed. ``actors``
+    answers the live counts, ``resets`` takes resets and ``changes`` feeds the live push
+    (an :class:`ActorSystem` given as ``actors`` does all three); ``shard`` tells
+    ``/healthz`` what this process is to its shard."""
     app = new_app()
     if auth is not None:
         app[AUTH] = auth
     app[STORE] = store
     app[HISTORY] = history
     app[ACTORS] = actors
-    app[RESETS] = actors
-    app[CHANGES] = actors.changes
+    if isinstance(actors, ActorSystem):
+        resets = resets or actors
+        changes = changes or actors.changes
+    if resets is not None:
+        app[RESETS] = resets
+    if changes is not None:
+        app[CHANGES] = changes
+    if shard is not None:
+        app[SHARD] = shard
     app[DPUS] = dpus
     app[METRICS] = metrics
     app[INGEST] = ingest
@@ -325,13 +488,16 @@ def _outputs(
     config = ServiceConfig() if settings.config is None else load_config(settings.config)
     config.check_spaces(choice.topology.spaces, f"--config {settings.config}")
     mqtt = None
-    if settings.mqtt_out or settings.homeassistant:
+    if settings.mqtt_out or settings.homeassistant or settings.shard.sharded:
+        sharded = settings.shard.sharded
         mqtt = MqttOut(
             address,
             choice.topology,
             client_id=f"{settings.client_id}-out",
             interval_s=settings.publish_interval,
             homeassistant=settings.homeassistant,
+            topics=Topics(shard=settings.shard.index) if sharded else None,
+            space_ids=list(system.actors) if sharded else None,
         )
     webhooks = Webhooks(config.webhooks, metrics=metrics) if config.webhooks else None
     if mqtt is None and webhooks is None:

@@ -374,7 +374,7 @@ async def test_mqtt_out_and_home_assistant_on_the_embedded_broker(tmp_path: Path
             config = json.loads((await until("homeassistant/sensor/headcount_A/config"))[0])
             assert config["state_topic"] == "headcount/spaces/A/state"
             before = json.loads((await until("headcount/spaces/A/state"))[0])
-            assert set(before) == {"count", "ts", "capacity", "utilization"}
+            assert set(before) == {"count", "ts", "capacity", "utilization", "entrances", "exits"}
             now = int(time.time() * 1000)
             async with aiomqtt.Client("127.0.0.1", mqtt) as dpu:
                 event = {"seq": now, "ts": now, "direction": 1}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
 from headcount.actors.changes import Cause, Change, ChangeFeed
-from headcount.actors.live import Applied, LiveSpace
+from headcount.actors.live import DeltaRow, LiveSpace, Outcomes
 from headcount.clock import now_ms
-from headcount.domain.events import Reset, SpaceEvent
+from headcount.domain.events import SpaceEvent
 from headcount.domain.fold import SpaceState
 from headcount.history import History, SpaceView, space_events
 
@@ -20,6 +22,64 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW_MS = 5 * 60 * 1000
 _FAR_FUTURE = 2**62
 _BEFORE_ALL = -(2**62)
+
+
+class Mailbox:
+    """An actor's mailbox: batches of events handed in together (one hand-off per space and
+    ingest batch, not per event), bounded by the events it holds. A batch waits while
+    ``size`` events or more are waiting, so at most ``size`` and one batch wait."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._batches: deque[Sequence[SpaceEvent | DeltaRow]] = deque()
+        self._waiting = 0
+        self._unfinished = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._finished = asyncio.Event()
+        self._finished.set()
+
+    def qsize(self) -> int:
+        """Events waiting (handed in, not yet taken)."""
+        return self._waiting
+
+    def empty(self) -> bool:
+        return not self._batches
+
+    async def put(self, batch: Sequence[SpaceEvent | DeltaRow]) -> None:
+        """Hand in ``batch``; waits while the mailbox is full."""
+        if not batch:
+            return
+        while self._waiting >= self.size:
+            self._room.clear()
+            await self._room.wait()
+        self._batches.append(batch)
+        self._waiting += len(batch)
+        self._unfinished += len(batch)
+        self._arrived.set()
+        self._finished.clear()
+
+    async def take(self) -> list[Sequence[SpaceEvent | DeltaRow]]:
+        """Every batch waiting (waiting for one if none is); :meth:`done` once handled."""
+        while not self._batches:
+            self._arrived.clear()
+            await self._arrived.wait()
+        taken = list(self._batches)
+        self._batches.clear()
+        self._waiting = 0
+        self._room.set()
+        return taken
+
+    def done(self, events: int) -> None:
+        """``events`` taken were handled."""
+        self._unfinished = max(0, self._unfinished - events)
+        if not self._unfinished:
+            self._finished.set()
+
+    async def join(self) -> None:
+        """Wait until every event handed in was handled."""
+        await self._finished.wait()
 
 
 class SpaceActor:
@@ -42,7 +102,7 @@ class SpaceActor:
         self.space_id = space_id
         self.history = history
         self._mailbox_size = mailbox_size
-        self._mailbox: asyncio.Queue[SpaceEvent] | None = None
+        self._mailbox: Mailbox | None = None
         self.window_ms = window_ms
         self._on_applied = on_applied
         self._on_late = on_late
@@ -58,11 +118,11 @@ class SpaceActor:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
-    def mailbox(self) -> asyncio.Queue[SpaceEvent]:
+    def mailbox(self) -> Mailbox:
         """The actor's mailbox, made when first needed: with a hundred thousand spaces, most
-        of them idle, empty queues cost a fifth of the service's memory."""
+        of them idle, empty mailboxes cost a fifth of the service's memory."""
         if self._mailbox is None:
-            self._mailbox = asyncio.Queue(self._mailbox_size)
+            self._mailbox = Mailbox(self._mailbox_size)
         return self._mailbox
 
     @property
@@ -83,8 +143,14 @@ class SpaceActor:
     async def tell(self, event: SpaceEvent) -> None:
         """Hand an event (already durably stored) to the actor; waits while the mailbox is
         full, so a slow actor slows ingest instead of growing memory."""
-        await self.mailbox.put(event)
+        await self.mailbox.put((event,))
         self._told += 1
+
+    async def tell_all(self, events: Sequence[SpaceEvent | DeltaRow]) -> None:
+        """Hand several events (already durably stored) to the actor at once: one hand-off
+        for what one ingest batch brings the space. Waits while the mailbox is full."""
+        await self.mailbox.put(events)
+        self._told += len(events)
 
     async def tell_and_wait(self, event: SpaceEvent) -> None:
         """:meth:`tell`, then wait until the live state has folded the event (the actor must
@@ -152,23 +218,14 @@ class SpaceActor:
         if live is None:
             raise RuntimeError("recover() before run()")
         while True:
-            event = await self.mailbox.get()
+            batches = await self.mailbox.take()
+            taken = sum(map(len, batches))
             try:
-                # Nothing awaits until the mailbox is empty: nobody can subscribe meanwhile.
+                # Nothing awaits until the batches are folded: nobody can subscribe meanwhile.
                 listened = self._changes is not None and self._changes.wants(self.space_id)
-                outcome = self._apply(live, event)
-                reload = outcome is Applied.TOO_LATE
-                cause = _cause(None, event, outcome) if listened else None
-                while not self.mailbox.empty():
-                    try:
-                        event = self.mailbox.get_nowait()
-                        outcome = self._apply(live, event)
-                        reload = reload or outcome is Applied.TOO_LATE
-                        if listened:
-                            cause = _cause(cause, event, outcome)
-                    finally:
-                        self.mailbox.task_done()
-                if reload:
+                outcomes = self._apply(live, itertools.chain.from_iterable(batches))
+                cause = _cause(outcomes) if listened else None
+                if outcomes.too_late:
                     self.reloads += 1
                     settled = (await self.history.count_at(self.space_id, live.checkpoint)).state
                     before = live.state
@@ -179,21 +236,24 @@ class SpaceActor:
                     self._publish(live, live.state.as_of, cause)
                 self._mark_folded(self._told - self.mailbox.qsize())
             finally:
-                self.mailbox.task_done()
+                self.mailbox.done(taken)
 
-    def _apply(self, live: LiveSpace, event: SpaceEvent) -> Applied:
-        """Fold one event; ``TOO_LATE`` when the checkpoint must be reloaded from the store."""
-        outcome = live.apply(event)
-        if outcome in (Applied.TOO_LATE, Applied.REFOLDED):
-            self.late_events += 1
+    def _apply(self, live: LiveSpace, events: Iterable[SpaceEvent | DeltaRow]) -> Outcomes:
+        """Fold events; those ``too_late`` need the checkpoint reloaded from the store."""
+        outcomes = live.apply_all(events)
+        late = outcomes.too_late + outcomes.refolded
+        if late:
+            self.late_events += late
             if self._on_late is not None:
-                self._on_late()
+                for _ in range(late):
+                    self._on_late()
         newest = live.newest_ts
         if newest is not None and newest - self.window_ms > live.checkpoint + self.window_ms:
             live.settle(newest - self.window_ms)
-        if outcome is not Applied.DUPLICATE and self._on_applied is not None:
-            self._on_applied(self.space_id, 1)
-        return outcome
+        applied = outcomes.appended + outcomes.refolded + outcomes.too_late
+        if applied and self._on_applied is not None:
+            self._on_applied(self.space_id, applied)
+        return outcomes
 
     def _publish(self, live: LiveSpace, ts: int | None, cause: Cause) -> None:
         """Tell the change feed the live state, when anyone listens to this space: once per
@@ -213,20 +273,18 @@ class SpaceActor:
             self._publish(self._live, ts, cause)
 
 
-_RANK = {None: 0, Cause.TRAVERSAL: 1, Cause.RESET: 2, Cause.CORRECTION: 3}
-
-
-def _cause(so_far: Cause | None, event: SpaceEvent, outcome: Applied) -> Cause | None:
+def _cause(outcomes: Outcomes) -> Cause | None:
     """The cause of a change made of several events: a late one makes it a correction, else a
     reset a reset. Every delta folded changes entrances or exits; a reset is published even
-    when it sets the count it had (whoever made it may wait for it)."""
-    if outcome is Applied.APPENDED:
-        cause = Cause.RESET if isinstance(event, Reset) else Cause.TRAVERSAL
-    elif outcome is Applied.REFOLDED:
-        cause = Cause.CORRECTION
-    else:  # a duplicate changes nothing; a late one is judged after the reload
-        return so_far
-    return cause if _RANK[cause] > _RANK[so_far] else so_far
+    when it sets the count it had (whoever made it may wait for it). Duplicates change nothing;
+    events too late to place are judged after the reload."""
+    if outcomes.refolded:
+        return Cause.CORRECTION
+    if outcomes.resets:
+        return Cause.RESET
+    if outcomes.appended:
+        return Cause.TRAVERSAL
+    return None
 
 
 def _figures(state: SpaceState) -> tuple[int, int, int]:

@@ -14,10 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Self
 
 from headcount.actors.changes import Cause, ChangeFeed
+from headcount.actors.live import DeltaRow
 from headcount.actors.reading import Readiness, SpaceRecoveringError
 from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
-from headcount.domain.events import Delta, Reset, Traversal, space_delta
+from headcount.domain.events import TRAVERSAL_RANK, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState, daily_reset_window
 from headcount.domain.topology import Space
 from headcount.errors import HeadcountError, StoreDataError, StoreError, UnknownSpaceError
@@ -263,16 +264,26 @@ class ActorSystem:
 
     async def route(self, traversals: Sequence[Traversal]) -> int:
         """Hand stored traversals to the actors of the spaces their DPU's doorway links at
-        each one's time. Returns how many deltas were delivered."""
-        delivered = 0
+        each one's time: one hand-off per space, its deltas in fold order (so the actor folds
+        them on top of its state rather than refolding). Returns how many deltas were
+        delivered."""
+        by_space: dict[str, list[DeltaRow]] = {}
+        links_at = self.topology.links_at
         for t in traversals:
-            for link in self.topology.links_at(t.dpu_id, t.ts):
-                actor = self.actors.get(link.space_id)
-                if actor is not None:
-                    delta = space_delta(t.direction, link.sensor_placement)
-                    self._wake(actor)
-                    await actor.tell(Delta(t.ts, t.dpu_id, t.seq, delta))
-                    delivered += 1
+            for link in links_at(t.dpu_id, t.ts):
+                rows = by_space.get(link.space_id)
+                if rows is None:
+                    rows = by_space[link.space_id] = []
+                delta = space_delta(t.direction, link.sensor_placement)
+                rows.append(((t.ts, TRAVERSAL_RANK, t.dpu_id, t.seq), delta))
+        delivered = 0
+        for space_id, rows in by_space.items():
+            actor = self.actors.get(space_id)
+            if actor is not None:
+                rows.sort()  # fold order: by key (a key has one delta)
+                self._wake(actor)
+                await actor.tell_all(rows)
+                delivered += len(rows)
         return delivered
 
     async def reset(self, reset: Reset) -> StoredReset:

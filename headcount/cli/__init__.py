@@ -14,7 +14,18 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from headcount.cli import broker, count, dpus, import_, migrate, replay, reset, serve, tokens
+from headcount.cli import (
+    broker,
+    count,
+    dpus,
+    import_,
+    migrate,
+    partitions,
+    replay,
+    reset,
+    serve,
+    tokens,
+)
 from headcount.cli.common import EXIT_FAILED, EXIT_USAGE, Handler, UsageError
 from headcount.errors import ConfigError, HeadcountError, InvalidTimestampError, UnknownSpaceError
 from headcount.sim.command import add_command as add_simulate
@@ -92,5 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_command(commands)
     reset.add_command(commands)
     migrate.add_command(commands)
+    partitions.add_command(commands)
     tokens.add_command(commands)
     return parser

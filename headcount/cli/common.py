@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from headcount.argtypes import at_least_one
+from headcount.domain.shards import Shard, ShardSpecError
 from headcount.domain.timefmt import parse_iso
 from headcount.domain.topology import Topology, TopologyChoice, document_text
 from headcount.errors import HeadcountError, InvalidTimestampError
@@ -186,6 +187,14 @@ async def record(store: EventStore, choice: TopologyChoice) -> None:
     """Make a topology read from a file the store's current one."""
     if choice.document is not None:
         await store.topologies.record(choice.document, origin=choice.origin)
+
+
+def shard_spec(text: str) -> Shard:
+    """An argparse type: ``I/N`` as a :class:`Shard` (``--shard``)."""
+    try:
+        return Shard.parse(text)
+    except ShardSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def moment(flag: str, text: str) -> int:

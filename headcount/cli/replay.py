@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,16 +19,19 @@ from headcount.cli.common import (
     moment,
     record,
     recorded_topology,
+    shard_spec,
     snapshots_parent,
     store_parent,
     topology_parent,
 )
 from headcount.clock import now_ms
 from headcount.domain.fold import SpaceState
+from headcount.domain.shards import Shard
 from headcount.domain.timefmt import format_ms
-from headcount.domain.topology import Topology, document_digest
+from headcount.domain.topology import Topology, TopologyChoice, document_digest
 from headcount.errors import HeadcountError
-from headcount.eventstore.lease import lease
+from headcount.eventstore.lease import lease, shard_lease
+from headcount.eventstore.partitions import archived_before
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.history.compare import compare_topologies
@@ -64,6 +68,14 @@ def add_command(commands: Commands) -> None:
         action="append",
         metavar="ID",
         help="replay only this space (repeat for several; default: every space)",
+    )
+    cmd.add_argument(
+        "--shard",
+        type=shard_spec,
+        metavar="I/N",
+        help="replay only the spaces of shard I of N (as 'serve --shard I/N' owns them), under"
+        " the store's current topology, while the other shards keep serving: stop shard I's"
+        " processes (its owner and standby) first; the replay holds the shard's lock",
     )
     cmd.add_argument(
         "--from",
@@ -118,10 +130,24 @@ async def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return await _dry_run(args, store)
         choice = await choose_topology(args, store)
+        if args.shard is not None:
+            args.space = await _shard_spaces(args, store, choice)
         if args.verify:
             return await _verify(args, store, choice.topology)
+        await _refuse_detached(store, from_ts)
         document = choice.document or choice.topology.to_toml()
-        async with lease(store, exclusive=True, holder="headcount replay"):
+        async with contextlib.AsyncExitStack() as holding:
+            if args.shard is None:
+                await holding.enter_async_context(
+                    lease(store, exclusive=True, holder="headcount replay")
+                )
+            else:  # the other shards go on serving: the store shared, this shard alone
+                await holding.enter_async_context(
+                    lease(store, exclusive=False, holder="headcount replay --shard")
+                )
+                await holding.enter_async_context(
+                    shard_lease(store, args.shard, wait=False, holder="headcount replay")
+                )
             replay = Replay(
                 store,
                 choice.topology,
@@ -133,8 +159,48 @@ async def run(args: argparse.Namespace) -> int:
             )
             summary = await replay.run(from_ts=from_ts, digest=document_digest(document))
             await record(store, choice)
-    print(json.dumps({"topology": choice.origin, **summary.as_dict()}, indent=2))
+    shown = {} if args.shard is None else {"shard": str(args.shard)}
+    print(json.dumps({"topology": choice.origin, **shown, **summary.as_dict()}, indent=2))
     return 0
+
+
+async def _shard_spaces(
+    args: argparse.Namespace, store: EventStore, choice: TopologyChoice
+) -> list[str]:
+    """The spaces ``--shard`` replays (those of ``--space`` it owns, if given). The other
+    shards keep running under the store's topology, so only that one can be replayed."""
+    shard: Shard = args.shard
+    current = await recorded_topology(store)
+    if current is None or current.topology != choice.topology:
+        raise UsageError(
+            f"--shard {shard} replays under the store's current topology, which the other"
+            " shards run with; a corrected topology changes what every shard counts: stop them"
+            " all and replay without --shard"
+        )
+    owned = shard.spaces(choice.topology)
+    if args.space:
+        others = [s for s in args.space if s in choice.topology.spaces and not shard.owns(s)]
+        if others:
+            raise UsageError(
+                f"--space {others[0]} is not in shard {shard}: it belongs to shard"
+                f" {shard.owner_of(others[0])}/{shard.count}"
+            )
+        return [s for s in owned if s in args.space] + [
+            s for s in args.space if s not in choice.topology.spaces
+        ]
+    return owned
+
+
+async def _refuse_detached(store: EventStore, from_ts: int | None) -> None:
+    """A replay folds what the log holds: from before months detached from it, its snapshots
+    would miss their events and supersede the right ones."""
+    closed = await archived_before(store.engine)
+    if closed is not None and (from_ts is None or from_ts < closed):
+        raise UsageError(
+            f"the log before {format_ms(closed)} was detached ('headcount partitions"
+            f" detach'): replay with --from {format_ms(closed)} or later, or attach those"
+            " months again first"
+        )
 
 
 async def _verify(args: argparse.Namespace, store: EventStore, topology: Topology) -> int:

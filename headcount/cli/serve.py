@@ -14,10 +14,12 @@ from headcount.cli.common import (
     choose_topology,
     embedded_parent,
     server_tls,
+    shard_spec,
     snapshots_parent,
     store_parent,
     topology_parent,
 )
+from headcount.domain.shards import Shard
 from headcount.domain.topology import Topology, TopologyChoice
 from headcount.eventstore.store import EventStore
 from headcount.ingest import ratelimit
@@ -93,9 +95,20 @@ def add_command(commands: Commands) -> None:
     )
     cmd.add_argument(
         "--client-id",
-        default=os.environ.get("HEADCOUNT_CLIENT_ID", "headcount"),
+        default=os.environ.get("HEADCOUNT_CLIENT_ID"),
         metavar="ID",
-        help="MQTT client id of the service's persistent session (default %(default)s)",
+        help="MQTT client id of the service's persistent session (env HEADCOUNT_CLIENT_ID;"
+        " default headcount, or headcount-shard-I with --shard I/N)",
+    )
+    cmd.add_argument(
+        "--shard",
+        type=shard_spec,
+        default=os.environ.get("HEADCOUNT_SHARD", "0/1"),
+        metavar="I/N",
+        help="own shard I of N: run only the spaces whose id hashes to I, subscribe only to"
+        " their DPUs' topics, publish their states and follow the other shards' (needs"
+        " --broker). A second process with the same I/N is its standby and takes over when"
+        " the owner stops (env HEADCOUNT_SHARD; default 0/1: every space)",
     )
     cmd.add_argument(
         "--dpu-rate",
@@ -173,8 +186,9 @@ def ingest_settings(args: argparse.Namespace) -> IngestSettings:
 
 async def run(args: argparse.Namespace) -> int:
     # The service's imports load only for the commands that use them.
-    from headcount.service import Settings, demo_files, preflight, serve
+    from headcount.service import Settings, demo_files, preflight, serve, shard_client_id
 
+    shard: Shard = args.shard
     settings = Settings(
         store_url=args.store,
         broker_url=args.broker,
@@ -183,7 +197,7 @@ async def run(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         broker_config=args.broker_config,
         mqtt_tls=server_tls(args),
-        client_id=args.client_id,
+        client_id=args.client_id or shard_client_id(shard),
         dpu_auth=args.dpu_auth,
         insecure_open_broker=args.insecure_open_broker,
         snapshot_every=args.snapshot_every,
@@ -196,6 +210,7 @@ async def run(args: argparse.Namespace) -> int:
         publish_interval=args.publish_interval,
         homeassistant=args.homeassistant,
         config=args.config,
+        shard=shard,
     )
     preflight(settings)  # configuration problems are reported before the store is touched
     if args.demo and args.topology is None:

@@ -9,23 +9,39 @@ the replay is replacing. Whoever cannot get the lease is refused at once, with t
 The lease dies with its holder, even on ``kill -9``: on PostgreSQL it is a session advisory lock
 on a connection of its own, on a SQLite file an ``flock`` on ``<file>.lease`` beside it. An
 in-memory SQLite store lives in one process and needs none.
+
+Each shard of a sharded deployment (``headcount serve --shard I/N``) also has a lock of its own,
+:func:`shard_lease`: its owner holds it, a standby with the same ``--shard`` waits for it, and
+``headcount replay --shard I/N`` needs it. It is the same kind of lock (a session advisory lock on
+PostgreSQL, keyed by ``I`` and ``N``; an ``flock`` on ``<file>.shard-I-of-N.lock`` for SQLite),
+so it dies with its holder and a waiting standby takes over within a poll.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from headcount.errors import StoreBusyError
+from headcount.domain.shards import Shard
+from headcount.errors import StoreBusyError, StoreError
 from headcount.eventstore.engine import translate_errors
 from headcount.eventstore.store import EventStore
 
+__all__ = ["ShardLease", "ShardTakenError", "lease", "shard_lease"]
+
+log = logging.getLogger(__name__)
+
 _PG_LEASE = 0x68636C73  # "hcls"
+#: The first key of a shard's advisory lock (the two-key form); the second is ``N*10000+I``.
+_PG_SHARD = 0x68637368  # "hcsh"
 
 
 @asynccontextmanager
@@ -81,3 +97,153 @@ def _busy(exclusive: bool, holder: str) -> StoreBusyError:
     return StoreBusyError(
         f"{holder}: a replay is rewriting this store's snapshots; start again when it has finished"
     )
+
+
+class ShardTakenError(StoreBusyError):
+    """The shard's lock was lost (its connection to PostgreSQL broke) and another process took
+    it meanwhile: this process must stop serving the shard."""
+
+
+class ShardLease:
+    """A shard's lock, held. :meth:`watch` keeps checking that it still is."""
+
+    def __init__(self, shard: Shard, lock: _ShardLock) -> None:
+        self.shard = shard
+        self._lock = lock
+
+    async def watch(self, every_s: float = 2.0) -> None:
+        """Run until cancelled, checking the lock every ``every_s`` seconds. A lost session
+        (PostgreSQL restarted, the connection cut) loses its lock: it is taken again at once;
+        if another process (a standby) took it meanwhile, :class:`ShardTakenError`. While the
+        store is unreachable the shard keeps serving (no other process can take it then
+        either), retrying."""
+        while True:
+            await asyncio.sleep(every_s)
+            if await self._lock.alive():
+                continue
+            try:
+                taken = await self._lock.try_take()
+            except StoreError as e:
+                log.warning("shard %s: cannot check its lock (%s); retrying", self.shard, e)
+                continue
+            if not taken:
+                raise ShardTakenError(
+                    f"shard {self.shard}: the connection holding its lock broke and another"
+                    " process took the shard over; stopping (start this one again to be its"
+                    " standby)"
+                )
+            log.warning("shard %s: its lock's connection broke; the lock is held again", self.shard)
+
+
+@asynccontextmanager
+async def shard_lease(
+    store: EventStore, shard: Shard, *, wait: bool, holder: str, poll_s: float = 0.5
+) -> AsyncIterator[ShardLease]:
+    """Hold ``shard``'s lock while the block runs. With ``wait``, wait for it as long as it
+    takes (a standby: cancel to give up); else raise :class:`StoreBusyError` at once when
+    another process holds it. ``holder`` says what wants it, for the message."""
+    lock = _ShardLock(store, shard)
+    try:
+        while not await _try(lock, wait):
+            if not wait:
+                raise StoreBusyError(
+                    f"{holder}: shard {shard} is held by another process (its headcount serve"
+                    f" --shard {shard}); stop it, and its standby, first"
+                )
+            await asyncio.sleep(poll_s)
+        yield ShardLease(shard, lock)
+    finally:
+        await lock.release()
+
+
+async def _try(lock: _ShardLock, wait: bool) -> bool:
+    try:
+        return await lock.try_take()
+    except StoreError as e:
+        if not wait:
+            raise
+        log.warning("shard %s: cannot reach the store to take its lock (%s)", lock.shard, e)
+        return False
+
+
+class _ShardLock:
+    """The lock itself: a session advisory lock on a connection of its own (PostgreSQL), an
+    ``flock`` (a SQLite file), or nothing at all (an in-memory store, one process)."""
+
+    def __init__(self, store: EventStore, shard: Shard) -> None:
+        self.store = store
+        self.shard = shard
+        self._conn: AsyncConnection | None = None
+        self._fd: int | None = None
+        self._held = False
+        path = store.engine.url.database
+        self._postgres = store.backend == "postgresql"
+        self._path = (
+            None
+            if self._postgres or not path or path == ":memory:" or path.startswith("file:")
+            else f"{path}.shard-{shard.index}-of-{shard.count}.lock"
+        )
+
+    @property
+    def _keys(self) -> dict[str, int]:
+        return {"a": _PG_SHARD, "b": self.shard.count * 10_000 + self.shard.index}
+
+    async def try_take(self) -> bool:
+        if self._postgres:
+            return await self._pg_try()
+        if self._path is None or self._fd is not None:
+            return True
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    async def _pg_try(self) -> bool:
+        async with translate_errors():
+            try:
+                if self._conn is None:
+                    conn = await self.store.engine.connect()
+                    self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                got = await self._conn.scalar(
+                    text("SELECT pg_try_advisory_lock(:a, :b)"), self._keys
+                )
+            except BaseException:
+                await self._drop()
+                raise
+        self._held = bool(got)
+        return self._held
+
+    async def alive(self) -> bool:
+        """Whether the lock is still held (the session holding it is still there)."""
+        if not self._postgres:
+            return True
+        if self._conn is None or not self._held:
+            return False
+        try:
+            async with translate_errors():
+                await self._conn.scalar(text("SELECT 1"))
+        except StoreError:
+            await self._drop()
+            return False
+        return True
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()  # never back into the pool with a lock on it
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        if self._conn is not None and self._held:
+            with contextlib.suppress(Exception):
+                await self._conn.scalar(text("SELECT pg_advisory_unlock(:a, :b)"), self._keys)
+        await self._drop()

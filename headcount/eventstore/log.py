@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from itertools import pairwise
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, tuple_
@@ -18,6 +20,7 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Source
 from headcount.errors import ConflictError
 from headcount.eventstore import quarantine as quarantine_rows
+from headcount.eventstore.appending import insert_traversals
 from headcount.eventstore.engine import (
     insert,
     read_transaction,
@@ -33,7 +36,7 @@ from headcount.eventstore.records import (
     StoredReset,
 )
 from headcount.eventstore.scan import sqlite_file, sqlite_rows
-from headcount.eventstore.schema import resets, snapshots, traversals
+from headcount.eventstore.schema import resets, traversals
 from headcount.eventstore.statements import (
     CHUNK,
     TAIL_PAGE,
@@ -46,6 +49,7 @@ from headcount.eventstore.statements import (
 __all__ = ["EventLog", "interleave_resets", "read_head"]
 
 _R = TypeVar("_R")
+_BY_KEY = attrgetter("dpu_id", "seq")
 
 
 class EventLog:
@@ -54,11 +58,6 @@ class EventLog:
     def __init__(self, engine: AsyncEngine, *, clock: Clock = now_ms) -> None:
         self.engine = engine
         self._clock = clock
-        self._insert_traversals = (
-            insert(engine, traversals)
-            .on_conflict_do_nothing(index_elements=["dpu_id", "seq"])
-            .returning(traversals.c.position, traversals.c.dpu_id, traversals.c.seq)
-        )
 
     # -- appending -------------------------------------------------------------------------
 
@@ -80,10 +79,11 @@ class EventLog:
         first: dict[tuple[str, int], Traversal] = {}
         repeats: list[Traversal] = []  # later reports of a key already in the batch
         for t in batch:
-            if t.key in first:
+            key = (t.dpu_id, t.seq)
+            if key in first:
                 repeats.append(t)
             else:
-                first[t.key] = t
+                first[key] = t
         if not first and not quarantine:
             return AppendResult((), (), 0, ())
 
@@ -92,12 +92,16 @@ class EventLog:
         inserted: dict[tuple[str, int], int] = {}
         async with write_transaction(self.engine) as conn:
             if first:
-                newest_snapshot = await conn.scalar(select(func.max(snapshots.c.as_of)))
-                inserted = await self._insert_new(
-                    conn, list(first.values()), received_at, newest_snapshot
-                )
-                # What is stored now for every key of the batch: the truth each report is
-                # judged by.
+                rows = list(first.values())
+                if conn.dialect.name == "postgresql":
+                    # Rows in key order: concurrent appends of overlapping batches then take
+                    # the unique index's locks in the same order and cannot deadlock. (SQLite
+                    # has one writer at a time: its rows go in as they came.)
+                    rows.sort(key=_BY_KEY)
+                inserted = await insert_traversals(conn, rows, received_at)
+            if len(inserted) < len(first) or repeats:
+                # Some keys were stored already (or repeated): what is stored for each is the
+                # truth each report is judged by.
                 truth = {k: t for k, t in first.items() if k in inserted}
                 truth |= await self._stored(conn, [k for k in first if k not in inserted])
                 for t in [*(t for k, t in first.items() if k not in inserted), *repeats]:
@@ -118,42 +122,7 @@ class EventLog:
                 ),
             ]
             await quarantine_rows.insert_entries(conn, refused, now=received_at)
-        new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
-        return AppendResult(
-            new=tuple(t for _, t in new),
-            positions=tuple(pos for pos, _ in new),
-            duplicates=duplicates,
-            conflicts=tuple(conflicts),
-        )
-
-    async def _insert_new(
-        self,
-        conn: AsyncConnection,
-        batch: list[Traversal],
-        received_at: int,
-        newest_snapshot: int | None,
-    ) -> dict[tuple[str, int], int]:
-        inserted: dict[tuple[str, int], int] = {}
-        # Rows in key order: concurrent appends of overlapping batches then take the unique
-        # index's locks in the same order and cannot deadlock (PostgreSQL).
-        batch = sorted(batch, key=lambda t: t.key)
-        rows = [
-            {
-                "dpu_id": t.dpu_id,
-                "seq": t.seq,
-                "ts": t.ts,
-                "direction": t.direction,
-                "received_at": received_at,
-                "late": newest_snapshot is not None and t.ts <= newest_snapshot,
-            }
-            for t in batch
-        ]
-        # One compiled statement, executed for many rows: SQLAlchemy batches it into multi-row
-        # INSERTs with RETURNING ("insertmanyvalues") on both backends.
-        result = await conn.execute(self._insert_traversals, rows)
-        for position, dpu_id, seq in result:
-            inserted[(dpu_id, seq)] = position
-        return inserted
+        return _result(first, inserted, duplicates, conflicts)
 
     @staticmethod
     async def _stored(
@@ -218,8 +187,14 @@ class EventLog:
             yield conn
 
     async def head(self) -> Head:
-        """The newest traversal position and reset id (0 when empty)."""
-        async with read_transaction(self.engine) as conn:
+        """The newest traversal position and reset id (0 when empty). On PostgreSQL it is read
+        under the log's exclusive lock, as a snapshot write reads it: an append still in flight
+        could otherwise commit a position below it later, and a fold up to this head (a replay
+        of one shard beside the others, which keep appending) would miss that event."""
+        if self.engine.dialect.name != "postgresql":
+            async with read_transaction(self.engine) as conn:
+                return await read_head(conn)
+        async with write_transaction(self.engine, exclusive=True) as conn:
             return await read_head(conn)
 
     async def count_traversals(self) -> int:
@@ -331,6 +306,29 @@ class EventLog:
         async with read_transaction(self.engine) as conn:
             rows = await conn.execute(stmt.order_by(resets.c.ts, resets.c.space_id))
             return [StoredReset(*row) for row in rows]
+
+
+def _result(
+    first: dict[tuple[str, int], Traversal],
+    inserted: dict[tuple[str, int], int],
+    duplicates: int,
+    conflicts: list[Conflict],
+) -> AppendResult:
+    """What an append did, ``new`` in log order. Without duplicates the rows usually went in
+    in the batch's order: then that order is kept without a sort."""
+    if len(inserted) == len(first):
+        positions = [inserted[k] for k in first]
+        if all(a < b for a, b in pairwise(positions)):
+            return AppendResult(
+                tuple(first.values()), tuple(positions), duplicates, tuple(conflicts)
+            )
+    new = sorted((inserted[k], t) for k, t in first.items() if k in inserted)
+    return AppendResult(
+        new=tuple(t for _, t in new),
+        positions=tuple(pos for pos, _ in new),
+        duplicates=duplicates,
+        conflicts=tuple(conflicts),
+    )
 
 
 async def interleave_resets(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -14,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.errors import StoreError
 from headcount.eventstore.engine import translate_errors, write_transaction
+from headcount.eventstore.schema import on_backend
 
 _PG_MIGRATE_LOCK = 0x68636D67  # "hcmg": one process migrates at a time
 
@@ -25,6 +29,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if connection is not None:
         config.attributes["connection"] = connection
     return config
+
+
+#: Tables a migrated PostgreSQL store holds that the metadata does not describe: the monthly
+#: and DEFAULT partitions of ``traversals`` (``partitions.py`` makes them as time goes on).
+_PARTITION = re.compile(r"^traversals_(default|y[0-9]{4}m[0-9]{2})$")
+
+
+def include_object(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Alembic's ``include_object`` for comparing a store on ``dialect`` with the metadata:
+    what the metadata keeps for the other backend is left out, and so are the partitions."""
+
+    def include(item: Any, name: str | None, type_: str, reflected: bool, _other: Any) -> bool:
+        if reflected:
+            return not (type_ == "table" and name is not None and _PARTITION.match(name))
+        return on_backend(item, dialect)
+
+    return include
 
 
 def head_revision() -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.schema import SchemaItem
 
 # SQLite only aliases the rowid (and so auto-increments) for a column typed exactly INTEGER.
 Position = BigInteger().with_variant(Integer(), "sqlite")
@@ -40,6 +41,14 @@ metadata = MetaData(
 #: position); ``late`` says the event was stored with a ``ts`` at or before the newest snapshot
 #: of the store at that moment, so it may make existing snapshots unusable (see
 #: ``headcount.history``). It is decided when the row is inserted and never changes.
+#:
+#: On PostgreSQL the table is partitioned by month of ``ts`` (``eventstore/partitions.py``),
+#: and a unique key there must hold the partition key: it is ``(dpu_id, seq, ts)``, and the
+#: primary key ``(position, ts)``. Which reports are duplicates does not change: an exact
+#: duplicate has the same ``ts``, and a ``(dpu_id, seq)`` already stored with another ``ts`` is
+#: skipped by the trigger ``traversals_one_per_seq`` (its key is in :data:`traversal_keys`),
+#: so the append reports it as a conflict as it does on SQLite, where ``(dpu_id, seq)`` stays
+#: the unique key.
 traversals = Table(
     "traversals",
     metadata,
@@ -50,10 +59,42 @@ traversals = Table(
     Column("direction", SmallInteger, nullable=False),
     Column("received_at", BigInteger, nullable=False),
     Column("late", Boolean, nullable=False),
-    UniqueConstraint("dpu_id", "seq"),
+    UniqueConstraint("dpu_id", "seq").ddl_if(dialect="sqlite"),
+    UniqueConstraint("dpu_id", "seq", "ts").ddl_if(dialect="postgresql"),
     CheckConstraint("direction IN (1, -1)", name="direction"),
     Index(None, "dpu_id", "ts"),
+    postgresql_partition_by="RANGE (ts)",
 )
+
+#: The ``ON CONFLICT`` target of an append of traversals, by backend: the columns of the
+#: unique key above. The one place it is said (``log.py`` and any raw insert read it).
+TRAVERSAL_CONFLICT_TARGET: dict[str, tuple[str, ...]] = {
+    "sqlite": ("dpu_id", "seq"),
+    "postgresql": ("dpu_id", "seq", "ts"),
+}
+
+
+def traversal_conflict_target(dialect: str) -> tuple[str, ...]:
+    """The columns of ``ON CONFLICT (...)`` for traversals on ``dialect``."""
+    return TRAVERSAL_CONFLICT_TARGET[dialect]
+
+
+#: PostgreSQL only: the key of every traversal ever stored, whatever month holds it (a
+#: partitioned table has no index across its partitions). The trigger
+#: ``traversals_one_per_seq`` inserts the key of each row before it is stored and skips the
+#: row when the key was there: one narrow index decides duplicates, as ``UNIQUE(dpu_id, seq)``
+#: did, and a month that is detached and archived keeps its keys (a redelivery of an archived
+#: event stays a duplicate). Only ever inserted into.
+traversal_keys = Table(
+    "traversal_keys",
+    metadata,
+    Column("dpu_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    info={"dialects": ("postgresql",)},
+)
+#: The columns an append writes, in its order (its ``ON CONFLICT`` target is
+#: ``traversal_conflict_target`` above).
+TRAVERSAL_COLUMNS = ("dpu_id", "seq", "ts", "direction", "received_at", "late")
 #: Queries must say exactly this for the planners to use the partial index (SQLite matches
 #: the text: ``late = 1`` or ``late IS 1`` would scan every row of the DPU instead).
 LATE = text("late = true")
@@ -152,3 +193,14 @@ replayed_spaces = Table(
     Column("finished_at", BigInteger, nullable=False),
     UniqueConstraint("space_id", "replay_id"),
 )
+
+
+def on_backend(item: SchemaItem, dialect: str) -> bool:
+    """Whether a table, constraint or index of :data:`metadata` exists on ``dialect``: some
+    are PostgreSQL's only (:data:`traversal_keys`) or differ by backend (``ddl_if``). For
+    comparing a migrated database with the metadata."""
+    dialects = getattr(item, "info", {}).get("dialects")
+    if dialects is not None and dialect not in dialects:
+        return False
+    condition = getattr(item, "_ddl_if", None)
+    return condition is None or condition.dialect in (None, dialect)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.clock import now_ms
+from headcount.domain.events import Reset
 from headcount.domain.fold import EMPTY, Folder, SpaceState, advance, fold
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.answers import RESET, SnapshotTail
@@ -102,17 +103,48 @@ class History:
         )
         if quick is not None:
             return _folded_tail(space, quick, ts)
+        streamed = await self._count_streamed(space, view, ts)
+        if streamed is not None:
+            return streamed
         async with self.store.log.reading() as within:  # one connection for the whole answer
             base = await self.usable_snapshot(view, at_or_before=ts, within=within)
-            state = EMPTY if base is None else base.state
+            # Folded in place: this path answers long tails (a late event makes the day's
+            # snapshots after it unusable), where a state object per event costs a third.
+            folder = Folder(space, EMPTY if base is None else base.state)
             folded = 0
             async for event in space_events(
-                self.store, view, after=state.as_of, until=ts, within=within
+                self.store, view, after=folder.as_of, until=ts, within=within
             ):
-                state = fold(space, state, event)
+                if isinstance(event, Reset):
+                    folder.reset(event.ts, event.count)
+                else:
+                    folder.delta(event.ts, event.delta)
                 folded += 1
+        folder.advance(ts)
         snapshot = None if base is None else base.as_of
-        return SpaceCount(space_id, ts, advance(space, state, ts), snapshot, folded)
+        return SpaceCount(space_id, ts, folder.state(), snapshot, folded)
+
+    async def _count_streamed(self, space: Space, view: SpaceView, ts: int) -> SpaceCount | None:
+        """The answer when the one-statement path declines because the newest snapshot may not
+        be used or the tail is long (both, for a day, after a late event): the newest usable
+        snapshot by the general rule, then it and the events after it in one statement
+        streamed in batches (``answers.snapshot_window``), folded in place. ``None``: no
+        usable snapshot, or the statement does not find the same one (the general path
+        answers)."""
+        base = await self.usable_snapshot(view, at_or_before=ts)
+        if base is None:
+            return None
+        async with self.store.answers.snapshot_window(
+            space.id, view.fingerprint, view.sources, before=base.as_of + 1, end=ts + 1
+        ) as window:
+            if window is None or window.state != base.state:
+                return None
+            folder = Folder(space, window.state)
+            folded = 0
+            async for batch in window.batches:
+                folded += folder.fold_rows(batch, RESET)
+        folder.advance(ts)
+        return SpaceCount(space.id, ts, folder.state(), base.as_of, folded)
 
     async def usable_snapshot(
         self, view: SpaceView, *, at_or_before: int, within: AsyncConnection | None = None

@@ -1,4 +1,4 @@
-"""Bearer tokens on the API: the middleware that lets a request in, or answers 401 or 403.
+"""Bearer tokens on the API: the check that lets a request in, or answers 401 or 403.
 
 With :data:`AUTH` set on the application, every route but the open ones (``/healthz``, and
 ``/metrics`` when the service is told to leave it open for Prometheus) needs
@@ -16,22 +16,25 @@ one, and aiohttp's access log does not print the ``Authorization`` header.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from headcount.http.errors import JSON, Handler
+from headcount.http.errors import JSON
+from headcount.http.server import remember, verified
 from headcount.http.tokens import Scope, Token, Tokens
 
-__all__ = ["AUTH", "OPEN_ALWAYS", "Auth", "needed_scope", "require_token"]
+__all__ = ["AUTH", "OPEN_ALWAYS", "Auth", "check_token", "needed_scope"]
 
 log = logging.getLogger(__name__)
 
 #: Paths any client may ask without a token: liveness probes carry none.
 OPEN_ALWAYS = frozenset({"/healthz"})
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_WRITE = Scope.WRITE
 _HOW = "send 'Authorization: Bearer TOKEN' (a token is made with 'headcount tokens add')"
 
 
@@ -55,14 +58,18 @@ def needed_scope(method: str) -> Scope:
     return Scope.READ if method in _READ_METHODS else Scope.WRITE
 
 
-@web.middleware
-async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Let the request in if the application needs no token, the route is open, or it carries
-    a token whose scope allows its method; else answer 401 or 403 (JSON, with
-    ``WWW-Authenticate: Bearer``)."""
+def check_token(request: web.Request) -> None:
+    """Return if the application needs no token, the route is open, or the request carries a
+    token whose scope allows its method; else raise 401 or 403 (JSON, with
+    ``WWW-Authenticate: Bearer``). Run by the API's one middleware
+    (:func:`headcount.http.errors.guard`)."""
     auth = request.app.get(AUTH)
-    if auth is None or _route(request) in auth.open_paths:
-        return await handler(request)
+    if auth is None:
+        return
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if resource is not None and resource.canonical in auth.open_paths:
+        return
     presented = _bearer(request)
     if presented is None:
         raise _refusal(
@@ -70,7 +77,7 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
             f"This API needs a token: {_HOW}.",
             'Bearer realm="headcount"',
         )
-    token = auth.tokens.find(presented)
+    token = _token(request, auth.tokens, presented)
     if token is None:
         log.debug("refused %s %s: a token this service does not know", request.method, request.path)
         raise _refusal(
@@ -79,20 +86,39 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
             " 'headcount tokens add' and restart the service.",
             'Bearer realm="headcount", error="invalid_token"',
         )
-    if request.match_info.http_exception is None:  # a route matched: its method's scope
-        _check_scope(request, token)
-    # else 404 or 405: told to a client with a token, whatever its scope
-    return await handler(request)
-
-
-def _check_scope(request: web.Request, token: Token) -> None:
-    needed = needed_scope(request.method)
-    if token.scope.allows(needed):
+    # A route that matched needs its method's scope; 404 or 405 is told to a client with a
+    # token, whatever its scope.
+    if (
+        token.scope is _WRITE
+        or request.method in _READ_METHODS
+        or match_info.http_exception is not None
+    ):
         return
+    raise _scope_refusal(request, token)
+
+
+def _token(request: web.Request, tokens: Tokens, presented: str) -> Token | None:
+    """The token ``presented`` is, or ``None``. A connection of the service remembers the
+    token that last matched on it; a request presenting the same bytes (compared in constant
+    time) is that token without hashing it again: the hash is the check's main cost per
+    request (bench/live_query.py). Tokens change only with a restart, which closes every
+    connection."""
+    raw = presented.encode("utf-8", "surrogateescape")
+    known = verified(request)
+    if known is not None and hmac.compare_digest(known[0], raw):
+        return known[1]
+    token = tokens.find(presented)
+    if token is not None:
+        remember(request, raw, token)
+    return token
+
+
+def _scope_refusal(request: web.Request, token: Token) -> web.HTTPException:
+    needed = needed_scope(request.method)
     log.debug(
         "refused %s %s to token %r: scope %s", request.method, request.path, token.name, token.scope
     )
-    raise _refusal(
+    return _refusal(
         web.HTTPForbidden,
         f"Token {token.name!r} has scope {token.scope}; {request.method} needs a token with"
         f" scope {needed}.",
@@ -100,17 +126,11 @@ def _check_scope(request: web.Request, token: Token) -> None:
     )
 
 
-def _route(request: web.Request) -> str | None:
-    """The path template of the route the request matched (``None``: none matched)."""
-    resource = request.match_info.route.resource
-    return None if resource is None else resource.canonical
-
-
 def _bearer(request: web.Request) -> str | None:
     """The token of an ``Authorization: Bearer TOKEN`` header (the scheme in any case)."""
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    return token if token and scheme.lower() == "bearer" else None
 
 
 def _refusal(kind: type[web.HTTPException], detail: str, challenge: str) -> web.HTTPException:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from headcount.actors import ChangeFeed, LiveCounts, ResetTaker
 from headcount.clock import Clock
+from headcount.domain.shards import ShardStatus
 from headcount.eventstore.store import EventStore
 from headcount.history import History
 from headcount.ingest.dpus import DpuRegistry
@@ -26,3 +29,5 @@ INGEST = web.AppKey("ingest", IngestHealth)
 CLOCK = web.AppKey[Clock]("clock")
 #: Every change of a space's live state (the actors' feed), for the live push.
 CHANGES = web.AppKey("changes", ChangeFeed)
+#: What this process is to its shard (owner or standby), for ``/healthz``.
+SHARD = web.AppKey[Callable[[], ShardStatus]]("shard")

@@ -6,7 +6,7 @@ line, each header and the number of headers are the protocol's ``max_line_size``
 ``max_field_size`` and ``max_headers`` (400, answered by :mod:`headcount.http.server`); a
 connection that sends no complete request within ``keepalive_timeout`` seconds, whether idle
 or sending its headers a byte at a time, is closed by the protocol's own timer. aiohttp has
-no limit on the number of query parameters, so :func:`limit_query` counts them (400).
+no limit on the number of query parameters, so :func:`check_query` counts them (400).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from headcount.http.errors import JSON, Handler
+from headcount.http.errors import JSON
 
-__all__ = ["LIMITS", "Limits", "limit_query", "new_app"]
+__all__ = ["LIMITS", "Limits", "check_query", "new_app"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +55,22 @@ LIMITS = web.AppKey("limits", Limits)
 
 def new_app(limits: Limits | None = None) -> web.Application:
     """An application that reads bodies up to ``limits.body_bytes`` and keeps ``limits`` for
-    :func:`limit_query` and ``headcount.http.server.make_runner``."""
+    :func:`check_query` and ``headcount.http.server.make_runner``."""
     limits = limits or Limits()
     app = web.Application(client_max_size=limits.body_bytes)
     app[LIMITS] = limits
     return app
 
 
-@web.middleware
-async def limit_query(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """400 for a query with more parameters than the application's limit."""
+def check_query(request: web.Request) -> None:
+    """Raise 400 for a query with more parameters than the application's limit. Run by the
+    API's one middleware (:func:`headcount.http.errors.guard`)."""
     if request.query_string:
         limit = request.app.get(LIMITS, _DEFAULT).query_params
         given = len(request.query)
         if given > limit:
             detail = f"The query has {given} parameters; this server reads at most {limit}."
             raise web.HTTPBadRequest(text=json.dumps({"detail": detail}), content_type=JSON)
-    return await handler(request)
 
 
 _DEFAULT = Limits()

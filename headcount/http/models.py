@@ -193,9 +193,24 @@ class DpuDetail(Dpu):
     assignments: list[Assignment]
 
 
+class ShardHealth(Model):
+    """The shard this process owns, or waits for as its standby (``serve --shard I/N``)."""
+
+    index: int = Field(description="The shard's index I, from 0.")
+    count: int = Field(description="How many shards the deployment has (N).")
+    role: Literal["owner", "standby"] = Field(
+        description="owner: it runs the shard's spaces; standby: it waits to take the shard"
+        " over when its owner stops, and answers from the store and the owners' states."
+    )
+
+
 class Health(Model):
     """The service is serving."""
 
     status: Literal["ok"] = Field(description="Always ok.")
     spaces: int = Field(description="Spaces this process serves.")
     actor_restarts: int = Field(description="Space actors restarted after a crash since start.")
+    shard: ShardHealth | None = Field(
+        description="The shard this process owns or stands by for (null: a service built"
+        " without shards, as in tests)."
+    )

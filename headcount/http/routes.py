@@ -6,7 +6,10 @@ Handlers read every resource from the application through the keys in
 
 from __future__ import annotations
 
-from aiohttp import web
+import functools
+
+from aiohttp import hdrs, web
+from pydantic_core import to_json
 
 from headcount.actors import SpaceRecoveringError
 from headcount.clock import now_ms
@@ -15,10 +18,10 @@ from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
 from headcount.http import dpu_health, events, live, models, series
 from headcount.http.api import Routes, answer, parse_query
-from headcount.http.auth import require_token
-from headcount.http.errors import NOT_FOUND, error, json_errors
-from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS
-from headcount.http.limits import limit_query
+from headcount.http.auth import check_token
+from headcount.http.errors import JSON, NOT_FOUND, error, guard
+from headcount.http.keys import ACTORS, CLOCK, DPUS, HISTORY, INGEST, METRICS, SHARD
+from headcount.http.limits import check_query
 from headcount.http.openapi import document
 from headcount.ingest.dpus import Delivery, DpuRegistry
 
@@ -32,11 +35,12 @@ routes = Routes()
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the API's routes (every table of :data:`TABLES`), its middlewares (JSON
-    errors, outermost; the query limit; the token check, which lets every request in when
-    ``app`` has no ``AUTH``), and (on startup, once the resources are attached) the gauges that
-    read the actors and the DPU registry."""
-    app.middlewares.extend([json_errors, limit_query, require_token])
+    """Register the API's routes (every table of :data:`TABLES`), its one middleware (JSON
+    errors around, in order, the query limit and the token check, which lets every request in
+    when ``app`` has no ``AUTH``), and (on startup, once the resources are attached) the gauges
+    that read the actors and the DPU registry."""
+    app.middlewares.append(guard(check_query, check_token))
+    app[_LISTING] = _Listing()
     app.on_startup.append(_watch_gauges)
     live.setup(app)
     for table in TABLES:
@@ -60,7 +64,8 @@ async def _watch_gauges(app: web.Application) -> None:
 # -- counts --------------------------------------------------------------------------------
 
 
-# The live counts build their answers as dicts: a model per request costs measurable time
+# The live answers are dicts encoded by pydantic-core's ``to_json``, not models: a model per
+# request, or the standard library's ``json.dumps``, costs several times the encoding itself
 # (bench/live_query.py); tests/http/test_openapi.py holds the answers to the models.
 
 
@@ -73,9 +78,9 @@ async def _watch_gauges(app: web.Application) -> None:
 )
 async def space_count_seed(request: web.Request) -> web.Response:
     """``{space_id, ts, count}``: the seed service's answer, unchanged."""
-    ts, state = await _count(request)
     space_id = request.match_info["space_id"]
-    return web.json_response({"space_id": space_id, "ts": format_ms(ts), "count": state.count})
+    ts, state = await _count(request, space_id)
+    return _json({"space_id": space_id, "ts": _format_ms(ts), "count": state.count})
 
 
 @routes.get(
@@ -87,14 +92,21 @@ async def space_count_seed(request: web.Request) -> web.Response:
 )
 async def space_count(request: web.Request) -> web.Response:
     """The count with the entrances and exits behind it."""
-    ts, state = await _count(request)
     space_id = request.match_info["space_id"]
-    return web.json_response({"space_id": space_id, "ts": format_ms(ts), **_totals(state)})
+    ts, state = await _count(request, space_id)
+    return _json(
+        {
+            "space_id": space_id,
+            "ts": _format_ms(ts),
+            "count": state.count,
+            "entrances": state.entrances,
+            "exits": state.exits,
+        }
+    )
 
 
-async def _count(request: web.Request) -> tuple[int, SpaceState]:
+async def _count(request: web.Request, space_id: str) -> tuple[int, SpaceState]:
     """Live from the space's actor, or from snapshots and the log for ``?ts=``."""
-    space_id = request.match_info["space_id"]
     # The live count parses no query: no model on its hot path.
     at = parse_query(request, models.AtQuery).ts if request.query_string else None
     if at is None:
@@ -106,18 +118,34 @@ async def _live(app: web.Application, space_id: str) -> tuple[int, SpaceState]:
     """The live state, timed at the answer (never at the newest event, which a DPU's clock
     may have put ahead of ours)."""
     now = app.get(CLOCK, now_ms)()
-    try:
-        state = app[ACTORS].live_state(space_id)
-    except SpaceRecoveringError as e:
-        raise error(web.HTTPServiceUnavailable, str(e)) from None
+    state = _live_state(app, space_id)
     if state is None:
-        # Served by another shard: the shared log answers, exactly, a little slower.
+        # Served by another shard whose state is not known here: the shared log answers,
+        # exactly, a little slower.
         return now, (await app[HISTORY].count_at(space_id, now)).state
     return now, state
 
 
-def _totals(state: SpaceState) -> dict[str, int]:
-    return {"count": state.count, "entrances": state.entrances, "exits": state.exits}
+def _live_state(app: web.Application, space_id: str) -> SpaceState | None:
+    """The space's live state from its actor; ``None`` when another shard serves it."""
+    try:
+        return app[ACTORS].live_state(space_id)
+    except SpaceRecoveringError as e:
+        raise error(web.HTTPServiceUnavailable, str(e)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _format_ms(ms: int) -> str:
+    """``format_ms``, remembered: requests in the same millisecond share the text."""
+    return format_ms(ms)
+
+
+def _json(body: object) -> web.Response:
+    """``body`` as a JSON answer (``Content-Type`` as ``web.json_response`` gives it)."""
+    return web.Response(body=to_json(body), headers=_JSON_TYPE)
+
+
+_JSON_TYPE = {hdrs.CONTENT_TYPE: f"{JSON}; charset=utf-8"}
 
 
 # -- spaces --------------------------------------------------------------------------------
@@ -128,19 +156,44 @@ def _totals(state: SpaceState) -> dict[str, int]:
 )
 async def list_spaces(request: web.Request) -> web.Response:
     """Every space of the topology with its live count."""
-    spaces = []
-    for space in request.app[ACTORS].topology.spaces.values():
-        _, state = await _live(request.app, space.id)
-        spaces.append(
-            models.SpaceSummary(
-                id=space.id,
-                name=space.name,
-                parent=space.parent,
-                capacity=space.capacity,
-                count=state.count,
-            )
-        )
-    return answer(models.SpaceList(spaces=spaces))
+    app = request.app
+    actors = app[ACTORS]
+    now: int | None = None
+    entries = []
+    try:
+        for space_id, head in app[_LISTING].entries(actors.topology):
+            state = actors.live_state(space_id)
+            if state is None:  # another shard's: the log answers, at one moment for all
+                now = app.get(CLOCK, now_ms)() if now is None else now
+                state = (await app[HISTORY].count_at(space_id, now)).state
+            entries.append(b"%s%d}" % (head, state.count))
+    except SpaceRecoveringError as e:
+        raise error(web.HTTPServiceUnavailable, str(e)) from None
+    body = b'{"spaces":[' + b",".join(entries) + b"]}"
+    return web.Response(body=body, headers=_JSON_TYPE)
+
+
+class _Listing:
+    """What ``/spaces`` says of each space but its count, encoded once per topology."""
+
+    def __init__(self) -> None:
+        self._topology: Topology | None = None
+        self._entries: tuple[tuple[str, bytes], ...] = ()
+
+    def entries(self, topology: Topology) -> tuple[tuple[str, bytes], ...]:
+        """Each space's id and its entry up to the count (``...,"count":``)."""
+        if topology is not self._topology:  # by identity: a Topology's hash reads it all
+            self._entries = tuple((space.id, _head(space)) for space in topology.spaces.values())
+            self._topology = topology
+        return self._entries
+
+
+def _head(space: Space) -> bytes:
+    fixed = {"id": space.id, "name": space.name, "parent": space.parent, "capacity": space.capacity}
+    return to_json(fixed)[:-1] + b',"count":'
+
+
+_LISTING = web.AppKey("space_listing", _Listing)
 
 
 @routes.get(
@@ -274,7 +327,8 @@ def _delivery(delivery: Delivery) -> models.Delivery:
 async def healthz(request: web.Request) -> web.Response:
     """200 when every space's actor is serving and ingest keeps up; 503 while any space is
     still recovering, or while messages wait for a commit that does not come (the store is
-    down, say), with the reason in ``detail``."""
+    down, say), with the reason in ``detail``. With ``shard``: the shard this process owns
+    or stands by for (a standby is healthy: it answers from the store and the owners)."""
     readiness = request.app[ACTORS].readiness()
     if not readiness.ready:
         waiting = readiness.recovering
@@ -287,9 +341,18 @@ async def healthz(request: web.Request) -> web.Response:
     problem = None if ingest is None else ingest.problem()
     if problem is not None:
         raise error(web.HTTPServiceUnavailable, problem)
-    return answer(
-        models.Health(status="ok", spaces=readiness.spaces, actor_restarts=readiness.restarts)
+    status = request.app[SHARD]() if SHARD in request.app else None
+    shard = (
+        None
+        if status is None
+        else models.ShardHealth(
+            index=status.shard.index, count=status.shard.count, role=status.role
+        )
     )
+    health = models.Health(
+        status="ok", spaces=readiness.spaces, actor_restarts=readiness.restarts, shard=shard
+    )
+    return answer(health)
 
 
 @routes.get(

@@ -10,7 +10,9 @@ The same method answers a crash that escapes the application's handler.
 So :func:`make_runner` serves the application with a protocol whose ``handle_error`` answers
 :mod:`headcount.http.errors`' ``{"detail": "..."}``, logs a request it cannot read at DEBUG
 in one line without a traceback, and a crash at ERROR once with its traceback (never in the
-body). Everything else is aiohttp's own ``AppRunner``.
+body). Each connection also remembers the token that last let a request in (``verified``),
+so that the requests after it on the connection skip hashing it (:mod:`headcount.http.auth`).
+Everything else is aiohttp's own ``AppRunner``.
 
 aiohttp API this relies on beyond the documented (checked on aiohttp 3.14.5; the raw-socket
 tests in tests/http/test_server.py fail if any of it changes): ``RequestHandler.handle_error
@@ -33,6 +35,7 @@ from aiohttp.web_request import BaseRequest
 
 from headcount.http.errors import INTERNAL
 from headcount.http.limits import LIMITS, Limits
+from headcount.http.tokens import Token
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,20 @@ log = logging.getLogger(__name__)
 #: aiohttp's message (both parsers) for a request with more headers than ``max_headers``.
 _TOO_MANY_HEADERS = "Too many headers received"
 UNREADABLE = "The request cannot be read as HTTP: its request line or headers are malformed."
+
+
+def verified(request: web.BaseRequest) -> tuple[bytes, Token] | None:
+    """What the request's connection remembers of the token that last let a request in
+    (``None``: nothing, or a connection not served by :func:`make_runner`)."""
+    protocol = request.protocol
+    return protocol.verified if isinstance(protocol, _Protocol) else None
+
+
+def remember(request: web.BaseRequest, presented: bytes, token: Token) -> None:
+    """Have the request's connection remember that ``presented`` is ``token``."""
+    protocol = request.protocol
+    if isinstance(protocol, _Protocol):
+        protocol.verified = (presented, token)
 
 
 def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
@@ -66,7 +83,13 @@ class _Server(web.Server):
 
 
 class _Protocol(web.RequestHandler):
-    __slots__ = ()
+    __slots__ = ("verified",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The ``Authorization`` token that last matched a token on this connection, as
+        #: bytes, with that token (see ``headcount.http.auth.check_token``).
+        self.verified: tuple[bytes, Token] | None = None
 
     def handle_error(
         self,

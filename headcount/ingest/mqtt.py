@@ -33,6 +33,8 @@ from headcount.ingest.tls import CA_PARAMETER, ClientTls, client_context, explai
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+#: Topic filters per SUBSCRIBE packet.
+_FILTERS_PER_SUBSCRIBE = 500
 
 __all__ = [
     "Backoff",
@@ -336,9 +338,18 @@ class Subscriber:
         )
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        granted = await client.subscribe([(topic, self.qos) for topic in self.topics])
-        if any(_refused(code) for code in granted):
-            raise aiomqtt.MqttError(f"the broker refused the subscription to {self.topics}")
+        # A shard subscribes to two topics per DPU: tens of thousands of filters, sent in
+        # SUBSCRIBE packets of a size every broker takes.
+        for start in range(0, len(self.topics), _FILTERS_PER_SUBSCRIBE):
+            chunk = self.topics[start : start + _FILTERS_PER_SUBSCRIBE]
+            granted = await client.subscribe([(topic, self.qos) for topic in chunk])
+            verdicts = [_refused(code) for code in granted]
+            refused = [t for t, bad in zip(chunk, verdicts, strict=False) if bad]
+            if refused:
+                shown = ", ".join(refused[:3]) + (", ..." if len(refused) > 3 else "")
+                raise aiomqtt.MqttError(
+                    f"the broker refused the subscription to {len(refused)} topic(s): {shown}"
+                )
 
     async def _resubscribe(self, client: aiomqtt.Client, connection: AsyncExitStack) -> None:
         try:

@@ -25,11 +25,15 @@ is not acknowledged (Mosquitto sends at most ``max_inflight_messages`` unacknowl
 Each DPU has a rate limit (:mod:`headcount.ingest.ratelimit`); what exceeds it is refused with
 reason ``rate_limited``. Quarantine keeps a bounded number of entries per DPU and reason per
 time window, so a flood of bad input is not a flood of writes.
+
+(Longer than most modules: the path of a message from decode to acknowledgement, faults
+included, is kept in one place to be read in one go.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -76,9 +80,10 @@ M = TypeVar("M", bound=Message)
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
     """Group commit: a batch closes at ``max_events`` traversals or ``max_delay_s`` after its
-    first message, whichever comes first. Payload limits and the clock-skew allowance are the
-    wire format's. Ingest counts as stalled (``/healthz`` 503) when messages have waited
-    ``stall_after_s`` without a commit.
+    first message, whichever comes first (while the batch before it still commits, it keeps
+    filling: the next commit could not start anyway). Payload limits and the clock-skew
+    allowance are the wire format's. Ingest counts as stalled (``/healthz`` 503) when
+    messages have waited ``stall_after_s`` without a commit.
 
     ``dpu_rate`` and ``dpu_burst``: each DPU's limit in messages per second and its burst
     (``dpu_rate`` ``None``: no limit; defaults in :mod:`headcount.ingest.ratelimit`).
@@ -95,12 +100,17 @@ class IngestSettings:
     dpu_burst: float = ratelimit.DEFAULT_DPU_BURST
     quarantine_keep: int = ratelimit.DEFAULT_QUARANTINE_KEEP
     quarantine_window_s: float = ratelimit.DEFAULT_QUARANTINE_WINDOW_S
+    #: Route traversals the store already held to the actors as well: a shard of a sharded
+    #: deployment shares the DPUs of a doorway between its spaces and another shard's, and the
+    #: other shard may have stored one first (the actors drop what they have).
+    route_duplicates: bool = False
 
     @property
     def max_held(self) -> int:
         """The most messages ingest holds unacknowledged: a full queue, a full batch being
-        committed, and the one the reader waits to queue."""
-        return self.queue_size + self.max_events + 1
+        committed, the next batch being read meanwhile, and the one the reader waits to
+        queue."""
+        return self.queue_size + 2 * self.max_events + 1
 
     @property
     def rate_limit(self) -> RateLimit | None:
@@ -153,6 +163,7 @@ class Ingest(Generic[M]):
         settings: IngestSettings | None = None,
         clock: Callable[[], int] = now_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        health: IngestHealth | None = None,
     ) -> None:
         self._messages = messages
         self._ack = ack
@@ -163,8 +174,9 @@ class Ingest(Generic[M]):
         self.metrics = metrics
         self.settings = settings or IngestSettings()
         self._clock = clock
-        self._queue: asyncio.Queue[M] = asyncio.Queue(self.settings.queue_size)
-        self.health = IngestHealth(self.settings.stall_after_s, clock=clock)
+        #: Messages read, and ``None`` when a commit ends (a wake-up for the next batch).
+        self._queue: asyncio.Queue[M | None] = asyncio.Queue(self.settings.queue_size)
+        self.health = health or IngestHealth(self.settings.stall_after_s, clock=clock)
         self.loss = LossAudit(store.log, dpus, metrics, clock=clock)
         self.limiter = DpuRateLimiter(
             self.settings.rate_limit, known=self.topology.knows_dpu, monotonic=monotonic
@@ -188,43 +200,75 @@ class Ingest(Generic[M]):
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
-        while True:
-            batch = await self._next_batch()
-            await self._store(batch.parts)
-            for part in batch.parts:
-                if part.report is not None:
-                    await self.loss.reported(*part.report)
-            for n, part in enumerate(batch.parts, start=1):
-                await self._ack(part.message)
-                if n % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the HTTP API answer between long runs
-            self.health.acknowledged(len(batch.parts))
+        """Commit batches one after the other, each acknowledged once committed; the next
+        batch is read and decoded meanwhile (the store works in its own thread or server), and
+        keeps filling until the commit before it is done."""
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch = await self._next_batch(committing)
+                if committing is not None:
+                    await committing  # in order: a batch is committed after the one before
+                committing = asyncio.create_task(self._commit_and_ack(batch), name="ingest:commit")
+                committing.add_done_callback(self._committed)
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                await asyncio.wait([committing])
 
-    async def _next_batch(self) -> _Batch[M]:
-        """Decode messages into one batch until it holds ``max_events`` traversals or
-        ``max_delay_s`` has passed since its first message."""
+    async def _commit_and_ack(self, batch: _Batch[M]) -> None:
+        await self._store(batch.parts)
+        for part in batch.parts:
+            if part.report is not None:
+                await self.loss.reported(*part.report)
+        for n, part in enumerate(batch.parts, start=1):
+            await self._ack(part.message)
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the HTTP API answer between long runs
+        self.health.acknowledged(len(batch.parts))
+
+    async def _next_batch(self, committing: asyncio.Task[None] | None = None) -> _Batch[M]:
+        """Decode messages into one batch until it holds ``max_events`` traversals, or
+        ``max_delay_s`` has passed since its first message and the commit before it
+        (``committing``) is done. A commit that failed raises its error here."""
         batch: _Batch[M] = _Batch()
-        self._add(batch, await self._queue.get())
+        message: M | None = None
+        while message is None:  # None: a commit ended, nothing to read
+            _raise_failed(committing)
+            message = await self._queue.get()
+        self._add(batch, message)
         deadline = time.monotonic() + self.settings.max_delay_s
         limit = self.settings.max_events
         while batch.events < limit and len(batch.parts) < limit:
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(left):
-                        message = await self._queue.get()
-                except TimeoutError:
-                    break
+                _raise_failed(committing)
+                if committing is not None and not committing.done():
+                    message = await self._queue.get()  # or the None its end puts
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        async with asyncio.timeout(left):
+                            message = await self._queue.get()
+                    except TimeoutError:
+                        break
+            if message is None:
+                continue
             self._add(batch, message)
             if len(batch.parts) % _YIELD_EVERY == 0:
                 # A full queue of cheap messages (a flood refused unread) would otherwise be
                 # read in one go, holding up every HTTP answer meanwhile.
                 await asyncio.sleep(0)
         return batch
+
+    def _committed(self, _task: asyncio.Task[None]) -> None:
+        """Wake a batch waiting for messages: the commit before it ended (a full queue has
+        messages to read: no need)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
 
     def _add(self, batch: _Batch[M], message: M) -> None:
         part = self._read_message(message)
@@ -401,7 +445,10 @@ class Ingest(Generic[M]):
                 m.quarantined.labels(reason).inc()
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
-        await self.actors.route([*result.new, *_stored_before(parts, result)])
+        if self.settings.route_duplicates:
+            await self.actors.route(_all_stored(traversals, result))
+        else:
+            await self.actors.route([*result.new, *_stored_before(parts, result)])
 
     async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
         """Quarantine a message whose content the store refuses, in a form any store holds:
@@ -439,6 +486,14 @@ class Ingest(Generic[M]):
             self.metrics.dropped.labels(reason).inc()
 
 
+def _raise_failed(committing: asyncio.Task[None] | None) -> None:
+    """Raise the error of a commit that failed."""
+    if committing is not None and committing.done() and not committing.cancelled():
+        error = committing.exception()
+        if error is not None:
+            raise error
+
+
 def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Traversal]:
     """Traversals of ``parts`` that an earlier, failed attempt may have stored: those of
     uncertain parts that the append found already stored, each once. Routing them again is
@@ -455,6 +510,19 @@ def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Trav
                 new.add(t.key)
                 again.append(t)
     return again
+
+
+def _all_stored(traversals: Sequence[Traversal], result: AppendResult) -> list[Traversal]:
+    """Every traversal of the batch that the store holds now, each once: the new ones and the
+    duplicates, not the conflicts (quarantined)."""
+    refused = {c.reported for c in result.conflicts}
+    seen: set[tuple[str, int]] = set()
+    held: list[Traversal] = []
+    for t in traversals:
+        if t.key not in seen and t not in refused:
+            seen.add(t.key)
+            held.append(t)
+    return held
 
 
 def _ascii(text: str, limit: int) -> str:

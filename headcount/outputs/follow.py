@@ -71,7 +71,13 @@ class Outputs:
             first = False
             try:
                 async for change in subscription:
-                    self.on_count(change.space_id, change.ts, change.count)
+                    self.on_count(
+                        change.space_id,
+                        change.ts,
+                        change.count,
+                        entrances=change.entrances,
+                        exits=change.exits,
+                    )
             except SubscriptionClosed as e:
                 log.warning("outputs fell behind the counts (%s); reading them all again", e)
             else:
@@ -92,12 +98,20 @@ class Outputs:
             ts = self._clock() if state.as_of is None else state.as_of
             if first:
                 self.alerts.start(space_id, state.count)
-            self.on_count(space_id, ts, state.count)
+            self.on_count(space_id, ts, state.count, entrances=state.entrances, exits=state.exits)
 
-    def on_count(self, space_id: str, ts: int, count: int) -> None:
+    def on_count(
+        self,
+        space_id: str,
+        ts: int,
+        count: int,
+        *,
+        entrances: int | None = None,
+        exits: int | None = None,
+    ) -> None:
         """A space's new live count: to MQTT (throttled) and through the alert rule."""
         if self.mqtt is not None:
-            self.mqtt.offer(space_id, ts, count)
+            self.mqtt.offer(space_id, ts, count, entrances=entrances, exits=exits)
         alert = self.alerts.observe(space_id, ts, count)
         if alert is None:
             return

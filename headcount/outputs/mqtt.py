@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from itertools import islice
 
@@ -48,9 +48,13 @@ _CONCURRENT = 64
 #: How long a clean stop may take to say goodbye to the broker.
 _FAREWELL_S = 5.0
 
+#: A state to publish: ts, count, and the entrances and exits behind it when known.
+_State = tuple[int, int, int | None, int | None]
+
 
 class MqttOut:
-    """Publishes the spaces of ``topology`` to the broker at ``address``.
+    """Publishes the spaces of ``topology`` (those of ``space_ids`` when given: a shard's) to
+    the broker at ``address``.
 
     Call :meth:`offer` with each new count of a space (and once per space at the start), and
     run :meth:`run` until cancelled. A space whose id cannot be an MQTT topic level (it holds
@@ -69,13 +73,17 @@ class MqttOut:
         reconnect: Backoff | None = None,
         alert_queue: int = 1000,
         keepalive: int = 30,
+        space_ids: Collection[str] | None = None,
     ) -> None:
         self.address = address
         self.client_id = client_id
         self.topics = topics or Topics()
         self.homeassistant = homeassistant
-        self._spaces = _publishable(topology.spaces)
-        self._throttle: Throttle[str, tuple[int, int]] = Throttle(interval_s)
+        spaces = topology.spaces
+        if space_ids is not None:  # a shard's own spaces: each space has one publisher
+            spaces = {space_id: spaces[space_id] for space_id in space_ids}
+        self._spaces = _publishable(spaces)
+        self._throttle: Throttle[str, _State] = Throttle(interval_s)
         self._reconnect = reconnect or Backoff()
         self._keepalive = keepalive
         self._tls = tls_context(address)
@@ -88,12 +96,22 @@ class MqttOut:
 
     # -- what the rest of the service calls; never waits -----------------------------------
 
-    def offer(self, space_id: str, ts: int, count: int) -> None:
-        """The space's count changed (``ts`` ms): publish it, now or when its interval ends."""
+    def offer(
+        self,
+        space_id: str,
+        ts: int,
+        count: int,
+        *,
+        entrances: int | None = None,
+        exits: int | None = None,
+    ) -> None:
+        """The space's count changed (``ts`` ms): publish it, now or when its interval ends;
+        with the ``entrances`` and ``exits`` behind it when given."""
         if space_id not in self._spaces:
             return
-        if self._throttle.offer(space_id, (ts, count), _now()):
-            self._release(space_id, ts, count)
+        state = (ts, count, entrances, exits)
+        if self._throttle.offer(space_id, state, _now()):
+            self._release(space_id, state)
         else:
             self._timer_wake.set()
 
@@ -104,8 +122,11 @@ class MqttOut:
             self._alerts.append(alert)
             self._wake.set()
 
-    def _release(self, space_id: str, ts: int, count: int) -> None:
-        self._last[space_id] = state_payload(self._spaces[space_id], count, ts)
+    def _release(self, space_id: str, state: _State) -> None:
+        ts, count, entrances, exits = state
+        self._last[space_id] = state_payload(
+            self._spaces[space_id], count, ts, entrances=entrances, exits=exits
+        )
         self._unsent[space_id] = None
         self._wake.set()
 
@@ -121,8 +142,8 @@ class MqttOut:
         """Let the throttle's held-back states through when their interval ends."""
         while True:
             self._timer_wake.clear()
-            for space_id, (ts, count) in self._throttle.due(_now()):
-                self._release(space_id, ts, count)
+            for space_id, state in self._throttle.due(_now()):
+                self._release(space_id, state)
             when = self._throttle.next_due()
             delay = None if when is None else max(0.0, when - _now())
             with contextlib.suppress(TimeoutError):
@@ -222,8 +243,8 @@ class MqttOut:
 
     async def _farewell(self, client: aiomqtt.Client) -> None:
         """At a clean stop: what the throttle holds, what is unsent, then ``offline``."""
-        for space_id, (ts, count) in self._throttle.flush():
-            self._release(space_id, ts, count)
+        for space_id, state in self._throttle.flush():
+            self._release(space_id, state)
         sent = [(self.topics.state(space_id), self._last[space_id]) for space_id in self._unsent]
         try:
             async with asyncio.timeout(_FAREWELL_S):

@@ -54,13 +54,18 @@ class CountLike(Protocol):
 @dataclass(frozen=True, slots=True)
 class Topics:
     """Where things are published: ``root`` for the service's own topics, ``discovery`` for
-    Home Assistant's (its default discovery prefix)."""
+    Home Assistant's (its default discovery prefix). ``shard``: the index of the shard a
+    process of a sharded deployment owns, whose availability is its own
+    (``{root}/shards/{shard}/status``): one shard stopping leaves the others' spaces available."""
 
     root: str = "headcount"
     discovery: str = "homeassistant"
+    shard: int | None = None
 
     @property
     def status(self) -> str:
+        if self.shard is not None:
+            return f"{self.root}/shards/{self.shard}/status"
         return f"{self.root}/status"
 
     def state(self, space_id: str) -> str:
@@ -97,13 +102,24 @@ def ha_id(space_id: str) -> str:
     return f"headcount_{kept}_{digest}"
 
 
-def state_payload(space: Space, count: int, ts: int) -> bytes:
+def state_payload(
+    space: Space, count: int, ts: int, *, entrances: int | None = None, exits: int | None = None
+) -> bytes:
     """``{"count", "ts", "capacity", "utilization"}`` as JSON: ``ts`` ISO-8601 UTC (the
     time of the count), ``utilization`` ``count / capacity`` (``null`` without a capacity
-    above 0)."""
+    above 0); with ``entrances`` and ``exits`` when given (the totals behind the count, which
+    the other shards of a deployment answer from: ``outputs.owners``)."""
     capacity = space.capacity
     utilization = round(count / capacity, 4) if capacity else None
-    body = {"count": count, "ts": format_ms(ts), "capacity": capacity, "utilization": utilization}
+    body: dict[str, object] = {
+        "count": count,
+        "ts": format_ms(ts),
+        "capacity": capacity,
+        "utilization": utilization,
+    }
+    if entrances is not None and exits is not None:
+        body["entrances"] = entrances
+        body["exits"] = exits
     return json.dumps(body, separators=(",", ":")).encode()
 
 

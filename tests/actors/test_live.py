@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headcount.actors.live import Applied, LiveSpace
-from headcount.domain.events import Delta, Reset, SpaceEvent, fold_key
+from headcount.actors.live import Applied, DeltaRow, LiveSpace, Outcomes
+from headcount.domain.events import TRAVERSAL_RANK, Delta, Reset, SpaceEvent, fold_key
 from headcount.domain.fold import EMPTY, advance, fold_all
 from headcount.domain.topology import Space
 
@@ -15,6 +15,10 @@ ROOM = Space("room", "Room")
 
 def d(ts: int, delta: int, seq: int, dpu: str = "1") -> Delta:
     return Delta(ts, dpu, seq, 1 if delta > 0 else -1)
+
+
+def as_row(delta: Delta) -> DeltaRow:
+    return ((delta.ts, TRAVERSAL_RANK, delta.dpu_id, delta.seq), delta.delta)
 
 
 def reference(space: Space, events: list[SpaceEvent]) -> tuple[int, int, int]:
@@ -92,3 +96,53 @@ def test_live_state_equals_the_fold_of_everything_received(
             live.settle(settles[i])
         state = live.state
         assert (state.count, state.entrances, state.exits) == reference(space, received)
+
+
+@given(
+    events=events,
+    repeats=st.lists(st.integers(0, 39), max_size=8),
+    checkpoint=st.integers(0, 30),
+    sizes=st.lists(st.integers(1, 8), min_size=1, max_size=6),
+    rows=st.booleans(),
+    data=st.data(),
+)
+def test_apply_all_in_batches_is_apply_one_by_one(
+    events: list[SpaceEvent],
+    repeats: list[int],
+    checkpoint: int,
+    sizes: list[int],
+    rows: bool,
+    data: st.DataObject,
+) -> None:
+    """Folding batches (one refold per batch, the state kept in place) gives what folding
+    each event in turn gives: the same state, recent events and outcomes."""
+    arrivals = data.draw(st.permutations(events + [events[i] for i in repeats if i < len(events)]))
+    settled = advance(ROOM, EMPTY, checkpoint)
+    one, batched = LiveSpace(ROOM, settled, checkpoint), LiveSpace(ROOM, settled, checkpoint)
+    outcomes = [(one.apply(e), e) for e in arrivals]
+    totals = Outcomes()
+    start = n = 0
+    while start < len(arrivals):
+        size = sizes[n % len(sizes)]
+        # Deltas as routing hands them over (rows), or as events.
+        batch = [
+            as_row(e) if rows and isinstance(e, Delta) else e
+            for e in arrivals[start : start + size]
+        ]
+        out = batched.apply_all(batch)
+        totals.appended += out.appended
+        totals.resets += out.resets
+        totals.refolded += out.refolded
+        totals.duplicates += out.duplicates
+        totals.too_late += out.too_late
+        start, n = start + size, n + 1
+    assert batched.state == one.state
+    assert batched.recent == one.recent
+    expected = Outcomes(
+        appended=sum(a is Applied.APPENDED for a, _ in outcomes),
+        resets=sum(a is Applied.APPENDED and isinstance(e, Reset) for a, e in outcomes),
+        refolded=sum(a is Applied.REFOLDED for a, _ in outcomes),
+        duplicates=sum(a is Applied.DUPLICATE for a, _ in outcomes),
+        too_late=sum(a is Applied.TOO_LATE for a, _ in outcomes),
+    )
+    assert totals == expected

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from headcount.actors import ActorSystem, Applied, RestartBudget, SupervisorError
+from headcount.actors import ActorSystem, RestartBudget, SupervisorError
 from headcount.actors import system as system_module
+from headcount.actors.live import Outcomes
 from headcount.actors.space import SpaceActor
 from headcount.domain.events import Reset, SpaceEvent, Traversal
 from headcount.domain.topology import Topology
@@ -127,17 +128,17 @@ async def test_unknown_space_is_refused(store: EventStore, seed: Topology) -> No
         ActorSystem(History(store, seed), space_ids=["nowhere"])
 
 
-def crash_once(actor: SpaceActor) -> Callable[[object, SpaceEvent], Applied]:
-    """The actor's ``_apply``, crashing on the first event it is given and normal after."""
+def crash_once(actor: SpaceActor) -> Callable[[object, Iterable[SpaceEvent]], Outcomes]:
+    """The actor's ``_apply``, crashing on the first events it is given and normal after."""
     original = actor._apply
     crashes = 1
 
-    def apply(live: object, event: SpaceEvent) -> Applied:
+    def apply(live: object, events: Iterable[SpaceEvent]) -> Outcomes:
         nonlocal crashes
         if crashes:
             crashes -= 1
             raise RuntimeError("boom")
-        return original(live, event)  # type: ignore[arg-type]
+        return original(live, events)  # type: ignore[arg-type]
 
     return apply
 

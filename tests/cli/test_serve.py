@@ -1,12 +1,15 @@
-"""``headcount serve``'s ingest limits: from flags to settings, and bad values refused."""
+"""``headcount serve``'s ingest limits and shard: from flags to settings, and bad values
+refused."""
 
 from __future__ import annotations
 
 import pytest
 
-from headcount.cli import build_parser
+from headcount.cli import build_parser, main
 from headcount.cli.serve import ingest_settings
+from headcount.domain.shards import ONE_SHARD, Shard
 from headcount.ingest import ratelimit
+from headcount.service import shard_client_id
 
 
 def test_the_limits_default_to_the_rate_limiters_defaults() -> None:
@@ -42,3 +45,19 @@ def test_a_bad_limit_is_refused_naming_what_is_wrong(
     err = capsys.readouterr().err
     assert flag in err
     assert says in err
+
+
+def test_the_shard_flag_and_its_client_id() -> None:
+    assert build_parser().parse_args(["serve"]).shard == ONE_SHARD
+    assert build_parser().parse_args(["serve", "--shard", "2/3"]).shard == Shard(2, 3)
+    assert shard_client_id(ONE_SHARD) == "headcount"  # one shard is the unsharded service
+    assert shard_client_id(Shard(2, 3)) == "headcount-shard-2"
+
+
+def test_a_shard_needs_an_external_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--shard", "1/2", "--store", "sqlite+aiosqlite://"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "headcount serve: --shard 1/2 needs --broker URL: the shards share one external broker"
+        " (or cluster), which an embedded broker, one per process, cannot be\n"
+    )

@@ -9,9 +9,11 @@ import signal
 import sys
 
 import pytest
+from sqlalchemy import text
 
+from headcount.domain.shards import Shard
 from headcount.errors import StoreBusyError
-from headcount.eventstore.lease import lease
+from headcount.eventstore.lease import ShardTakenError, lease, shard_lease
 from headcount.eventstore.store import EventStore
 
 
@@ -84,3 +86,128 @@ async def test_an_in_memory_store_needs_no_lease() -> None:
         lease(store, exclusive=True, holder="replay"),
     ):
         pass
+
+
+# -- a shard's lock ---------------------------------------------------------------------------
+
+
+async def test_a_shard_has_one_holder_and_shards_are_independent(store: EventStore) -> None:
+    async with shard_lease(store, Shard(1, 3), wait=False, holder="serve"):
+        with pytest.raises(StoreBusyError, match=r"replay: shard 1/3 is held by another"):
+            async with shard_lease(store, Shard(1, 3), wait=False, holder="replay"):
+                pass
+        async with (
+            shard_lease(store, Shard(0, 3), wait=False, holder="serve"),
+            shard_lease(store, Shard(1, 2), wait=False, holder="serve"),
+        ):
+            pass
+    async with shard_lease(store, Shard(1, 3), wait=False, holder="replay"):
+        pass
+
+
+async def test_a_standby_takes_the_shard_when_its_owner_lets_go(store: EventStore) -> None:
+    owner = shard_lease(store, Shard(0, 2), wait=False, holder="serve")
+    await owner.__aenter__()
+    standby = asyncio.ensure_future(
+        shard_lease(store, Shard(0, 2), wait=True, holder="serve", poll_s=0.02).__aenter__()
+    )
+    await asyncio.sleep(0.2)
+    assert not standby.done()
+    await owner.__aexit__(None, None, None)
+    held = await asyncio.wait_for(standby, 10)
+    assert held.shard == Shard(0, 2)
+
+
+async def test_a_standby_gives_up_waiting_when_cancelled(store: EventStore) -> None:
+    async with shard_lease(store, Shard(0, 2), wait=False, holder="serve"):
+        waiting = asyncio.ensure_future(
+            shard_lease(store, Shard(0, 2), wait=True, holder="serve", poll_s=0.02).__aenter__()
+        )
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        await asyncio.wait([waiting])
+        assert waiting.cancelled()
+    async with shard_lease(store, Shard(0, 2), wait=False, holder="serve"):
+        pass  # nothing of the standby's left holding it
+
+
+_HOLD_SHARD = """
+import asyncio, sys
+from headcount.domain.shards import Shard
+from headcount.eventstore.lease import shard_lease
+from headcount.eventstore.store import EventStore
+
+async def main():
+    async with await EventStore.open(sys.argv[1]) as store:
+        async with shard_lease(store, Shard(2, 3), wait=False, holder="serve"):
+            print("held", flush=True)
+            await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_owner_hands_its_shard_to_the_standby(store_url: str) -> None:
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_SHARD, store_url, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"held\n"
+        async with await EventStore.open(store_url) as store:
+            standby = asyncio.ensure_future(
+                shard_lease(store, Shard(2, 3), wait=True, holder="serve", poll_s=0.05).__aenter__()
+            )
+            await asyncio.sleep(0.3)
+            assert not standby.done()
+            os.kill(holder.pid, signal.SIGKILL)
+            await holder.wait()
+            held = await asyncio.wait_for(standby, 10)
+            assert held.shard == Shard(2, 3)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+
+
+async def test_an_owner_whose_session_broke_takes_its_lock_again(store: EventStore) -> None:
+    postgres_store = _postgres(store)
+    async with shard_lease(postgres_store, Shard(0, 2), wait=False, holder="serve") as held:
+        await _terminate_lock_sessions(postgres_store)
+        watching = asyncio.ensure_future(held.watch(every_s=0.02))
+        await asyncio.sleep(0.3)
+        assert not watching.done()  # taken again, still serving
+        with pytest.raises(StoreBusyError):
+            async with shard_lease(postgres_store, Shard(0, 2), wait=False, holder="standby"):
+                pass
+        watching.cancel()
+        await asyncio.wait([watching])
+
+
+async def test_an_owner_whose_lock_another_took_stops(store: EventStore) -> None:
+    postgres_store = _postgres(store)
+    async with shard_lease(postgres_store, Shard(0, 2), wait=False, holder="serve") as held:
+        await _terminate_lock_sessions(postgres_store)
+        async with shard_lease(postgres_store, Shard(0, 2), wait=False, holder="standby"):
+            with pytest.raises(ShardTakenError, match=r"another process took the shard over"):
+                await asyncio.wait_for(held.watch(every_s=0.02), 10)
+
+
+def _postgres(store: EventStore) -> EventStore:
+    if store.backend != "postgresql":
+        pytest.skip("an flock has no session that could break")
+    return store
+
+
+async def _terminate_lock_sessions(store: EventStore) -> None:
+    """Cut the sessions that hold a shard's advisory lock, as a PostgreSQL restart would."""
+    async with store.engine.connect() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND classid = :key AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"key": 0x68637368},
+        )
+        await conn.commit()

@@ -142,3 +142,40 @@ async def test_events_of_a_dpu_before_its_assignment_do_not_count(
     before_2018 = 1_500_000_000_000
     await store.log.append([enter(1, before_2018), enter(2, T)])
     assert (await History(store, seed).count_at("A", FAR)).count == 1
+
+
+def reference(events: list[Traversal], ts: int) -> tuple[int, int, int]:
+    """Count, entrances, exits of space A (DPU 283 hangs inside it) at ``ts``, folded plainly."""
+    count = entrances = exits = 0
+    for event in sorted(events, key=lambda e: (e.ts, e.dpu_id, e.seq)):
+        if event.ts > ts:
+            break
+        count = max(0, count + event.direction)
+        entrances += event.direction > 0
+        exits += event.direction < 0
+    return count, entrances, exits
+
+
+async def test_a_late_event_before_many_snapshots_folds_the_long_tail_exactly(
+    store: EventStore, seed: Topology
+) -> None:
+    """A late event makes every snapshot after it unusable, and the tail from the snapshot
+    before it is longer than one statement's page: the answer is streamed from that snapshot
+    and must be the plain fold."""
+    events = [
+        Traversal("283", seq, T + seq * 10, -1 if seq % 7 in (3, 5) or seq % 50 > 45 else 1)
+        for seq in range(1, 3001)
+    ]
+    await store.log.append(events)
+    history = History(store, seed, snapshot_every=100, snapshot_lag_ms=0)
+    await history.refresh_snapshots(now=FAR)
+    late = [Traversal("283", 5000, T + 1_005, 1), Traversal("283", 5001, T + 1_005, -1)]
+    await store.log.append(late)
+    for ts in (T + 1_004, T + 1_005, T + 15_000, T + 30_000, FAR):
+        answer = await history.count_at("A", ts)
+        state = answer.state
+        assert (state.count, state.entrances, state.exits) == reference(events + late, ts), ts
+    answer = await history.count_at("A", FAR)
+    assert answer.snapshot is not None
+    assert answer.snapshot < T + 1_005
+    assert answer.folded > 1_000  # longer than the one-statement path's page

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, TCPConnector, web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
@@ -281,3 +281,41 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_crash(
     assert answer.status == 401
     assert "not one this service knows" in answer.json()["detail"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- a connection remembers its token -------------------------------------------------------
+
+
+async def test_a_connection_remembers_its_token_but_checks_every_request(
+    served: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one kept-alive connection, a token that let a request in is not hashed again for
+    the next requests that present it; any other header is checked in full, and the scope of
+    the token remembered still counts."""
+    hashed: list[str] = []
+    find = Tokens.find
+
+    def counting(tokens: Tokens, presented: str) -> Any:
+        hashed.append(presented)
+        return find(tokens, presented)
+
+    monkeypatch.setattr(Tokens, "find", counting)
+    near_miss = keys.read[:-1] + ("A" if keys.read[-1] != "A" else "B")
+    async with (
+        TCPConnector(limit=1) as one_connection,
+        ClientSession(served, connector=one_connection, connector_owner=False) as session,
+    ):
+        for headers, method, path, status in [
+            (bearer(keys.read), "GET", "/spaces", 200),
+            (bearer(keys.read), "GET", "/spaces/A/count", 200),
+            (bearer(keys.read), "POST", "/test-write", 403),
+            (bearer(near_miss), "GET", "/spaces", 401),
+            ({}, "GET", "/spaces", 401),
+            (bearer(keys.read), "GET", "/spaces", 200),
+            (bearer(keys.write), "POST", "/test-write", 200),
+            (bearer(keys.read), "POST", "/test-write", 403),
+        ]:
+            async with session.request(method, path, headers=headers) as response:
+                assert response.status == status, (headers, method, path)
+                await response.read()
+    assert hashed == [keys.read, near_miss, keys.write, keys.read]

@@ -337,7 +337,12 @@ async def test_space_served_by_another_shard_is_answered_from_the_log(
     await service.feed(MORNING)
     body = await service.get("/spaces/B/count")
     assert (body["count"], body["entrances"], body["exits"]) == (2, 2, 0)
-    assert await service.get("/healthz") == {"status": "ok", "spaces": 1, "actor_restarts": 0}
+    assert await service.get("/healthz") == {
+        "status": "ok",
+        "spaces": 1,
+        "actor_restarts": 0,
+        "shard": None,
+    }
 
 
 # -- spaces and DPUs -----------------------------------------------------------------------
@@ -351,6 +356,33 @@ async def test_spaces_lists_every_space_with_its_live_count(service: Service) ->
             {"id": "B", "name": "Space B", "parent": None, "capacity": None, "count": 2},
         ]
     }
+
+
+#: The seed, with a parent, a capacity and names that JSON must escape.
+NAMED_SEED = (
+    SEED_TOPOLOGY.read_text()
+    .replace('name = "Space A"', 'name = "Hall \\"A\\" \\\\ caf\u00e9 \u2603"\ncapacity = 40')
+    .replace('name = "Space B"', 'name = "Room\\tB"\nparent = "A"')
+)
+
+
+async def test_spaces_encodes_every_name_and_asks_another_shard_through_the_log(
+    store: EventStore, aiohttp_client: AiohttpClient
+) -> None:
+    """``/spaces`` is written from parts encoded once per topology: they must be the JSON of
+    the names as given, and a space another shard serves answers from the log."""
+    service = await start(store, aiohttp_client, spaces=["A"], topology_text=NAMED_SEED)
+    await service.feed(MORNING)
+    response = await service.client.get("/spaces")
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert await response.json() == {
+        "spaces": [
+            {"id": "A", "name": 'Hall "A" \\ caf\u00e9 \u2603', "parent": None, "capacity": 40,
+             "count": 1},
+            {"id": "B", "name": "Room\tB", "parent": "A", "capacity": None, "count": 2},
+        ]
+    }  # fmt: skip
+    assert await service.get("/spaces") == await service.get("/spaces")  # from the parts kept
 
 
 async def test_space_detail(service: Service) -> None:
@@ -436,7 +468,12 @@ async def test_dpu_not_in_the_topology_is_404_even_when_heard_from(service: Serv
 
 
 async def test_healthz(service: Service) -> None:
-    assert await service.get("/healthz") == {"status": "ok", "spaces": 2, "actor_restarts": 0}
+    assert await service.get("/healthz") == {
+        "status": "ok",
+        "spaces": 2,
+        "actor_restarts": 0,
+        "shard": None,
+    }
 
 
 async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
@@ -458,7 +495,7 @@ async def test_healthz_is_503_while_ingest_is_stalled_and_says_why(
             client = await aiohttp_client(app)
             service = Service(client, store, app[HISTORY], app[SYSTEM], app[DPUS])
             task = asyncio.create_task(ingest.run())
-            healthy = {"status": "ok", "spaces": 2, "actor_restarts": 0}
+            healthy = {"status": "ok", "spaces": 2, "actor_restarts": 0, "shard": None}
             assert await service.get("/healthz") == healthy
 
             faults.down = True

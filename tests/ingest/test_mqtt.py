@@ -467,3 +467,17 @@ async def test_everything_published_under_dpus_is_counted_or_quarantined(
         assert dpus.get(ghost).online is None
         assert dpus.get(dpu).online is None  # 'maybe' is no status
         assert await store.log.count_traversals() == 1
+
+
+async def test_a_shard_subscribes_to_thousands_of_topics(
+    broker_url: str, mqtt_client_id: str, mqtt_names: MqttNames
+) -> None:
+    # A shard subscribes to two topics per DPU; they go in several SUBSCRIBE packets.
+    topics = [mqtt_names.topic(f"{mqtt_names.dpu_id}-{n}") for n in range(1200)]
+    address = parse_broker_url(broker_url)
+    async with Subscriber(address, client_id=mqtt_client_id, topics=topics, reconnect=FAST) as sub:
+        for topic in (topics[0], topics[-1]):
+            await publish(broker_url, topic, b"x")
+            received = await next_message(sub.messages())
+            await sub.ack(received)
+            assert received.topic == topic

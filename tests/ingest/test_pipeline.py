@@ -18,6 +18,7 @@ from headcount.ingest import wire
 from headcount.ingest.dpus import DpuRegistry, DpuStatus
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
+from tests.faults.support_store import SlowCommits
 from tests.ingest.faults import StoreFaults
 from tests.ingest.inbox import Inbox, Msg
 from tests.polling import eventually
@@ -308,3 +309,83 @@ async def test_status_from_unknown_dpus_is_counted_not_shown(store: EventStore) 
     assert status("headcount_status_messages_total", {"outcome": "unknown_dpu"}) == 2
     reasons = sorted(e.reason.split(":")[0] for e in await quarantined(store))
     assert reasons == ["bad_status", "bad_status", "unknown_dpu"]
+
+
+async def test_the_next_batch_is_read_while_one_commits_and_acks_follow_commits(
+    store: EventStore,
+) -> None:
+    """A batch is decoded while the one before it commits; every message is still
+    acknowledged in receipt order and only once its traversal is durable."""
+    topology = Topology.from_toml(SEED.read_text())
+    messages = [traversal("283", seq, NOW - 10_000 + seq) for seq in range(1, 7)]
+    early: list[int] = []
+
+    async def durable_first(message: Msg) -> None:
+        seq = messages.index(message) + 1
+        if await store.log.count_seqs("283", seq, seq) != 1:
+            early.append(seq)
+
+    inbox = Inbox(check=durable_first)
+    dpus = DpuRegistry()
+    slow = SlowCommits(store.engine, latency_s=0.3)
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    try:
+        async with system.running():
+            recovered = slow.commits  # (PostgreSQL reads the log's head in a locked write)
+            ingest = Ingest(
+                inbox.messages(), inbox.ack, store=store, actors=system, dpus=dpus,
+                metrics=Metrics(), settings=IngestSettings(max_events=3), clock=lambda: NOW,
+            )  # fmt: skip
+            task = asyncio.create_task(ingest.run())
+            inbox.put(*messages)
+            # The second batch (seq 4 to 6) is read while the first is still committing.
+            await eventually(lambda: dpus.get("283").last_seq == 6, what="all six decoded")
+            assert inbox.acked == []
+            assert slow.commits - recovered <= 1
+            await eventually(lambda: len(inbox.acked) == 6, what="every message acked")
+            task.cancel()
+            await asyncio.wait([task])
+    finally:
+        slow.remove()
+    assert inbox.acked == messages
+    assert early == []
+    assert system.live("A").count == 6
+
+
+@pytest.mark.parametrize("route_duplicates", [True, False], ids=["sharded", "alone"])
+async def test_a_shard_folds_what_another_shard_stored_first_exactly_once(
+    store: EventStore, route_duplicates: bool
+) -> None:
+    topology = Topology.from_toml(SEED.read_text())
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    inbox = Inbox()
+    messages = [
+        traversal("423", 1, NOW - 9000, -1),
+        traversal("423", 2, NOW - 8000),
+        traversal("423", 2, NOW - 8000),  # and one redelivered
+        traversal("423", 4, NOW - 6000),
+        traversal("423", 1, NOW - 9000, 1),  # a conflict: quarantined, never folded
+    ]
+    async with system.running():
+        # Another shard shares DPU 423 (doorway Z joins A and B) and stores some of its
+        # traversals first, after this shard recovered: its ingest finds them stored.
+        other = [Traversal("423", 1, NOW - 9000, -1), Traversal("423", 2, NOW - 8000, 1)]
+        await store.log.append([*other, Traversal("423", 3, NOW - 7000, 1)])
+        settings = IngestSettings(max_events=3, route_duplicates=route_duplicates)
+        ingest = Ingest(
+            inbox.messages(), inbox.ack, store=store, actors=system, dpus=DpuRegistry(),
+            metrics=Metrics(), settings=settings, clock=lambda: NOW,
+        )  # fmt: skip
+        task = asyncio.create_task(ingest.run())
+        inbox.put(*messages)
+        await eventually(lambda: len(inbox.acked) == len(messages), what="every message acked")
+        await system.drain()
+        task.cancel()
+        await asyncio.wait([task])
+        live = system.live("A")
+    assert await store.log.count_traversals() == 4
+    # -1 (floored at 0), +1, +1: seq 3 was stored by the other shard and never sent here.
+    if route_duplicates:  # each traversal this shard received is folded, once
+        assert (live.count, live.entrances, live.exits) == (2, 2, 1)
+    else:  # alone, a duplicate was folded when stored: only seq 4 is routed
+        assert (live.count, live.entrances, live.exits) == (1, 1, 0)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from alembic import context
 
+from headcount.eventstore.migrate import include_object
 from headcount.eventstore.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through headcount.eventstore.migrate, not the alembic CLI")
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=True,
+    include_object=include_object(connection.dialect.name),
+)
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,90 @@
+"""The insert of an append: a batch of traversals to the driver in one statement, as tuples.
+
+SQLAlchemy's ``insertmanyvalues`` builds a dict, processes each parameter and a row object per
+traversal; here the statement text is cached per backend (and, on SQLite, per row count) and
+the values go to the driver as they are: on SQLite one multi-row ``VALUES``, on PostgreSQL
+one ``unnest`` of an array per column (one statement whatever the batch's size, prepared
+once per connection). Both go through the transaction's SQLAlchemy connection
+(``exec_driver_sql``), so the write stays ordered against the store's other writers and its
+errors are translated like any other (``engine.write_transaction``).
+
+The conflict target and the columns are ``schema.traversal_conflict_target`` and
+``schema.TRAVERSAL_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from headcount.domain.events import Traversal
+from headcount.eventstore.schema import TRAVERSAL_COLUMNS, traversal_conflict_target
+
+__all__ = ["insert_traversals"]
+
+#: Rows per statement on SQLite: six parameters a row, within SQLite's 32,766.
+SQLITE_ROWS = 2_000
+_COLUMNS = ", ".join(TRAVERSAL_COLUMNS)
+
+
+def _conflict(dialect: str) -> str:
+    return f"ON CONFLICT ({', '.join(traversal_conflict_target(dialect))}) DO NOTHING"
+
+
+_RETURNING = "RETURNING position, dpu_id, seq"
+_NEWEST_SNAPSHOT = "SELECT max(as_of) FROM snapshots"
+#: ``late`` is decided in the statement, from the newest snapshot it sees (PostgreSQL reads
+#: it after the transaction took the log lock: no snapshot can commit in between).
+_POSTGRES = (
+    f"INSERT INTO traversals ({_COLUMNS})"
+    " SELECT u.dpu_id, u.seq, u.ts, u.direction, $5,"
+    " COALESCE(u.ts <= (SELECT max(as_of) FROM snapshots), false)"
+    " FROM unnest($1::varchar[], $2::bigint[], $3::bigint[], $4::smallint[])"
+    " AS u(dpu_id, seq, ts, direction)"
+    f" {_conflict('postgresql')} {_RETURNING}"
+)
+
+
+@lru_cache(maxsize=64)
+def _sqlite_insert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO traversals ({_COLUMNS}) VALUES {values} {_conflict('sqlite')} {_RETURNING}"
+
+
+async def insert_traversals(
+    conn: AsyncConnection, batch: Sequence[Traversal], received_at: int
+) -> dict[tuple[str, int], int]:
+    """Insert ``batch`` (distinct keys) in ``conn``'s write transaction, in its order,
+    skipping keys already stored; the log position of each key inserted now. A traversal is
+    ``late`` when its ``ts`` is at or before the newest snapshot stored."""
+    if not batch:
+        return {}
+    if conn.dialect.name == "postgresql":
+        dpu_ids = [t.dpu_id for t in batch]
+        seqs = [t.seq for t in batch]
+        times = [t.ts for t in batch]
+        directions = [t.direction for t in batch]
+        result = await conn.exec_driver_sql(
+            _POSTGRES, (dpu_ids, seqs, times, directions, received_at)
+        )
+        returned: Sequence[Sequence[Any]] = result.all()
+        return {(row[1], row[2]): row[0] for row in returned}
+    newest = (await conn.exec_driver_sql(_NEWEST_SNAPSHOT)).scalar()
+    inserted: dict[tuple[str, int], int] = {}
+    for start in range(0, len(batch), SQLITE_ROWS):
+        chunk = batch[start : start + SQLITE_ROWS]
+        params: list[object] = []
+        if newest is None:
+            for t in chunk:
+                params += (t.dpu_id, t.seq, t.ts, t.direction, received_at, False)
+        else:
+            for t in chunk:
+                params += (t.dpu_id, t.seq, t.ts, t.direction, received_at, t.ts <= newest)
+        result = await conn.exec_driver_sql(_sqlite_insert(len(chunk)), tuple(params))
+        rows: Sequence[Sequence[Any]] = result.all()
+        for row in rows:
+            inserted[(row[1], row[2])] = row[0]
+    return inserted

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
@@ -28,7 +27,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from headcount.cli import build_parser
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.engine import read_transaction
@@ -246,16 +244,6 @@ async def broker_for(kind: str, tmp_path: Path) -> AsyncIterator[tuple[str, Faul
             yield front.url, stop_a_node
 
 
-def _serve_help() -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-        build_parser().parse_args(["serve", "--help"])
-    return out.getvalue()
-
-
-@pytest.mark.skipif(
-    "--shard" not in _serve_help(), reason="needs headcount serve --shard (branch shard)"
-)
 @pytest.mark.parametrize("broker", ["nats", "mosquitto"])
 async def test_three_shards_and_a_standby_count_a_day_exactly_through_a_kill_and_a_node_stop(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, postgres_url: str, broker: str

@@ -52,6 +52,8 @@ class FollowedStates:
         self._prefix = f"{(topics or Topics()).root}/spaces/"
         self._states: dict[str, SpaceState] = {}
         self.refused = 0
+        #: States older than the one kept (redelivered), left aside.
+        self.stale = 0
 
     @property
     def subscription(self) -> str:
@@ -68,8 +70,20 @@ class FollowedStates:
         if state is None:
             self.refused += 1
             return False
+        kept = self._states.get(space_id)
+        if kept is not None and _progress(state) < _progress(kept):
+            # An older state delivered again (a broker may redeliver at QoS 1 after a later
+            # one arrived): the one kept is newer.
+            self.stale += 1
+            return True
         self._states[space_id] = state
         return True
+
+
+def _progress(state: SpaceState) -> tuple[int, int]:
+    """How far the owner's fold had gone: the traversals folded (entrances and exits only
+    grow, resets and late events included), then the time of the state."""
+    return state.entrances + state.exits, state.as_of or 0
 
 
 def _parse(payload: bytes) -> SpaceState | None:

@@ -48,6 +48,24 @@ def test_a_published_state_is_followed() -> None:
     assert followed.get("A") is None
 
 
+def test_an_older_state_delivered_again_does_not_replace_a_newer_one() -> None:
+    """A broker may deliver a QoS 1 state again after a newer one (NATS redelivers what was
+    not acknowledged in time): the state furthest along the owner's fold is kept."""
+    followed = FollowedStates(SEED)
+    topic = "headcount/spaces/B/state"
+    assert followed.apply(topic, published("B", 3, NOW, 5, 2))
+    assert followed.apply(topic, published("B", 4, NOW + 1000, 6, 2))
+    assert followed.apply(topic, published("B", 3, NOW, 5, 2))  # the first, again
+    assert followed.get("B") == SpaceState(NOW + 1000, 4, 6, 2)
+    assert (followed.stale, followed.refused) == (1, 0)
+    # A late event folded (more traversals, an earlier time) and a reset (the same
+    # traversals, a later time) are both newer than what they follow.
+    assert followed.apply(topic, published("B", 5, NOW + 500, 7, 2))
+    assert followed.get("B") == SpaceState(NOW + 500, 5, 7, 2)
+    assert followed.apply(topic, published("B", 0, NOW + 2000, 7, 2))
+    assert followed.get("B") == SpaceState(NOW + 2000, 0, 7, 2)
+
+
 @pytest.mark.parametrize(
     ("topic", "payload"),
     [

@@ -79,22 +79,22 @@ _DROP_FUNCTIONS = (
 )
 
 
+def _create(table: str, partitioning: str = "") -> str:
+    """The traversals table's columns as both schemas have them, under the name ``table``."""
+    return (
+        f"CREATE TABLE {table} ("
+        " position BIGINT NOT NULL DEFAULT nextval('traversals_position_seq'),"
+        " dpu_id VARCHAR(64) NOT NULL, seq BIGINT NOT NULL, ts BIGINT NOT NULL,"
+        " direction SMALLINT NOT NULL, received_at BIGINT NOT NULL, late BOOLEAN NOT NULL"
+        f") {partitioning}"
+    )
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute("LOCK TABLE traversals IN ACCESS EXCLUSIVE MODE")
-    op.execute(
-        """
-CREATE TABLE traversals_partitioned (
-  position BIGINT NOT NULL DEFAULT nextval('traversals_position_seq'),
-  dpu_id VARCHAR(64) NOT NULL,
-  seq BIGINT NOT NULL,
-  ts BIGINT NOT NULL,
-  direction SMALLINT NOT NULL,
-  received_at BIGINT NOT NULL,
-  late BOOLEAN NOT NULL
-) PARTITION BY RANGE (ts)"""
-    )
+    op.execute(_create("traversals_partitioned", "PARTITION BY RANGE (ts)"))
     op.execute(f"CREATE TABLE {partitions.DEFAULT} PARTITION OF traversals_partitioned DEFAULT")
     months = op.get_bind().exec_driver_sql(partitions.MONTHS_HELD.format(table="traversals"))
     for year, month in months:
@@ -122,18 +122,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute("LOCK TABLE traversals IN ACCESS EXCLUSIVE MODE")
-    op.execute(
-        """
-CREATE TABLE traversals_plain (
-  position BIGINT NOT NULL DEFAULT nextval('traversals_position_seq'),
-  dpu_id VARCHAR(64) NOT NULL,
-  seq BIGINT NOT NULL,
-  ts BIGINT NOT NULL,
-  direction SMALLINT NOT NULL,
-  received_at BIGINT NOT NULL,
-  late BOOLEAN NOT NULL
-)"""
-    )
+    op.execute(_create("traversals_plain"))
     op.execute(f"INSERT INTO traversals_plain ({_COLUMNS}) SELECT {_COLUMNS} FROM traversals")
     op.execute("ALTER SEQUENCE traversals_position_seq OWNED BY traversals_plain.position")
     op.execute("DROP TABLE traversals")

@@ -307,6 +307,29 @@ def _check_event(dpu_id: str, seq: object, ts: object, direction: object) -> Tra
     return Traversal(dpu_id, checked_seq, checked_ts, checked_direction)
 
 
+def _well_formed(dpu_id: str, item: object) -> Traversal | None:
+    """The event of a map with exactly ``seq``, ``ts`` and ``direction``, each right; else
+    ``None``, and :func:`_read_event` says what is wrong. What nearly every message holds,
+    checked without a call per field (a third of decoding's cost per event)."""
+    if type(item) is not dict or len(item) != 3:
+        return None
+    seq = item.get("seq")
+    ts = item.get("ts")
+    direction = item.get("direction")
+    if (
+        type(seq) is int
+        and type(ts) is int
+        and type(direction) is int
+        and 0 <= seq < SEQ_LIMIT
+        and 0 <= ts < TS_LIMIT
+    ):
+        if direction == 1:
+            return Traversal(dpu_id, seq, ts, 1)
+        if direction == -1:
+            return Traversal(dpu_id, seq, ts, -1)
+    return None
+
+
 def _read_event(dpu_id: str, item: object) -> tuple[Traversal, Rejection | None]:
     """The event, and a ``DPU_MISMATCH`` rejection of it if it claims another DPU."""
     if not isinstance(item, dict):
@@ -458,6 +481,9 @@ def decode_batch(
     events: list[Traversal] = []
     refused: list[Rejection] = []
     if isinstance(data, dict):
+        event = _well_formed(dpu_id, data)
+        if event is not None:
+            return [event], []
         event, rejection = _read_event(dpu_id, data)
         return ([], [rejection]) if rejection else ([event], [])
     if not isinstance(data, list):
@@ -473,6 +499,10 @@ def decode_batch(
             f"the payload holds {len(data)} events; at most {max_batch} are accepted",
         )
     for index, item in enumerate(data):
+        event = _well_formed(dpu_id, item)
+        if event is not None:
+            events.append(event)
+            continue
         try:
             event, rejection = _read_event(dpu_id, item)
         except WireError as error:

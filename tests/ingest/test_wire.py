@@ -879,3 +879,27 @@ def test_encode_with_dpu_id_round_trips() -> None:
     payload = wire.encode([traversal], with_dpu_id=True)
     assert msgpack.unpackb(payload) == [{"seq": 7, "ts": FEB, "direction": -1, "dpu_id": "283"}]
     assert wire.decode_batch("283", payload) == ([traversal], [])
+
+
+_FIELD_VALUES = st.one_of(
+    st.sampled_from([0, 1, -1, 2, wire.SEQ_LIMIT - 1, wire.SEQ_LIMIT, wire.TS_LIMIT - 1]),
+    st.sampled_from([wire.TS_LIMIT, True, False, 1.0, -1.0, None, "1", b"1", [1]]),
+    st.integers(),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["seq", "ts", "direction", "dpu_id", "other"]), _FIELD_VALUES, max_size=5
+    )
+    | _FIELD_VALUES
+)
+def test_the_quick_reading_takes_only_what_the_full_one_takes_as_it(item: object) -> None:
+    """Decoding reads a well-formed event without the field checks' calls; whatever it takes
+    that way, the full reading (which names what is wrong) takes as the same traversal."""
+    quick = wire._well_formed("283", item)
+    if quick is not None:
+        assert wire._read_event("283", item) == (quick, None)
+    elif isinstance(item, dict) and item.keys() == {"seq", "ts", "direction"}:
+        with pytest.raises(wire.WireError):
+            wire._read_event("283", item)

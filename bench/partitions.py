@@ -8,11 +8,12 @@ log into partitions, each against its limit measured in the same run.
   table, its key trigger, the duplicate and conflict checks), against the limit: the same
   batches inserted by the bare driver (asyncpg, one ``INSERT ... SELECT FROM unnest ... ON
   CONFLICT DO NOTHING RETURNING``) into a table as the log was before partitioning (one
-  table, ``UNIQUE(dpu_id, seq)``, the same indexes). Also headcount's append as it was before
-  partitions (schema 0002), and the bare driver into the partitioned table, to tell the
-  schema's cost from headcount's, and the bare driver into a partitioned copy without the key
-  trigger whose statement inserts the keys itself (a CTE), the alternative to the trigger.
-  Interleaved (limit, headcount, bare partitioned, before, by statement, ...); the figure is
+  table, ``UNIQUE(dpu_id, seq)``, the same indexes). Also the bare driver into the
+  partitioned table, to tell the schema's cost from headcount's, and the bare driver into a
+  partitioned copy without the key trigger whose statement inserts the keys itself (a CTE), the
+  alternative to the trigger. (headcount's own append into the schema before partitions is
+  gone: its statement now names the partitioned table's key.) Interleaved (limit, headcount,
+  bare partitioned, by statement, ...); the figure is
   each one's events/s and its time over the limit's, the median of the rounds with their
   spread.
 - **Migration.** ``--rows`` traversals in a store of the previous schema (0002), upgraded to
@@ -41,8 +42,7 @@ from alembic import command
 from sqlalchemy.engine import Connection
 
 from headcount.domain.events import Traversal
-from headcount.eventstore import migrate, partitions, schema
-from headcount.eventstore.engine import create_engine
+from headcount.eventstore import migrate, partitions
 from headcount.eventstore.partitions import Month
 from headcount.eventstore.store import EventStore
 
@@ -132,25 +132,6 @@ def columns(batch: list[Traversal]) -> tuple[list[str], list[int], list[int], li
     )
 
 
-async def unpartitioned_store(url: str) -> EventStore:
-    """A store at the schema before partitions (0002), appended to as headcount did then:
-    ``ON CONFLICT (dpu_id, seq)`` (the conflict target is read when the log is made)."""
-    engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
-    async with engine.begin() as conn:
-
-        def up(c: Connection) -> None:
-            command.upgrade(migrate.alembic_config(c), "0002")
-
-        await conn.run_sync(up)
-    targets = schema.TRAVERSAL_CONFLICT_TARGET
-    now = targets["postgresql"]
-    targets["postgresql"] = ("dpu_id", "seq")
-    try:
-        return EventStore(engine)
-    finally:
-        targets["postgresql"] = now
-
-
 async def timed_bare(conn: asyncpg.Connection, sql: str, work: list[list[Traversal]]) -> float:
     started = time.perf_counter()
     for batch in work:
@@ -168,9 +149,8 @@ async def timed_headcount(store: EventStore, work: list[list[Traversal]]) -> flo
 
 async def bench_append(months: int, rounds: int, per_round: int) -> None:
     print(f"append: {rounds} rounds of {per_round} batches of {BATCH:,}, {months} months")
-    async with database() as url, database() as before_url:
+    async with database() as url:
         store = await EventStore.open(url.replace("postgresql://", "postgresql+asyncpg://"))
-        before = await unpartitioned_store(before_url)
         conn = await asyncpg.connect(url)
         try:
             months_list = [FIRST]
@@ -188,41 +168,35 @@ async def bench_append(months: int, rounds: int, per_round: int) -> None:
             plain_sql = BARE_INSERT.format(table="plain", target="dpu_id, seq")
             part_sql = BARE_INSERT.format(table="traversals", target="dpu_id, seq, ts")
             # Disjoint key sets: each target only ever sees new events.
-            work = batches((rounds + 1) * per_round * 5, months)
+            work = batches((rounds + 1) * per_round * 4, months)
             chunks = [work[i : i + per_round] for i in range(0, len(work), per_round)]
             await timed_bare(conn, plain_sql, chunks.pop())  # warm-up
             await timed_headcount(store, chunks.pop())
             await timed_bare(conn, part_sql, chunks.pop())
-            await timed_headcount(before, chunks.pop())
             await timed_bare(conn, BY_STATEMENT_INSERT, chunks.pop())
             limit: list[float] = []
             ours: list[float] = []
             bare_part: list[float] = []
-            unpartitioned: list[float] = []
             by_statement: list[float] = []
             events = per_round * BATCH
             for r in range(rounds):
                 limit.append(await timed_bare(conn, plain_sql, chunks.pop()))
                 ours.append(await timed_headcount(store, chunks.pop()))
                 bare_part.append(await timed_bare(conn, part_sql, chunks.pop()))
-                unpartitioned.append(await timed_headcount(before, chunks.pop()))
                 by_statement.append(await timed_bare(conn, BY_STATEMENT_INSERT, chunks.pop()))
                 print(
                     f"  round {r + 1}: limit {events / limit[-1]:,.0f}/s, headcount"
                     f" {events / ours[-1]:,.0f}/s, bare into partitions"
-                    f" {events / bare_part[-1]:,.0f}/s, headcount before partitions"
-                    f" {events / unpartitioned[-1]:,.0f}/s, bare with keys by the statement"
+                    f" {events / bare_part[-1]:,.0f}/s, bare with keys by the statement"
                     f" {events / by_statement[-1]:,.0f}/s",
                     flush=True,
                 )
             report("headcount append, partitioned", events, limit, ours)
-            report("headcount append, before (one table)", events, limit, unpartitioned)
             report("bare insert into the partitioned table", events, limit, bare_part)
             report("bare insert, keys by the statement, no trigger", events, limit, by_statement)
         finally:
             await conn.close()
             await store.close()
-            await before.close()
 
 
 def report(what: str, events: int, limit: list[float], ours: list[float]) -> None:

@@ -48,11 +48,14 @@ from tests.servers import MosquittoServer, PostgresCluster, run_blocking
 
 #: What the injected faults make the service log, and nothing else may appear at WARNING or
 #: above: lost broker connections, a store that is down (ingest holds its batch, snapshots
-#: wait, past counts answer 503), and paho's own line for a connection reset.
+#: wait, past counts answer 503, the shard's lock cannot be checked and is taken again once
+#: PostgreSQL is back), and paho's own line for a connection reset.
 EXPLAINED = re.compile(
     r"lost MQTT connection|store unavailable, batch held|snapshots of space \S+ not written"
     r"|final snapshots not written \(|headcount\.http\.errors GET .*event store"
     r"|ERROR mqtt failed to receive on socket"
+    r"|cannot check its lock \(cannot reach the event store|its lock's connection broke; the lock"
+    r" is held again"
 )
 LEVEL = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
 #: Simulated people per event the simulator plans for the building (about 3 events each).

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from itertools import pairwise
-from operator import attrgetter
-from typing import Any, TypeVar
+from operator import attrgetter, itemgetter
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -20,6 +21,7 @@ from headcount.domain.events import Reset, Traversal
 from headcount.domain.topology import Source
 from headcount.errors import ConflictError
 from headcount.eventstore import quarantine as quarantine_rows
+from headcount.eventstore.answers import RESET, TRAVERSAL
 from headcount.eventstore.appending import insert_traversals
 from headcount.eventstore.engine import (
     insert,
@@ -46,9 +48,10 @@ from headcount.eventstore.statements import (
     traversals_through,
 )
 
-__all__ = ["EventLog", "interleave_resets", "read_head"]
+__all__ = ["EventLog", "interleave_resets", "read_head", "reset_ts"]
 
 _R = TypeVar("_R")
+_Q = TypeVar("_Q")
 _BY_KEY = attrgetter("dpu_id", "seq")
 
 
@@ -246,6 +249,44 @@ class EventLog:
         logs when given), in fold order: its resets, and the traversals through ``sources``,
         each with the source it came through. Memory stays bounded. One transaction,
         and for a short tail one query each: this is on the path of every past answer."""
+        async for batch in self._space_batches(
+            space_id, sources, _LOGGED, after=after, until=until, head=head, within=within
+        ):
+            for item in batch:
+                yield item
+
+    async def space_rows(
+        self,
+        space_id: str,
+        sources: Sequence[Source],
+        *,
+        after: int | None,
+        until: int,
+        head: Head | None = None,
+        within: AsyncConnection | None = None,
+    ) -> AsyncIterator[Sequence[tuple[int, int, int]]]:
+        """What :meth:`space_log` reads, as rows ``(kind, ts, value)`` in batches (a fold's
+        inner loop stays a plain loop over a list, with no object per event): ``kind``
+        ``answers.RESET`` with ``value`` the count set, or ``answers.TRAVERSAL`` with
+        ``value`` the traversal's delta to the space (``domain.events.space_delta``)."""
+        async for batch in self._space_batches(
+            space_id, sources, _AS_ROWS, after=after, until=until, head=head, within=within
+        ):
+            yield batch
+
+    async def _space_batches(
+        self,
+        space_id: str,
+        sources: Sequence[Source],
+        shape: _Shape[_R],
+        *,
+        after: int | None,
+        until: int,
+        head: Head | None,
+        within: AsyncConnection | None,
+    ) -> AsyncIterator[Sequence[_R]]:
+        """The space's resets merged into its traversals in fold order, each made an item by
+        ``shape`` (see :class:`_Shape`)."""
         async with reading_in(self.engine, within) as conn:
             query = resets_query(
                 space_id,
@@ -254,17 +295,17 @@ class EventLog:
                 max_id=None if head is None else head.reset_id,
                 after_id=None,
             )
-            found = [StoredReset(*row) for row in await conn.execute(query)]
+            found = [shape.reset(StoredReset(*row)) for row in await conn.execute(query)]
             pages = _traversal_pages(
                 conn,
                 tuple(sources),
+                shape.traversals,
                 after=after,
                 until=until,
                 max_position=None if head is None else head.position,
             )
-            async for batch in interleave_resets(found, pages, _traversal_ts):
-                for item in batch:
-                    yield item
+            async for batch in interleave_resets(found, pages, shape.ts, shape.ts):
+                yield batch
 
     async def scan_log(
         self, *, dpu_ids: Collection[str] | None = None, after: int | None, head: Head
@@ -332,34 +373,31 @@ def _result(
 
 
 async def interleave_resets(
-    found: Sequence[StoredReset],
+    found: Sequence[_Q],
     batches: AsyncIterable[Sequence[_R]],
     ts_of: Callable[[_R], int],
-) -> AsyncIterator[Sequence[StoredReset | _R]]:
-    """Merge resets (in time order) into batches of traversal rows (in fold order) by time, a
-    reset before the traversals of its millisecond (see ``domain.events.fold_key``): the one
-    place the two logs are put in fold order together. A batch no reset falls into passes
-    through as it is."""
+    reset_ts: Callable[[_Q], int],
+) -> AsyncIterator[Sequence[_Q | _R]]:
+    """Merge resets (in time order, each's time by ``reset_ts``) into batches of traversal
+    rows (in fold order, by ``ts_of``) by time, a reset before the traversals of its
+    millisecond (see ``domain.events.fold_key``): the one place the two logs are put in fold
+    order together. A batch no reset falls into passes through as it is."""
     pending = list(reversed(found))  # a stack, the earliest last
     async for batch in batches:
         if not batch:
             continue
-        if not pending or pending[-1].ts > ts_of(batch[-1]):
+        if not pending or reset_ts(pending[-1]) > ts_of(batch[-1]):
             yield batch
             continue
-        merged: list[StoredReset | _R] = []
+        merged: list[_Q | _R] = []
         for row in batch:
             ts = ts_of(row)
-            while pending and pending[-1].ts <= ts:
+            while pending and reset_ts(pending[-1]) <= ts:
                 merged.append(pending.pop())
             merged.append(row)
         yield merged
     if pending:
         yield pending[::-1]
-
-
-def _traversal_ts(item: tuple[Traversal, Source]) -> int:
-    return item[0].ts
 
 
 async def read_head(conn: AsyncConnection) -> Head:
@@ -369,17 +407,70 @@ async def read_head(conn: AsyncConnection) -> Head:
     return Head(position or 0, reset_id or 0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape(Generic[_R]):
+    """How a space's log is read back: ``reset`` makes a stored reset an item,
+    ``traversals`` a page of traversal rows ``(dpu_id, seq, ts, direction)`` items (with the
+    DPU's sources by id), and ``ts`` is an item's time."""
+
+    reset: Callable[[StoredReset], _R]
+    traversals: Callable[[Sequence[Any], dict[str, list[Source]]], list[_R]]
+    ts: Callable[[_R], int]
+
+
+def reset_ts(reset: StoredReset) -> int:
+    """A stored reset's time (for :func:`interleave_resets`)."""
+    return reset.ts
+
+
+def _with_sources(
+    rows: Sequence[Any], by_dpu: dict[str, list[Source]]
+) -> list[StoredReset | tuple[Traversal, Source]]:
+    """Traversal rows as traversals, each with the source it came through."""
+    return [
+        (Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts))
+        for dpu_id, seq, ts, direction in rows
+    ]
+
+
+def _logged_ts(item: StoredReset | tuple[Traversal, Source]) -> int:
+    return reset_ts(item) if isinstance(item, StoredReset) else item[0].ts
+
+
+def _delta_rows(rows: Sequence[Any], by_dpu: dict[str, list[Source]]) -> list[tuple[int, int, int]]:
+    """Traversal rows as ``(TRAVERSAL, ts, delta to the space)``: by one placement per DPU
+    where each DPU came through one source (the common case), else by the source at the
+    time."""
+    if all(len(found) == 1 for found in by_dpu.values()):
+        placement = {dpu_id: found[0].sensor_placement for dpu_id, found in by_dpu.items()}
+        return [(TRAVERSAL, ts, direction * placement[dpu_id]) for dpu_id, _, ts, direction in rows]
+    return [
+        (TRAVERSAL, ts, direction * source_at(by_dpu[dpu_id], ts).sensor_placement)
+        for dpu_id, _, ts, direction in rows
+    ]
+
+
+_LOGGED: _Shape[StoredReset | tuple[Traversal, Source]] = _Shape(
+    lambda reset: reset, _with_sources, _logged_ts
+)
+_AS_ROWS: _Shape[tuple[int, int, int]] = _Shape(
+    lambda reset: (RESET, reset.ts, reset.count), _delta_rows, itemgetter(1)
+)
+
+
 async def _traversal_pages(
     conn: AsyncConnection,
     sources: tuple[Source, ...],
+    shape: Callable[[Sequence[Any], dict[str, list[Source]]], list[_R]],
     *,
     after: int | None,
     until: int,
     max_position: int | None,
-) -> AsyncIterator[list[tuple[Traversal, Source]]]:
+) -> AsyncIterator[list[_R]]:
     """The first :data:`TAIL_PAGE` rows by a plain query (a tail after a snapshot fits: one
     round trip), the rest, if any, streamed after the last of them (a server-side cursor:
-    round trips of its own, but one sort however long the log); in pages."""
+    round trips of its own, but one sort however long the log); in pages, each made into
+    items by ``shape``."""
     params: dict[str, Any] | None = source_params(sources, after=after, until=until)
     if params is None:
         return
@@ -390,17 +481,11 @@ async def _traversal_pages(
         params["max_position"] = max_position
     bounded = max_position is not None
     rows = (await conn.execute(traversals_through(sources, bounded, False), params)).all()
-    yield [
-        (Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts))
-        for dpu_id, seq, ts, direction in rows
-    ]
+    yield shape(rows, by_dpu)
     if len(rows) < TAIL_PAGE:
         return
     last_dpu, last_seq, last_ts, _ = rows[-1]
     params |= {"key_ts": last_ts, "key_dpu": last_dpu, "key_seq": last_seq}
     rest = await conn.stream(traversals_through(sources, bounded, True), params)
     async for page in rest.partitions():
-        yield [
-            (Traversal(dpu_id, seq, ts, direction), source_at(by_dpu[dpu_id], ts))
-            for dpu_id, seq, ts, direction in page
-        ]
+        yield shape(page, by_dpu)

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.clock import now_ms
-from headcount.domain.events import Reset
-from headcount.domain.fold import EMPTY, Folder, SpaceState, advance, fold
+from headcount.domain.fold import EMPTY, Folder, SpaceState, advance
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.answers import RESET, SnapshotTail
 from headcount.eventstore.records import Snapshot
 from headcount.eventstore.store import EventStore
-from headcount.history.events import SpaceView, space_events
+from headcount.history.events import SpaceView
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +73,27 @@ class Cadence:
     def snapshot_at_end(self, as_of: int | None) -> bool:
         return self.due and as_of is not None and as_of <= self.horizon
 
+    def fold(
+        self, folder: Folder, rows: Sequence[Sequence[int]], take: Callable[[SpaceState], None]
+    ) -> None:
+        """Fold rows ``(kind, ts, value)`` (see ``Folder.fold_rows``) into ``folder``, giving
+        ``take`` the state wherever a snapshot is due: what :meth:`snapshot_before`, the fold
+        and :meth:`folded` for each row do, with the rows between two due points folded in one
+        call."""
+        i, n = 0, len(rows)
+        while i < n:
+            if self.due:  # row by row until the time moves on past the due point
+                if self.snapshot_before(folder.as_of, rows[i][1]):
+                    take(folder.state())
+                j = i + 1
+            else:
+                j = min(n, i + self.every - self.count % self.every)
+            folder.fold_rows(rows[i:j], RESET)
+            self.count += j - i
+            if self.count % self.every == 0:
+                self.due = True
+            i = j
+
 
 class History:
     """Answers ``count(space, ts)`` from snapshots and the event log, and keeps snapshots."""
@@ -112,14 +132,10 @@ class History:
             # snapshots after it unusable), where a state object per event costs a third.
             folder = Folder(space, EMPTY if base is None else base.state)
             folded = 0
-            async for event in space_events(
-                self.store, view, after=folder.as_of, until=ts, within=within
+            async for rows in self.store.log.space_rows(
+                space_id, view.sources, after=folder.as_of, until=ts, within=within
             ):
-                if isinstance(event, Reset):
-                    folder.reset(event.ts, event.count)
-                else:
-                    folder.delta(event.ts, event.delta)
-                folded += 1
+                folded += folder.fold_rows(rows, RESET)
         folder.advance(ts)
         snapshot = None if base is None else base.as_of
         return SpaceCount(space_id, ts, folder.state(), snapshot, folded)
@@ -200,18 +216,19 @@ class History:
         horizon = min(newest, now) - self.snapshot_lag_ms
         head = await self.store.log.head()
         base = await self.usable_snapshot(view, at_or_before=horizon)
-        state = EMPTY if base is None else base.state
+        folder = Folder(space, EMPTY if base is None else base.state)
         pending: list[Snapshot] = []
-        cadence = Cadence(self.snapshot_every, horizon)
-        async for event in space_events(
-            self.store, view, after=state.as_of, until=horizon, head=head
-        ):
-            if cadence.snapshot_before(state.as_of, event.ts):
-                pending.append(Snapshot(space_id, view.fingerprint, state, head))
-            state = fold(space, state, event)
-            cadence.folded()
-        if cadence.snapshot_at_end(state.as_of):
+
+        def take(state: SpaceState) -> None:
             pending.append(Snapshot(space_id, view.fingerprint, state, head))
+
+        cadence = Cadence(self.snapshot_every, horizon)
+        async for rows in self.store.log.space_rows(
+            space_id, view.sources, after=folder.as_of, until=horizon, head=head
+        ):
+            cadence.fold(folder, rows, take)
+        if cadence.snapshot_at_end(folder.as_of):
+            take(folder.state())
         stored = await self.store.snapshots.add(pending, view.sources)
         if len(stored) < len(pending):
             log.info(

@@ -31,7 +31,7 @@ from headcount.domain.events import Delta, Direction, Reset, SpaceEvent, space_d
 from headcount.domain.fold import Folder, SpaceState, advance
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
-from headcount.eventstore.log import interleave_resets
+from headcount.eventstore.log import interleave_resets, reset_ts
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
 from headcount.eventstore.store import EventStore
 from headcount.history.counts import (
@@ -516,7 +516,7 @@ class Replay:
         resets_left = iter([*(r.ts for r in found), _AFTER_ALL])
         next_reset = next(resets_left)
         every = list(tracks.values())
-        async for batch in interleave_resets(found, rows, _row_ts):
+        async for batch in interleave_resets(found, rows, _row_ts, reset_ts):
             last = batch[-1]
             if next_reset <= (last.ts if isinstance(last, StoredReset) else last[2]):
                 # Resets fall in this batch (merged in by time): fold it event by event.

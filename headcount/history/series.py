@@ -25,14 +25,13 @@ every day at its instant, whatever the count was (a count of zero stays zero).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from operator import itemgetter
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from headcount.domain.events import Reset, SpaceEvent
 from headcount.domain.fold import (
     EMPTY,
     Folder,
@@ -42,9 +41,9 @@ from headcount.domain.fold import (
 )
 from headcount.domain.timefmt import from_ms, to_ms
 from headcount.domain.topology import Space
-from headcount.eventstore.answers import RESET, TRAVERSAL
+from headcount.eventstore.answers import RESET
 from headcount.history.counts import History
-from headcount.history.events import SpaceView, space_events
+from headcount.history.events import SpaceView
 
 __all__ = [
     "INTERVALS",
@@ -73,8 +72,6 @@ MAX_PAGE_SIZE: Final = 10_000
 
 _DAY_MS = 86_400_000
 _ts = itemgetter(1)
-#: Events folded at a time on the general path.
-_BATCH = 5_000
 _MIDNIGHT = time(0, 0)
 
 
@@ -214,15 +211,6 @@ class BucketFold:
                 folder.fold_rows(rows[i:j], RESET)
             i = j
 
-    def events(self, events: Iterable[SpaceEvent]) -> None:
-        """Fold events as :meth:`rows` does."""
-        self.rows(
-            [
-                (RESET, e.ts, e.count) if isinstance(e, Reset) else (TRAVERSAL, e.ts, e.delta)
-                for e in events
-            ]
-        )
-
     def finish(self) -> list[Bucket]:
         """Close every bucket left; the series."""
         self._reach(self.bounds[-1])
@@ -302,17 +290,12 @@ async def series(history: History, space_id: str, bounds: Sequence[int]) -> list
     async with history.store.log.reading() as within:
         base = await history.usable_snapshot(view, at_or_before=first - 1, within=within)
         buckets = BucketFold(space, EMPTY if base is None else base.state, bounds)
-        pending: list[SpaceEvent] = []
-        async for event in space_events(
-            history.store,
-            view,
+        async for rows in history.store.log.space_rows(
+            space_id,
+            view.sources,
             after=None if base is None else base.as_of,
             until=last - 1,
             within=within,
         ):
-            pending.append(event)
-            if len(pending) == _BATCH:
-                buckets.events(pending)
-                pending.clear()
-        buckets.events(pending)
+            buckets.rows(rows)
     return buckets.finish()

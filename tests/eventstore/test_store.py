@@ -18,6 +18,7 @@ from headcount.domain.events import Direction, Reset, Traversal
 from headcount.domain.fold import SpaceState
 from headcount.domain.topology import Source
 from headcount.errors import ConflictError, StoreError
+from headcount.eventstore.answers import RESET, TRAVERSAL
 from headcount.eventstore.records import (
     AppendResult,
     Conflict,
@@ -85,14 +86,25 @@ async def stream(
     until: int = 10**15,
     max_position: int | None = None,
 ) -> list[tuple[Traversal, Source]]:
+    """The traversals ``space_log`` reads, each with its source; ``space_rows`` must read the
+    same as rows ``(TRAVERSAL, ts, delta to the space)``."""
     head = None if max_position is None else Head(max_position, 0)
-    return [
+    found = [
         item
         async for item in store.log.space_log(
             "no resets", sources, after=after, until=until, head=head
         )
         if not isinstance(item, StoredReset)
     ]
+    rows = [
+        row
+        async for batch in store.log.space_rows(
+            "no resets", sources, after=after, until=until, head=head
+        )
+        for row in batch
+    ]
+    assert rows == [(TRAVERSAL, t.ts, t.direction * s.sensor_placement) for t, s in found]
+    return found
 
 
 async def warm_pool(store: EventStore) -> None:
@@ -566,6 +578,37 @@ async def test_stream_honours_validity_intervals(store: EventStore) -> None:
     ]
     bounded = await stream(store, [y, z, x], after=199, until=249)
     assert [(t.dpu_id, t.ts, s) for t, s in bounded] == [("d1", 200, y), ("d2", 249, z)]
+
+
+async def test_rows_merge_resets_before_the_traversals_of_their_millisecond(
+    store: EventStore,
+) -> None:
+    await store.log.append(
+        [ev("d1", i, ts, -1 if i % 2 else 1) for i, ts in enumerate((100, 200, 300))]
+    )
+    await store.log.append_reset(Reset("A", 200, 7))
+    await store.log.append_reset(Reset("A", 50, 1))
+    await store.log.append_reset(Reset("A", 400, 3))
+    await store.log.append_reset(Reset("B", 250, 9))
+    head = await store.log.head()
+    await store.log.append_reset(Reset("A", 350, 5))  # after the head: not read
+
+    rows = [
+        row
+        async for batch in store.log.space_rows(
+            "A", [src("d1", placement=-1)], after=None, until=10**15, head=head
+        )
+        for row in batch
+    ]
+
+    assert rows == [
+        (RESET, 50, 1),
+        (TRAVERSAL, 100, -1),
+        (RESET, 200, 7),
+        (TRAVERSAL, 200, 1),
+        (TRAVERSAL, 300, -1),
+        (RESET, 400, 3),
+    ]
 
 
 async def test_stream_up_to_a_log_position(store: EventStore) -> None:

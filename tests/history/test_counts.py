@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headcount.domain.events import Reset, Traversal
-from headcount.domain.topology import Topology
+from headcount.domain.fold import Folder, SpaceState
+from headcount.domain.topology import Space, Topology
+from headcount.eventstore.answers import RESET, TRAVERSAL
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
+from headcount.history.counts import Cadence
 from tests.store_readers import snapshots_before
 
 SEED_TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "seed" / "topology.toml"
@@ -179,3 +185,52 @@ async def test_a_late_event_before_many_snapshots_folds_the_long_tail_exactly(
     assert answer.snapshot is not None
     assert answer.snapshot < T + 1_005
     assert answer.folded > 1_000  # longer than the one-statement path's page
+
+
+_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from([RESET, TRAVERSAL, TRAVERSAL]), st.integers(0, 40), st.integers(-1, 5)
+    ),
+    max_size=60,
+).map(
+    lambda rows: sorted(
+        (k, ts, max(v, 0) if k == RESET else (1 if v > 0 else -1)) for k, ts, v in rows
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=_ROWS,
+    every=st.integers(1, 7),
+    horizon=st.integers(0, 45),
+    daily=st.booleans(),
+    cut=st.integers(0, 60),
+)
+def test_cadence_fold_is_the_row_by_row_fold(
+    rows: list[tuple[int, int, int]], every: int, horizon: int, daily: bool, cut: int
+) -> None:
+    """Folding the rows between two due points in one call takes the same snapshots and ends
+    in the same state as asking the cadence before each row, in batches cut anywhere."""
+    space = Space("A", "A", daily_reset=datetime.time(0, 0) if daily else None)
+    rows.sort(key=lambda r: (r[1], r[0] != RESET))  # fold order: a reset first in its ms
+
+    expected: list[SpaceState] = []
+    by_row, cadence = Folder(space), Cadence(every, horizon)
+    for kind, ts, value in rows:
+        if cadence.snapshot_before(by_row.as_of, ts):
+            expected.append(by_row.state())
+        if kind == RESET:
+            by_row.reset(ts, value)
+        else:
+            by_row.delta(ts, value)
+        cadence.folded()
+
+    taken: list[SpaceState] = []
+    folder, chunked = Folder(space), Cadence(every, horizon)
+    for batch in (rows[:cut], rows[cut:]):
+        chunked.fold(folder, batch, taken.append)
+
+    assert taken == expected
+    assert folder.state() == by_row.state()
+    assert (chunked.count, chunked.due) == (cadence.count, cadence.due)

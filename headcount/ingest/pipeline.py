@@ -451,9 +451,15 @@ class Ingest(Generic[M]):
             await self.actors.route([*result.new, *_stored_before(parts, result)])
 
     async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
-        """Quarantine a message whose content the store refuses, in a form any store holds:
-        printable ASCII of bounded length and a bounded prefix of the payload. If even that is
-        refused, log it and count it as dropped. Either way it is acknowledged."""
+        """Store what it can of a message whose content the store refuses. A message of
+        several items is stored item by item, so that one event the store refuses (one older
+        than a PostgreSQL log closed by ``partitions detach``, say) costs only itself.
+        What is refused on its own is quarantined in a form any store holds: printable ASCII
+        of bounded length and a bounded prefix of the payload. If even that is refused, it is
+        logged and counted as dropped. Either way the message is acknowledged."""
+        if part.traversals and len(part.traversals) + len(part.quarantine) > 1:
+            await self._one_by_one(part, error)
+            return
         message = part.message
         log.error(
             "the store refuses what the message on topic %s holds (%s); quarantining it"
@@ -484,6 +490,35 @@ class Ingest(Generic[M]):
                 _ascii(str(e), 500),
             )
             self.metrics.dropped.labels(reason).inc()
+
+    async def _one_by_one(self, part: _Part[M], error: StoreDataError) -> None:
+        """Store a refused message's traversals one at a time, then its quarantine entries
+        together; each refused on its own goes through :meth:`_isolate` again."""
+        message = part.message
+        log.warning(
+            "the store refuses part of the message on topic %s (%s); storing its %d"
+            " traversal(s) one by one",
+            _ascii(message.topic, 200),
+            _ascii(str(error), 500),
+            len(part.traversals),
+        )
+        now = self._clock()
+        reason = wire.Reason.UNSTORABLE
+        for traversal in part.traversals:
+            single = _Part(message, [traversal], dpu_key=part.dpu_key, uncertain=part.uncertain)
+            try:
+                await self._commit([single])
+            except StoreDataError as e:
+                rejection = wire.Rejection(
+                    reason,
+                    f"DPU {traversal.dpu_id!r} seq {traversal.seq}: the store refused this"
+                    f" event ({_ascii(str(e), 500)}); the message's other events were stored",
+                    traversal,
+                )
+                entry = self._refused(message, rejection, now)
+                await self._store([_Part(message, quarantine=[entry], rejected=[reason.value])])
+        if part.quarantine:
+            await self._store([_Part(message, quarantine=part.quarantine, rejected=part.rejected)])
 
 
 def _raise_failed(committing: asyncio.Task[None] | None) -> None:

@@ -215,6 +215,47 @@ async def test_a_message_the_store_refuses_in_any_form_is_dropped_and_counted(
     assert "dpus/poison/traversals/x" in caplog.text
 
 
+async def test_one_event_the_store_refuses_costs_only_itself(store: EventStore) -> None:
+    """A message whose one event the store refuses (as PostgreSQL refuses one older than a log
+    closed by ``partitions detach``): its other events are stored and counted, the refused
+    one is quarantined with the store's reason and the event as its payload."""
+    refused_ts = NOW - 3_333
+    faults = StoreFaults(store.engine)
+    faults.refuse(
+        lambda statement, parameters: (
+            "INSERT INTO traversals" in statement and refused_ts in _flat(parameters)
+        )
+    )
+    refused = Traversal("283", 3, refused_ts, 1)
+    mixed = Msg(
+        wire.traversals_topic("283"),
+        wire.encode(
+            [Traversal("283", 2, NOW - 4000, 1), refused, Traversal("283", 4, NOW - 2000, 1)]
+        ),
+    )
+    messages = [traversal("283", 1, NOW - 5000), mixed, traversal("423", 7, NOW - 1000, -1)]
+    try:
+        acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
+    finally:
+        faults.remove()
+    assert acked == messages
+    assert await store.log.count_traversals() == 4  # all but the refused one
+    assert system.live("A").count == 2  # +1 +1 +1 from 283, -1 from 423
+    [entry] = await quarantined(store)
+    assert entry.reason.startswith("unstorable: DPU '283' seq 3: the store refused this event")
+    assert entry.payload == wire.encode(refused)
+    assert counted(metrics, "quarantined", "unstorable") == 1
+    assert counted(metrics, "ingest_dropped", "unstorable") == 0
+
+
+def _flat(parameters: object) -> list[object]:
+    """A statement's parameters as one list (the append binds rows as one flat tuple on
+    SQLite and one array per column on PostgreSQL)."""
+    if isinstance(parameters, list | tuple):
+        return [value for item in parameters for value in _flat(item)]
+    return [parameters]
+
+
 async def test_a_store_that_is_down_holds_the_batch_and_health_says_so(
     store: EventStore,
 ) -> None:

@@ -175,11 +175,14 @@ class SpaceActor:
                 still.append((ticket, waiter))
         self._waiters = still
 
-    def checkpoint_for(self, newest: int | None) -> int:
+    def checkpoint_for(self, newest: int | None, closed_before: int | None = None) -> int:
         """Where recovery settles the state, given the newest event time stored for the
         space: one window behind it (never ahead of now: a DPU clock may be). With nothing
-        stored, nothing is settled: every event can still be placed in memory."""
-        return _BEFORE_ALL if newest is None else min(self._clock(), newest) - self.window_ms
+        stored, nothing is settled: every event can still be placed in memory. Never before
+        a log closed by ``partitions detach`` (``closed_before``): nothing can arrive there,
+        and the state there is the snapshot written at the boundary."""
+        checkpoint = _BEFORE_ALL if newest is None else min(self._clock(), newest) - self.window_ms
+        return checkpoint if closed_before is None else max(checkpoint, closed_before - 1)
 
     async def recover(self) -> None:
         """Rebuild the live state from the store: the state at the checkpoint (snapshot +
@@ -188,8 +191,9 @@ class SpaceActor:
         recovered is published (a ``correction``): the events of a crashed drain were not."""
         restarting = self._live is not None
         view = SpaceView.of(self.history.topology, self.space_id)
-        newest = await self.history.store.log.newest_ts(s.dpu_id for s in view.sources)
-        checkpoint = self.checkpoint_for(newest)
+        stored = self.history.store.log
+        newest = await stored.newest_ts(s.dpu_id for s in view.sources)
+        checkpoint = self.checkpoint_for(newest, await stored.closed_before())
         settled = (await self.history.count_at(self.space_id, checkpoint)).state
         recent = [
             event

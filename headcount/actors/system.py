@@ -139,12 +139,13 @@ class ActorSystem:
 
     async def _recover_in_one_pass(self) -> None:
         newest = await self.history.store.log.newest_ts_by_dpu()
+        closed = await self.history.store.log.closed_before()
         checkpoints = {}
         for space_id, actor in self.actors.items():
             times = [
                 newest[s.dpu_id] for s in self.topology.sources(space_id) if s.dpu_id in newest
             ]
-            checkpoints[space_id] = actor.checkpoint_for(max(times, default=None))
+            checkpoints[space_id] = actor.checkpoint_for(max(times, default=None), closed)
         replay = Replay(self.history.store, self.topology, space_ids=self.actors)
         _, found = await replay.recover_at(checkpoints)
         for space_id, (settled, recent) in found.items():

@@ -30,6 +30,7 @@ from headcount.eventstore.engine import (
     write_transaction,
 )
 from headcount.eventstore.engine import within as reading_in
+from headcount.eventstore.partitions import archived_before
 from headcount.eventstore.records import (
     AppendResult,
     Conflict,
@@ -226,6 +227,11 @@ class EventLog:
                 if ts is not None and (newest is None or ts > newest):
                     newest = ts
         return newest
+
+    async def closed_before(self) -> int | None:
+        """The time before which the log holds no event and refuses new ones, where
+        ``partitions detach`` closed it (PostgreSQL); ``None`` for a log never closed."""
+        return await archived_before(self.engine)
 
     async def newest_ts_by_dpu(self) -> dict[str, int]:
         """The newest event time of every DPU that reported anything, in one query."""

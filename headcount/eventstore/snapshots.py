@@ -8,7 +8,7 @@ never edited: a late event makes snapshots unusable by being in the log.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select
@@ -116,6 +116,23 @@ class Snapshots:
                 return []
             marks, found_resets = await _invalidating(conn, space_id, found, sources)
         return [s for s in found if still_right(s, marks, found_resets)]
+
+    async def taken_at(self, as_of: int, fingerprints: Mapping[str, str]) -> dict[str, Snapshot]:
+        """Of each space of ``fingerprints``, its newest snapshot taken exactly at ``as_of``
+        under its fingerprint and not superseded, in one statement. For the snapshots that
+        ``partitions detach`` writes at the boundary of a closed log, which no event can make
+        unusable (the store refuses every event before the boundary)."""
+        found: dict[str, Snapshot] = {}
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(snapshots)
+                .where(snapshots.c.as_of == as_of, ~SUPERSEDED)
+                .order_by(snapshots.c.id)
+            )
+            for row in rows:
+                if fingerprints.get(row.space_id) == row.fingerprint:
+                    found[row.space_id] = snapshot_from_row(row)
+        return found
 
     async def under_other_topologies(self, space_id: str, fingerprint: str) -> bool:
         """Whether the space has snapshots folded under another topology than ``fingerprint``

@@ -21,6 +21,7 @@ Four uses share the pass:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from headcount.history.counts import (
 )
 from headcount.history.events import SpaceView
 from headcount.progress import Progress
+
+log = logging.getLogger(__name__)
 
 #: Snapshots are written in batches of this many while the log streams.
 _FLUSH_EVERY = 5_000
@@ -429,11 +432,12 @@ class Replay:
         started = time.monotonic()
         head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
+        await self._start_at_boundary(tracks)
         for track in tracks.values():
             usable = await self.store.snapshots.usable(
                 track.view.space_id, track.view.fingerprint, track.view.sources, head=head
             )
-            track.watch([], usable)
+            track.watch([], [s for s in usable if s.as_of > track.after])
         rows = await self._pass(tracks, head, generation=None)
         mismatches = [m for t in tracks.values() for m in t.mismatches]
         states = {space_id: t.state for space_id, t in tracks.items()}
@@ -465,12 +469,36 @@ class Replay:
         started = time.monotonic()
         head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
+        await self._start_at_boundary(tracks)
         for space_id, track in tracks.items():
             track.watch([checkpoints[space_id]], [])
             track.recent_after = checkpoints[space_id]
         rows = await self._pass(tracks, head, generation=None)
         found = {space_id: (t.probed[0], t.recent) for space_id, t in tracks.items()}
         return self._summary(tracks, rows, started, None), found
+
+    async def _start_at_boundary(self, tracks: dict[str, _Track]) -> None:
+        """After ``partitions detach`` the log holds nothing before its boundary: each space
+        starts from the snapshot the detach wrote at the boundary, not from an empty state.
+        A space without one under this topology is folded from what the log holds, and
+        said to miss the detached events."""
+        boundary = await self.store.log.closed_before()
+        if boundary is None:
+            return
+        fingerprints = {space_id: t.view.fingerprint for space_id, t in tracks.items()}
+        found = await self.store.snapshots.taken_at(boundary - 1, fingerprints)
+        for space_id, snapshot in found.items():
+            tracks[space_id].start_from(snapshot)
+        missing = [space_id for space_id in tracks if space_id not in found]
+        if missing:
+            log.warning(
+                "%d space(s) (%s first) have no snapshot under this topology where the log was"
+                " closed (%s): folded from what the log holds, they miss the events of the"
+                " detached months; attach those months again and replay to fold them",
+                len(missing),
+                missing[0],
+                format_ms(boundary),
+            )
 
     def _tracks(self, cadence: Callable[[], Cadence | None]) -> dict[str, _Track]:
         sink: list[Snapshot] = []

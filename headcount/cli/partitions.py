@@ -18,7 +18,7 @@ from headcount.cli.common import topology_parent as _topology_parent
 from headcount.clock import now_ms
 from headcount.errors import HeadcountError
 from headcount.eventstore import partitions
-from headcount.eventstore.lease import lease
+from headcount.eventstore.lease import lease, rewrite_lease
 from headcount.eventstore.partitions import Month
 from headcount.eventstore.records import Snapshot
 from headcount.eventstore.store import EventStore
@@ -133,9 +133,13 @@ async def run_detach(args: argparse.Namespace) -> int:
     async with await EventStore.open(args.store) as store:
         await _partitioned(store)
         choice = await choose_topology(args, store)
-        # Shared, as a service holds it: a replay (which would supersede the snapshots written
-        # here) neither runs beside a detach nor starts during one.
-        async with lease(store, exclusive=False, holder="headcount partitions detach"):
+        # The store's lease shared, as a service holds it, and the rewrite lock alone: a
+        # replay, of the store or of a shard (which would supersede the snapshots written
+        # here), neither runs beside a detach nor starts during one.
+        async with (
+            lease(store, exclusive=False, holder="headcount partitions detach"),
+            rewrite_lease(store, exclusive=True, holder="headcount partitions detach"),
+        ):
             boundary = await partitions.close_before(store.engine, month)
             history = History(store, choice.topology)
             written = await _snapshots_at(store, history, boundary - 1)

@@ -30,7 +30,7 @@ from headcount.domain.shards import Shard
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology, TopologyChoice, document_digest
 from headcount.errors import HeadcountError
-from headcount.eventstore.lease import lease, shard_lease
+from headcount.eventstore.lease import lease, rewrite_lease, shard_lease
 from headcount.eventstore.partitions import archived_before
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -147,6 +147,9 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 await holding.enter_async_context(
                     shard_lease(store, args.shard, wait=False, holder="headcount replay")
+                )
+                await holding.enter_async_context(
+                    rewrite_lease(store, exclusive=False, holder="headcount replay --shard")
                 )
             replay = Replay(
                 store,

@@ -24,7 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
@@ -35,11 +35,13 @@ from headcount.errors import StoreBusyError, StoreError
 from headcount.eventstore.engine import translate_errors
 from headcount.eventstore.store import EventStore
 
-__all__ = ["ShardLease", "ShardTakenError", "lease", "shard_lease"]
+__all__ = ["ShardLease", "ShardTakenError", "lease", "rewrite_lease", "shard_lease"]
 
 log = logging.getLogger(__name__)
 
 _PG_LEASE = 0x68636C73  # "hcls"
+#: The key of :func:`rewrite_lease`.
+_PG_REWRITE = 0x68637277  # "hcrw"
 #: The first key of a shard's advisory lock (the two-key form); the second is ``N*10000+I``.
 _PG_SHARD = 0x68637368  # "hcsh"
 
@@ -61,18 +63,51 @@ async def lease(store: EventStore, *, exclusive: bool, holder: str) -> AsyncIter
 
 
 @asynccontextmanager
-async def _pg_lease(store: EventStore, *, exclusive: bool, holder: str) -> AsyncIterator[None]:
+async def rewrite_lease(store: EventStore, *, exclusive: bool, holder: str) -> AsyncIterator[None]:
+    """Hold the lock between the two commands that write snapshots beside running services,
+    or raise :class:`StoreBusyError` at once: replays of one shard hold it shared (each
+    folds its own spaces), ``partitions detach`` exclusively (a replay folding months the
+    detach takes out of the log would supersede the snapshots it writes at the boundary).
+    PostgreSQL only: a SQLite log has no partitions to detach."""
+    if store.backend != "postgresql":
+        yield
+        return
+
+    def busy() -> StoreBusyError:
+        if exclusive:
+            return StoreBusyError(
+                f"{holder}: a replay of a shard is rewriting snapshots; run it again when the"
+                " replay has finished"
+            )
+        return StoreBusyError(
+            f"{holder}: 'headcount partitions detach' is closing the log; replay when it has"
+            " finished, with --from at or after its boundary"
+        )
+
+    async with _pg_lease(store, exclusive=exclusive, key=_PG_REWRITE, busy=busy):
+        yield
+
+
+@asynccontextmanager
+async def _pg_lease(
+    store: EventStore,
+    *,
+    exclusive: bool,
+    holder: str = "",
+    key: int = _PG_LEASE,
+    busy: Callable[[], StoreBusyError] | None = None,
+) -> AsyncIterator[None]:
     fn = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
     async with translate_errors(), store.engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        if not await conn.scalar(text(f"SELECT {fn}(:key)"), {"key": _PG_LEASE}):
-            raise _busy(exclusive, holder)
+        if not await conn.scalar(text(f"SELECT {fn}(:key)"), {"key": key}):
+            raise _busy(exclusive, holder) if busy is None else busy()
         try:
             yield
         finally:
             unlock = "pg_advisory_unlock" if exclusive else "pg_advisory_unlock_shared"
             with contextlib.suppress(Exception):  # closing the session releases it anyway
-                await conn.scalar(text(f"SELECT {unlock}(:key)"), {"key": _PG_LEASE})
+                await conn.scalar(text(f"SELECT {unlock}(:key)"), {"key": key})
 
 
 @contextlib.contextmanager

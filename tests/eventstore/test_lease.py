@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from headcount.domain.shards import Shard
 from headcount.errors import StoreBusyError
-from headcount.eventstore.lease import ShardTakenError, lease, shard_lease
+from headcount.eventstore.lease import ShardTakenError, lease, rewrite_lease, shard_lease
 from headcount.eventstore.store import EventStore
 
 
@@ -36,6 +36,28 @@ async def test_an_exclusive_holder_goes_alone(store: EventStore) -> None:
                 pass
     async with lease(store, exclusive=False, holder="serve"):
         pass
+
+
+async def test_shard_replays_and_a_detach_keep_apart(store: EventStore) -> None:
+    """Replays of shards go together; ``partitions detach`` goes alone (PostgreSQL: a SQLite
+    log has no partitions, and the lock is no lock there)."""
+    postgres = store.backend == "postgresql"
+    async with (
+        rewrite_lease(store, exclusive=False, holder="replay --shard 0/2"),
+        rewrite_lease(store, exclusive=False, holder="replay --shard 1/2"),
+    ):
+        if postgres:
+            with pytest.raises(StoreBusyError, match=r"detach: a replay of a shard is rewriting"):
+                async with rewrite_lease(store, exclusive=True, holder="detach"):
+                    pass
+    async with rewrite_lease(store, exclusive=True, holder="detach"):
+        if postgres:
+            with pytest.raises(StoreBusyError, match=r"--shard 0/2: 'headcount partitions detach'"):
+                async with rewrite_lease(store, exclusive=False, holder="replay --shard 0/2"):
+                    pass
+        # The store's lease is another lock: a service goes on beside either.
+        async with lease(store, exclusive=False, holder="serve"):
+            pass
 
 
 _HOLD = """

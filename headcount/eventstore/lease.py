@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -178,6 +179,13 @@ async def shard_lease(
     takes (a standby: cancel to give up); else raise :class:`StoreBusyError` at once when
     another process holds it. ``holder`` says what wants it, for the message."""
     lock = _ShardLock(store, shard)
+    other = await lock.other_count()
+    if other is not None:
+        raise StoreBusyError(
+            f"{holder}: shard {shard}: other processes serve this store as {other} shards;"
+            f" every process of a deployment takes the same count (--shard I/{other}), and"
+            " changing it means stopping them all first"
+        )
     try:
         while not await _try(lock, wait):
             if not wait:
@@ -222,6 +230,29 @@ class _ShardLock:
     @property
     def _keys(self) -> dict[str, int]:
         return {"a": _PG_SHARD, "b": self.shard.count * 10_000 + self.shard.index}
+
+    async def other_count(self) -> int | None:
+        """A shard count other than this lock's that a live process holds a shard lock of,
+        if any: shards of two counts would each own spaces the others own too."""
+        if self._postgres:
+            async with translate_errors(), self.store.engine.connect() as conn:
+                held = await conn.scalars(
+                    text(
+                        "SELECT DISTINCT CAST(objid AS bigint) FROM pg_locks WHERE locktype ="
+                        " 'advisory' AND objsubid = 2 AND CAST(classid AS bigint) = :a AND"
+                        " database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())"
+                    ),
+                    self._keys,
+                )
+                counts = {int(key) // 10_000 for key in held}
+        elif self._path is None:
+            return None
+        else:
+            base = self._path.rsplit(".shard-", 1)[0]
+            counts = {count for count, path in _shard_files(base) if _flocked(path)}
+        counts.discard(self.shard.count)
+        return min(counts, default=None)
 
     async def try_take(self) -> bool:
         if self._postgres:
@@ -282,3 +313,28 @@ class _ShardLock:
             with contextlib.suppress(Exception):
                 await self._conn.scalar(text("SELECT pg_advisory_unlock(:a, :b)"), self._keys)
         await self._drop()
+
+
+def _shard_files(base: str) -> Iterator[tuple[int, str]]:
+    """The shard lock files beside a SQLite store, with their shard counts."""
+    folder, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"\.shard-\d+-of-(\d+)\.lock")
+    for entry in os.scandir(folder or "."):
+        found = pattern.fullmatch(entry.name)
+        if found is not None:
+            yield int(found.group(1)), entry.path
+
+
+def _flocked(path: str) -> bool:
+    """Whether a live process holds the ``flock`` of ``path``."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

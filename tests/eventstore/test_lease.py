@@ -120,11 +120,24 @@ async def test_a_shard_has_one_holder_and_shards_are_independent(store: EventSto
                 pass
         async with (
             shard_lease(store, Shard(0, 3), wait=False, holder="serve"),
-            shard_lease(store, Shard(1, 2), wait=False, holder="serve"),
+            shard_lease(store, Shard(2, 3), wait=False, holder="serve"),
         ):
             pass
     async with shard_lease(store, Shard(1, 3), wait=False, holder="replay"):
         pass
+
+
+async def test_shards_of_another_count_are_refused(store: EventStore) -> None:
+    """Shards of two counts would each own spaces the others own too."""
+    async with shard_lease(store, Shard(0, 2), wait=False, holder="serve"):
+        with pytest.raises(StoreBusyError, match=r"serve: shard 1/3: other processes serve"
+                           r" this store as 2 shards; .* \(--shard I/2\)"):  # fmt: skip
+            async with shard_lease(store, Shard(1, 3), wait=False, holder="serve"):
+                pass
+        async with shard_lease(store, Shard(1, 2), wait=False, holder="serve"):
+            pass
+    async with shard_lease(store, Shard(1, 3), wait=False, holder="serve"):
+        pass  # once the others are gone, another count may start
 
 
 async def test_a_standby_takes_the_shard_when_its_owner_lets_go(store: EventStore) -> None:

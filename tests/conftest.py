@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from headcount.cli.topology_cache import CACHE_ENV
 from headcount.eventstore.engine import create_engine
 from headcount.eventstore.store import EventStore
 
@@ -19,6 +20,13 @@ pytest_plugins = ["tests.mqtt_fixtures"]
 POSTGRES_ENV = "HEADCOUNT_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "seed"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _topology_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The suite's checked topologies (and those of the services it starts) are kept in a
+    directory of its own, never in the user's cache."""
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("topology-cache"))
 
 
 def postgres_admin_url() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from headcount.argtypes import at_least_one
+from headcount.cli.topology_cache import read_topology
 from headcount.domain.shards import Shard, ShardSpecError
 from headcount.domain.timefmt import parse_iso
 from headcount.domain.topology import Topology, TopologyChoice, document_text
@@ -166,7 +167,7 @@ async def choose_topology(
     except OSError as e:
         raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
     document = document_text(data, source=str(path))
-    return _choice(Topology.from_toml(document, source=str(path)), document, str(path))
+    return _choice(read_topology(document, source=str(path)), document, str(path))
 
 
 async def recorded_topology(store: EventStore) -> TopologyChoice | None:
@@ -176,7 +177,7 @@ async def recorded_topology(store: EventStore) -> TopologyChoice | None:
         return None
     document, origin = current
     source = f"{origin} (as recorded in the store)"
-    return _choice(Topology.from_toml(document, source=source), None, origin)
+    return _choice(read_topology(document, source=source), None, origin)
 
 
 def _choice(topology: Topology, document: str | None, origin: str) -> TopologyChoice:

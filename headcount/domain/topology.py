@@ -13,6 +13,7 @@ import json
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import time as dt_time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -40,6 +41,8 @@ _LINK_KEYS = ("space", "sensor_placement")
 _ASSIGNMENT_KEYS = ("dpu", "doorway", "valid_from", "valid_until")
 _LINKS_EXAMPLE = 'links = [{ space = "A", sensor_placement = 1 }]'
 _FINGERPRINT_VERSION = "headcount.topology.fingerprint/1"
+#: The format of :meth:`Topology.to_compact`: changed whenever what it holds changes.
+COMPACT_FORMAT = "headcount.topology.compact/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +141,81 @@ class Topology:
         spaces: tuple[Space, ...],
         doorways: tuple[Doorway, ...],
         assignments: tuple[Assignment, ...],
+        fingerprints: Mapping[str, str] | None = None,
     ) -> Topology:
         """A topology of entries :func:`check` has already found valid (it is not cheap: a
         file of 100,000 spaces is checked once, not twice)."""
         topology = cls.__new__(cls)
         topology._assignments = assignments
-        topology._index(spaces, doorways)
+        topology._index(spaces, doorways, fingerprints)
         return topology
 
-    def _index(self, space_list: tuple[Space, ...], doorway_list: tuple[Doorway, ...]) -> None:
-        """Build the indexes of valid entries (``self._assignments`` set)."""
+    def to_compact(self) -> dict[str, Any]:
+        """This topology as plain data (lists, strings, numbers; JSON as it is) that
+        :meth:`from_compact` makes an equal topology of without reading TOML or checking
+        anything again: what a cache of checked topologies keeps (a file of 100,000 spaces
+        takes seconds to read and check, its compact form a fraction of that)."""
+        return {
+            "format": COMPACT_FORMAT,
+            "spaces": [
+                [
+                    s.id,
+                    s.name,
+                    s.parent,
+                    s.time_zone,
+                    None if s.daily_reset is None else s.daily_reset.strftime("%H:%M"),
+                    s.capacity,
+                    s.allow_negative,
+                    s.alert_at,
+                ]
+                for s in self._spaces.values()
+            ],
+            "doorways": [
+                [d.id, d.name, [[link.space_id, link.sensor_placement] for link in d.links]]
+                for d in self._doorways.values()
+            ],
+            "assignments": [
+                [a.dpu_id, a.doorway_id, a.valid_from, a.valid_until] for a in self._assignments
+            ],
+            "fingerprints": self._fingerprints,
+        }
+
+    @classmethod
+    def from_compact(cls, data: Mapping[str, Any]) -> Topology:
+        """The topology :meth:`to_compact` gave ``data`` for. Nothing is checked: ``data``
+        must be what it gave, unchanged (a cache keyed by the document's digest); another
+        format is a ``ValueError``."""
+        if data.get("format") != COMPACT_FORMAT:
+            raise ValueError(f"not a compact topology of format {COMPACT_FORMAT}")
+        times: dict[str, datetime.time] = {}
+        spaces = tuple(
+            Space(
+                id_,
+                name,
+                parent,
+                zone,
+                None if reset is None else times.setdefault(reset, _hh_mm(reset)),
+                capacity,
+                negative,
+                alert_at,
+            )
+            for id_, name, parent, zone, reset, capacity, negative, alert_at in data["spaces"]
+        )
+        doorways = tuple(
+            Doorway(id_, name, tuple(Link(space_id, placement) for space_id, placement in links))
+            for id_, name, links in data["doorways"]
+        )
+        assignments = tuple(Assignment(*entry) for entry in data["assignments"])
+        return cls._checked(spaces, doorways, assignments, data["fingerprints"])
+
+    def _index(
+        self,
+        space_list: tuple[Space, ...],
+        doorway_list: tuple[Doorway, ...],
+        fingerprints: Mapping[str, str] | None = None,
+    ) -> None:
+        """Build the indexes of valid entries (``self._assignments`` set); ``fingerprints``
+        where they are known already (:meth:`from_compact`)."""
         self._spaces = MappingProxyType({space.id: space for space in space_list})
         self._doorways = MappingProxyType({doorway.id: doorway for doorway in doorway_list})
         self._canonical = tuple(sorted(self._assignments, key=lambda a: (a.dpu_id, a.valid_from)))
@@ -175,10 +243,14 @@ class Topology:
             for dpu_id, timeline in timelines.items()
         }
         self._sources = {space_id: tuple(found) for space_id, found in sources.items()}
-        self._fingerprints = {
-            space_id: _fingerprint(space, self._sources[space_id])
-            for space_id, space in self._spaces.items()
-        }
+        self._fingerprints = (
+            {
+                space_id: _fingerprint(space, self._sources[space_id])
+                for space_id, space in self._spaces.items()
+            }
+            if fingerprints is None
+            else dict(fingerprints)
+        )
 
     @property
     def spaces(self) -> Mapping[str, Space]:
@@ -352,6 +424,11 @@ def document_text(data: bytes, *, source: str) -> str:
                 " save the file as UTF-8."
             ]
         ) from None
+
+
+def _hh_mm(text: str) -> datetime.time:
+    hours, minutes = text.split(":")
+    return dt_time(int(hours), int(minutes))
 
 
 def document_digest(document: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -738,3 +739,41 @@ def test_random_topologies_round_trip_and_resolve_like_a_scan(
             assert topology.assignment_at(dpu_id, ts) == expected
             links = () if expected is None else topology.doorways[expected.doorway_id].links
             assert topology.links_at(dpu_id, ts) == links
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    topology=topologies(),
+    capacity=st.none() | st.integers(0, 500),
+    alert_at=st.none() | st.floats(0.1, 10),
+)
+def test_the_compact_form_gives_the_same_topology(
+    topology: Topology, capacity: int | None, alert_at: float | None
+) -> None:
+    """What a cache keeps (as JSON) gives back an equal topology, in the same order, with the
+    same fingerprints and the same resolution, without reading or checking anything."""
+    first = next(iter(topology.spaces.values()))
+    spaces = [
+        Space(s.id, s.name, s.parent, s.time_zone, s.daily_reset, capacity, s.allow_negative,
+              alert_at if capacity is not None else None) if s is first else s
+        for s in topology.spaces.values()
+    ]  # fmt: skip
+    topology = Topology(spaces, topology.doorways.values(), topology.assignments)
+    again = Topology.from_compact(json.loads(json.dumps(topology.to_compact())))
+    assert again == topology
+    assert list(again.spaces.values()) == list(topology.spaces.values())
+    assert list(again.doorways.values()) == list(topology.doorways.values())
+    assert again.assignments == topology.assignments
+    for space_id in topology.spaces:
+        assert again.fingerprint(space_id) == topology.fingerprint(space_id)
+        assert again.sources(space_id) == topology.sources(space_id)
+        assert again.children(space_id) == topology.children(space_id)
+    for dpu_id in topology.dpu_ids():
+        for a in topology.assignments:
+            assert again.links_at(dpu_id, a.valid_from) == topology.links_at(dpu_id, a.valid_from)
+
+
+def test_a_compact_form_of_another_format_is_refused() -> None:
+    compact = Topology.from_toml(SEED.read_text(encoding="utf-8")).to_compact()
+    with pytest.raises(ValueError, match="not a compact topology of format"):
+        Topology.from_compact({**compact, "format": "headcount.topology.compact/0"})

@@ -13,7 +13,11 @@ Two figures, each against its baseline in the same run:
 - ingest: events/s of a flood of single-event messages, with the 1,000 subscribers connected
   against without, rounds interleaved (without, with, with, without, ...). Goal: >= 0.9.
   Subscribers that fall behind by more than their queue are disconnected by design (the
-  actors never wait for them): the closes are counted and printed.
+  actors never wait for them): the closes are counted and printed. Each flood also gives the
+  CPU per event of the service and of the subscribers' process (/proc, the whole flood's,
+  the publisher's start included: a slight overestimate), and the cores that keeps busy at
+  the flood's rate. The service is one event loop: its CPU per event with the subscribers over
+  its CPU per event without bounds the ratio wherever the subscribers run.
 
 The broker is a Mosquitto of the benchmark's own when installed (else amqtt in a process of
 its own); publisher and subscribers are processes of their own.
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _cpu import CpuMeter, children
 from _harness import ROOT, metric, run_process, service, topology_toml
 from ingest import amqtt_process, mosquitto_process
 
@@ -115,6 +121,28 @@ async def flood_rate(url: str, broker: str, seq: Seq, events: int) -> float:
     return events / (now - first)
 
 
+def service_pid() -> int:
+    """The ``headcount serve`` this benchmark started."""
+    for pid in children(os.getpid()):
+        with contextlib.suppress(OSError):
+            if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+    raise RuntimeError("no headcount serve among this benchmark's processes")
+
+
+async def metered_flood(
+    url: str, broker: str, seq: Seq, events: int, pids: list[int]
+) -> tuple[float, list[float], float]:
+    """A flood's events/s; the CPU µs per event of each of ``pids``; and the cores they kept
+    busy together at that rate (their CPU per event times events/s)."""
+    meters = [CpuMeter([pid]) for pid in pids]
+    for meter in meters:
+        meter.start()
+    rate = await flood_rate(url, broker, seq, events)
+    per_event = [1e6 * meter.stop() / events for meter in meters]
+    return rate, per_event, sum(per_event) * rate / 1e6
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small run, in seconds")
@@ -151,17 +179,23 @@ async def main() -> None:
                     flush=True,
                 )
             rates: dict[str, list[float]] = {"with": [], "without": []}
+            cpu: dict[str, list[float]] = {"with": [], "without": []}  # service, µs/event
+            served = service_pid()
             for mode in rounds:
                 if mode == "without":
-                    rate = await flood_rate(url, broker, seq, flood)
-                    closed = ""
+                    rate, (us,), cores = await metered_flood(url, broker, seq, flood, [served])
+                    closed = f"; service {us:.0f} us CPU/event; {cores:.2f} cores busy"
                 else:
                     async with subscribers(url, args.clients) as subs:
-                        rate = await flood_rate(url, broker, seq, flood)
+                        rate, (us, subs_us), cores = await metered_flood(
+                            url, broker, seq, flood, [served, subs.pid]
+                        )
                         result = await summary(subs)
                     closed = f" (subscribers closed by the server: {result['closed'] or 'none'},"
-                    closed += f" still open {result['open']})"
+                    closed += f" still open {result['open']}); service {us:.0f} us CPU/event,"
+                    closed += f" subscribers {subs_us:.0f} us/event; {cores:.2f} cores busy"
                 rates[mode].append(rate)
+                cpu[mode].append(us)
                 print(f"flood {flood:,} events, {mode:<7} subscribers: {rate:,.0f}/s{closed}",
                       flush=True)  # fmt: skip
     ratio = statistics.median(rates["with"]) / statistics.median(rates["without"])
@@ -169,6 +203,9 @@ async def main() -> None:
     print(f"p99 delay publish -> subscriber: {p99:.1f} ms with {args.clients} subscribers,"
           f" {alone:.1f} ms with one ({p99 / alone:.2f}x)")  # fmt: skip
     print(f"ingest with subscribers / without (medians; goal >= 0.9): {ratio:.2f}")
+    bound = statistics.median(cpu["without"]) / statistics.median(cpu["with"])
+    print(f"service CPU per event without / with subscribers (medians): {bound:.2f}, the most"
+          " the ratio can reach while the service's one event loop is what limits it")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -208,6 +208,51 @@ async def test_a_client_that_falls_behind_is_closed_and_counting_goes_on(
         assert service.system.live("A").count == 1
 
 
+async def test_heartbeats_keep_a_quiet_socket_and_drop_a_dead_one(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server pings every ``HEARTBEAT_S``: a client that answers stays subscribed through
+    quiet spells; one that never answers is closed and its subscription released. (aiohttp
+    waits half the interval for the pong: a second leaves a loaded machine ample time.)"""
+    monkeypatch.setattr(live, "HEARTBEAT_S", 1.0)
+    async with service.client.ws_connect("/live", autoping=False) as ws:
+        await subscribe(ws, ["A"])
+        for _ in range(2):  # two quiet spells, each ended by a ping we answer
+            ping = await asyncio.wait_for(ws.receive(), GUARD_S)
+            assert ping.type is WSMsgType.PING
+            await ws.pong(ping.data)
+        await service.feed([Traversal("283", 1, NOW - 1000, 1)])
+        while (message := await asyncio.wait_for(ws.receive(), GUARD_S)).type is WSMsgType.PING:
+            await ws.pong(message.data)
+        assert documented(message.json()) == change("A", NOW - 1000, 1, 1, 0, "traversal")
+    async with service.client.ws_connect("/live", autoping=False) as dead:
+        await subscribe(dead, ["A"])
+        assert service.system.changes.subscribers == 1
+        while (await asyncio.wait_for(dead.receive(), GUARD_S)).type is WSMsgType.PING:
+            pass  # never answered: the server gives up on this client
+        assert dead.closed
+    async with asyncio.timeout(GUARD_S):
+        while service.system.changes.subscribers:
+            await asyncio.sleep(0.01)
+    await service.feed([Traversal("283", 2, NOW - 900, 1)])  # counting goes on
+    assert service.system.live("A").count == 2
+
+
+async def test_sse_sends_a_comment_through_quiet_spells(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "HEARTBEAT_S", 0.05)
+    async with service.client.get("/live/sse?space_id=A") as response:
+        assert await events(response, 1) == [("message", state("A", 0, 0, 0))]
+        # The blank line that ends the state's event, then two quiet spells' comments.
+        lines = [await asyncio.wait_for(response.content.readline(), GUARD_S) for _ in range(5)]
+        assert lines == [b"\n", *[b": keep-alive\n", b"\n"] * 2]
+        await service.feed([Traversal("283", 1, NOW - 1000, 1)])
+        assert await events(response, 1) == [
+            ("message", change("A", NOW - 1000, 1, 1, 0, "traversal"))
+        ]
+
+
 async def test_the_upgrade_needs_a_read_token(
     store: EventStore, tmp_path: Path, aiohttp_client: AiohttpClient
 ) -> None:

@@ -151,33 +151,42 @@ class Topology:
         return topology
 
     def to_compact(self) -> dict[str, Any]:
-        """This topology as plain data (lists, strings, numbers; JSON as it is) that
-        :meth:`from_compact` makes an equal topology of without reading TOML or checking
-        anything again: what a cache of checked topologies keeps (a file of 100,000 spaces
-        takes seconds to read and check, its compact form a fraction of that)."""
+        """This topology as plain data (lists of strings and numbers, a column per field;
+        JSON as it is) that :meth:`from_compact` makes an equal topology of without reading
+        TOML or checking anything again: what a cache of checked topologies keeps (a file of
+        100,000 spaces takes seconds to read and check, its compact form a fraction of that,
+        and columns leave no object per entry behind)."""
+        spaces = list(self._spaces.values())
+        doorways = list(self._doorways.values())
         return {
             "format": COMPACT_FORMAT,
             "spaces": [
+                [s.id for s in spaces],
+                [s.name for s in spaces],
+                [s.parent for s in spaces],
+                [s.time_zone for s in spaces],
                 [
-                    s.id,
-                    s.name,
-                    s.parent,
-                    s.time_zone,
-                    None if s.daily_reset is None else s.daily_reset.strftime("%H:%M"),
-                    s.capacity,
-                    s.allow_negative,
-                    s.alert_at,
-                ]
-                for s in self._spaces.values()
+                    None if s.daily_reset is None else s.daily_reset.strftime("%H:%M")
+                    for s in spaces
+                ],
+                [s.capacity for s in spaces],
+                [s.allow_negative for s in spaces],
+                [s.alert_at for s in spaces],
+                [self._fingerprints[s.id] for s in spaces],
             ],
             "doorways": [
-                [d.id, d.name, [[link.space_id, link.sensor_placement] for link in d.links]]
-                for d in self._doorways.values()
+                [d.id for d in doorways],
+                [d.name for d in doorways],
+                [len(d.links) for d in doorways],
+                [link.space_id for d in doorways for link in d.links],
+                [link.sensor_placement for d in doorways for link in d.links],
             ],
             "assignments": [
-                [a.dpu_id, a.doorway_id, a.valid_from, a.valid_until] for a in self._assignments
+                [a.dpu_id for a in self._assignments],
+                [a.doorway_id for a in self._assignments],
+                [a.valid_from for a in self._assignments],
+                [a.valid_until for a in self._assignments],
             ],
-            "fingerprints": self._fingerprints,
         }
 
     @classmethod
@@ -187,26 +196,26 @@ class Topology:
         format is a ``ValueError``."""
         if data.get("format") != COMPACT_FORMAT:
             raise ValueError(f"not a compact topology of format {COMPACT_FORMAT}")
+        ids, names, parents, zones, resets, capacities, negatives, alerts, prints = data["spaces"]
         times: dict[str, datetime.time] = {}
         spaces = tuple(
-            Space(
-                id_,
-                name,
-                parent,
-                zone,
-                None if reset is None else times.setdefault(reset, _hh_mm(reset)),
-                capacity,
-                negative,
-                alert_at,
+            Space(id_, name, parent, zone, None if at is None else times.setdefault(at, _hh_mm(at)),
+                  capacity, negative, alert_at)
+            for id_, name, parent, zone, at, capacity, negative, alert_at in zip(
+                ids, names, parents, zones, resets, capacities, negatives, alerts, strict=True
             )
-            for id_, name, parent, zone, reset, capacity, negative, alert_at in data["spaces"]
+        )  # fmt: skip
+        door_ids, door_names, counts, linked, placements = data["doorways"]
+        links = [Link(space_id, p) for space_id, p in zip(linked, placements, strict=True)]
+        doorways: list[Doorway] = []
+        start = 0
+        for id_, name, count in zip(door_ids, door_names, counts, strict=True):
+            doorways.append(Doorway(id_, name, tuple(links[start : start + count])))
+            start += count
+        assignments = tuple(map(Assignment, *data["assignments"]))
+        return cls._checked(
+            spaces, tuple(doorways), assignments, dict(zip(ids, prints, strict=True))
         )
-        doorways = tuple(
-            Doorway(id_, name, tuple(Link(space_id, placement) for space_id, placement in links))
-            for id_, name, links in data["doorways"]
-        )
-        assignments = tuple(Assignment(*entry) for entry in data["assignments"])
-        return cls._checked(spaces, doorways, assignments, data["fingerprints"])
 
     def _index(
         self,

@@ -1,7 +1,8 @@
 """The limit of bench/scale.py, in a process of its own and with nothing but the standard
 library: read the topology file with bare ``tomllib``, then scan the log through bare
-``sqlite3`` in fold order (the query recovery streams), adding each row's direction to its
-DPU's space's count, floored at zero. Prints the rows read and the process's peak resident
+``sqlite3`` in fold order (the order recovery streams it in, each row's DPU and direction:
+what this fold needs), adding each row's direction to its DPU's space's count, floored at
+zero. Prints the rows read and the process's peak resident
 memory (KiB) as JSON.
 
     python bench/_bare_recovery.py TOPOLOGY STORE
@@ -26,12 +27,12 @@ def bare_recovery(topology: Path, store: Path) -> int:
     conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     rows = 0
     cursor = conn.execute(
-        "SELECT dpu_id, seq, ts, direction FROM traversals"
+        "SELECT dpu_id, direction FROM traversals"
         " WHERE position <= (SELECT max(position) FROM traversals)"
         " ORDER BY ts, dpu_id, seq"
     )
     while batch := cursor.fetchmany(5000):
-        for dpu_id, _seq, _ts, direction in batch:
+        for dpu_id, direction in batch:
             space = space_of[doorway_of[dpu_id]]
             counts[space] = max(0, counts[space] + direction)
         rows += len(batch)

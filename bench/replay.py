@@ -5,10 +5,12 @@
 
 The store (SQLite, built through the store's own API and kept in bench/.data/ between runs)
 holds N traversals from 200 DPUs over 100 spaces during a year. Each round runs the limit
-(the replay's query through the bare driver, each row's count added to its space's in a plain
-loop), then the real command, ``headcount replay``, in its own process on the same store; its
-JSON summary gives the rate it measured over its own pass (start-up excluded). The figure is
-the median of the rounds' ratios, with their spread.
+(the log in the replay's order through the bare driver, every column of each row as the
+issue's limit read them, each row's direction added to its space's count in a plain loop),
+the same reading only the DPU and direction (a stricter limit, shown beside it), then the real
+command, ``headcount replay``, in its own process on the same store; its JSON summary gives
+the rate it measured over its own pass (start-up excluded). The figure is the median of the
+rounds' ratios, with their spread.
 """
 
 from __future__ import annotations
@@ -50,24 +52,30 @@ async def build(url: str, n: int, topology: str) -> None:
             )
 
 
-def bare_fold(path: Path, n: int) -> float:
-    """The limit: a bare ``sqlite3`` scan of the same rows in the same order (the query a
-    replay streams) with a minimal fold (each DPU's space's count moved by the direction, in
-    place); rows per second."""
+#: The limit's scan: every column of a row, as the issue's limit read it, and only what its
+#: fold needs (the stricter limit).
+EVERY_COLUMN = "dpu_id, seq, ts, direction"
+FOLDED_ONLY = "dpu_id, direction"
+
+
+def bare_fold(path: Path, n: int, columns: str) -> float:
+    """The limit: a bare ``sqlite3`` scan of the same rows in the same order (the order a
+    replay streams them in) reading ``columns``, with a minimal fold (each DPU's space's
+    count moved by the direction, in place); rows per second."""
     space_of = {f"dpu{d}": d % SPACES for d in range(DPUS)}
     counts = [0] * SPACES
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         started = time.perf_counter()
         cursor = conn.execute(
-            "SELECT dpu_id, seq, ts, direction FROM traversals"
+            f"SELECT {columns} FROM traversals"
             " WHERE position <= (SELECT max(position) FROM traversals)"
             " ORDER BY ts, dpu_id, seq"
         )
         rows = 0
         while batch := cursor.fetchmany(5000):
-            for dpu_id, _seq, _ts, direction in batch:
-                counts[space_of[dpu_id]] += direction
+            for row in batch:
+                counts[space_of[row[0]]] += row[-1]
             rows += len(batch)
         seconds = time.perf_counter() - started
     finally:
@@ -100,33 +108,43 @@ async def main() -> None:
     )
     print(f"{n:,} events from {DPUS} DPUs over {SPACES} spaces in a year (SQLite)")
     limits: list[float] = []
+    strict: list[float] = []
     replays: list[float] = []
     ratios: list[float] = []
+    strict_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hc-bench-replay-") as tmp:
         topology = Path(tmp) / "topology.toml"
         topology.write_text(document)
         url = working_copy(kept, Path(tmp))
         path = Path(tmp) / kept.name
         for round_ in range(1, rounds + 1):
-            limits.append(bare_fold(path, n))
+            limits.append(bare_fold(path, n, EVERY_COLUMN))
+            strict.append(bare_fold(path, n, FOLDED_ONLY))
             summary = await replay(url, topology)
             if summary["events read"] != n:
                 raise SystemExit(f"the replay read {summary['events read']:,} of {n:,} events")
             replays.append(summary["events per second"])
             ratios.append(replays[-1] / limits[-1])
+            strict_ratios.append(replays[-1] / strict[-1])
             print(
-                f"round {round_}: bare scan + fold {limits[-1]:>10,.0f} rows/s   replay"
-                f" {replays[-1]:>10,.0f} events/s ({summary['snapshots written']:,.0f}"
-                f" snapshots written, generation {summary['generation']:.0f})   ratio"
-                f" {ratios[-1]:.2f}",
+                f"round {round_}: bare scan + fold {limits[-1]:>10,.0f} rows/s (of only what"
+                f" it folds {strict[-1]:>10,.0f})   replay {replays[-1]:>10,.0f} events/s"
+                f" ({summary['snapshots written']:,.0f} snapshots written, generation"
+                f" {summary['generation']:.0f})   ratio {ratios[-1]:.2f} ({strict_ratios[-1]:.2f})",
                 flush=True,
             )
     limit, ours = statistics.median(limits), statistics.median(replays)
     print(f"limit: bare sqlite3 scan + minimal fold (median): {limit:>10,.0f} rows/s")
+    print(
+        f"  the same reading only the DPU and direction:    {statistics.median(strict):>10,.0f}"
+        " rows/s"
+    )
     print(f"headcount replay (median):                        {ours:>10,.0f} events/s")
     print(
         f"ratio (replay / limit; goal >= 0.7): {statistics.median(ratios):.2f}"
-        f" (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+        f" (rounds {min(ratios):.2f}-{max(ratios):.2f}); against the stricter limit"
+        f" {statistics.median(strict_ratios):.2f}"
+        f" ({min(strict_ratios):.2f}-{max(strict_ratios):.2f})"
     )
 
 

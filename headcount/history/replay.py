@@ -57,10 +57,15 @@ _AFTER_ALL = 2**62
 
 #: A traversal log row: ``(dpu_id, seq, ts, direction)``; in a track's batch, the direction is
 #: the delta to that space.
-_Row = tuple[str, int, int, int]
+_Row = tuple[str, int | None, int, int]
 #: A DPU's route in a pass: from, until; the batches of the tracks it reaches with its
 #: direction as it is, and with it reversed (the DPU hangs outside); and the tracks it reaches
 #: with its delta by direction (for batches with resets, folded event by event).
+#: A traversal's delta to a space by its direction, for each placement of the DPU (shared by
+#: every route: a pass over 200,000 DPUs made 200,000 of these).
+_DELTAS: dict[int, dict[int, Direction]] = {
+    placement: {d: space_delta(d, placement) for d in (1, -1)} for placement in (1, -1)
+}
 _Route = tuple[
     int,
     int,
@@ -73,8 +78,15 @@ _Route = tuple[
 _ROWS_PER_SPACE = 8
 
 
-def _row_ts(row: tuple[str, int, int, int]) -> int:
+def _row_ts(row: _Row) -> int:
     return row[2]
+
+
+def _known(seq: int | None) -> int:
+    """The seq of a row the pass keeps: the scan reads it for every such row."""
+    if seq is None:
+        raise RuntimeError("the log scan left out the seq of an event the pass keeps")
+    return seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,7 @@ class _Track:
     """One space's fold during a pass."""
 
     __slots__ = (
+        "add",
         "after",
         "cadence",
         "checked",
@@ -177,6 +190,8 @@ class _Track:
         self.next_watch = _AFTER_ALL
         #: This space's traversals of the batch being folded (see :meth:`fold_pending`).
         self.pending: list[_Row] = []
+        #: ``pending.append``, made once (every route through the space holds it).
+        self.add = self.pending.append
         #: ``recover_at``: the events after this time, kept as they are folded.
         self.recent_after = _AFTER_ALL
         self.recent: list[SpaceEvent] = []
@@ -235,7 +250,7 @@ class _Track:
         self.events += 1
         return True
 
-    def delta(self, ts: int, dpu_id: str, seq: int, delta: Direction, head: Head) -> None:
+    def delta(self, ts: int, dpu_id: str, seq: int | None, delta: Direction, head: Head) -> None:
         """Fold a traversal's delta: :meth:`before` and the fold in one call (the replay's
         inner loop)."""
         if ts <= self.after:
@@ -250,7 +265,7 @@ class _Track:
         self.events += 1
         self.folder.delta(ts, delta)
         if ts > self.recent_after:
-            self.recent.append(Delta(ts, dpu_id, seq, delta))
+            self.recent.append(Delta(ts, dpu_id, _known(seq), delta))
 
     def fold_pending(self, head: Head) -> None:
         """Fold :attr:`pending` (this space's traversals of a batch, each row's direction the
@@ -313,7 +328,7 @@ class _Track:
                 else:
                     exits += 1
                 if ts > recent_after:
-                    self.recent.append(Delta(ts, row[0], row[1], 1 if delta > 0 else -1))
+                    self.recent.append(Delta(ts, row[0], _known(row[1]), 1 if delta > 0 else -1))
         finally:
             folder.as_of, folder.count, folder.entrances, folder.exits = (
                 as_of,
@@ -519,7 +534,10 @@ class Replay:
         after = None if oldest == _BEFORE_ALL else oldest
         dpus = self._dpus(tracks)
         found = self._resets(await self.store.log.resets_up_to(head, after=after), tracks)
-        rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head)
+        # Only the events kept as they are folded (recovery's, after each checkpoint) need
+        # their seq.
+        seq_after = min((t.recent_after for t in tracks.values()), default=_AFTER_ALL)
+        rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head, seq_after=seq_after)
         progress = self.progress
         async with _Writer(self.store, tracks, generation) as writer:
             read = await self._stream(
@@ -630,12 +648,12 @@ class Replay:
         too, and the tracked spaces it reaches (see :data:`_Route`)."""
         links, start, end = self.topology.links_span(dpu_id, ts)
         reached = tuple(
-            (tracks[link.space_id], {d: space_delta(d, link.sensor_placement) for d in (1, -1)})
+            (track, _DELTAS[link.sensor_placement])
             for link in links
-            if link.space_id in tracks
+            if (track := tracks.get(link.space_id)) is not None
         )
-        same = tuple(t.pending.append for t, deltas in reached if deltas[1] == 1)
-        flipped = tuple(t.pending.append for t, deltas in reached if deltas[1] == -1)
+        same = tuple(t.add for t, deltas in reached if deltas[1] == 1)
+        flipped = tuple(t.add for t, deltas in reached if deltas[1] == -1)
         return start, end, same, flipped, reached
 
     def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:

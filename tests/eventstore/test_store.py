@@ -833,3 +833,29 @@ async def test_count_seqs_counts_one_dpus_stored_seqs_in_a_closed_range(store: E
     assert await store.log.count_seqs("283", 0, 2**63 - 1) == 5
     assert await store.log.count_seqs("423", 1, 9) == 3
     assert await store.log.count_seqs("777", 0, 2**63 - 1) == 0
+
+
+# -- the whole log in fold order (scan_log) ------------------------------------------------
+
+
+async def test_the_scan_reads_the_log_in_fold_order_up_to_the_head(store: EventStore) -> None:
+    await store.log.append([ev("b", 1, 200), ev("a", 2, 200), ev("a", 1, 100, -1)])
+    head = await store.log.head()
+    await store.log.append([ev("c", 1, 50)])  # after the head: not read
+
+    rows = [row async for batch in store.log.scan_log(after=None, head=head) for row in batch]
+    assert rows == [("a", 1, 100, -1), ("a", 2, 200, 1), ("b", 1, 200, 1)]
+    later = [row async for batch in store.log.scan_log(after=100, head=head) for row in batch]
+    assert later == [("a", 2, 200, 1), ("b", 1, 200, 1)]
+
+
+async def test_the_scan_reads_seq_only_where_asked(store: EventStore) -> None:
+    await store.log.append([ev("a", 7, 100), ev("a", 8, 200), ev("b", 9, 300, -1)])
+    head = await store.log.head()
+
+    rows = [
+        row
+        async for batch in store.log.scan_log(after=None, head=head, seq_after=100)
+        for row in batch
+    ]
+    assert rows == [("a", None, 100, 1), ("a", 8, 200, 1), ("b", 9, 300, -1)]

@@ -6,6 +6,7 @@ per DPU, and nobody but the service gets the service's session."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -58,8 +59,9 @@ class Broker:
 
 
 class AuthService(Service):
-    """``headcount serve --dpu-auth DIR``: with the embedded broker on ``mqtt_port``, or on
-    ``broker_url`` (no user: the service account comes from DIR)."""
+    """``headcount serve --dpu-auth DIR --mqtt-out``: with the embedded broker on
+    ``mqtt_port``, or on ``broker_url`` (no user: the service account comes from DIR). MQTT
+    out is a second connection with the service's account, beside its session."""
 
     def __init__(self, tmp: Path, auth: Path, *, broker_url: str | None, mqtt_port: int) -> None:
         super().__init__(tmp, SEED, broker_url or "", SERVICE_CLIENT_ID)
@@ -67,7 +69,7 @@ class AuthService(Service):
             at = self.args.index("--broker")
             del self.args[at : at + 2]
             self.args += ["--mqtt-port", str(mqtt_port)]
-        self.args += ["--dpu-auth", str(auth)]
+        self.args += ["--dpu-auth", str(auth), "--mqtt-out"]
 
 
 @pytest.fixture(params=BROKERS, ids=BROKERS)
@@ -135,6 +137,33 @@ async def test_a_dpu_cannot_publish_as_another_and_counts_nothing(
     _, dpu = await service.get("/dpus/423")
     assert isinstance(dpu, dict)
     assert dpu["last_seq"] is None
+
+
+async def test_mqtt_out_publishes_beside_the_services_session(
+    served: tuple[Broker, AuthService],
+) -> None:
+    broker, service = served
+    event = wire.encode(Traversal("283", 1, TS, 1), with_dpu_id=True)  # A +1
+    await publish(broker.as_dpu("283"), "283", (wire.traversals_topic("283"), event))
+    await service.settle({"A": 1})
+    reader = broker.as_user(SERVICE_USERNAME, broker.passwords[SERVICE_USERNAME])
+    async with aiomqtt.Client(
+        reader.host,
+        reader.port,
+        username=reader.username,
+        password=reader.password,
+        identifier=f"{SERVICE_CLIENT_ID}-reader",
+    ) as client:
+        await client.subscribe("headcount/spaces/A/state", qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                if json.loads(message.payload)["count"] == 1:
+                    break
+    # The session was never replaced: a second event is counted too.
+    second = wire.encode(Traversal("283", 2, TS + 1000, 1), with_dpu_id=True)
+    await publish(broker.as_dpu("283"), "283", (wire.traversals_topic("283"), second))
+    await service.settle({"A": 2})
 
 
 async def test_wrong_passwords_and_anonymous_clients_cannot_connect(

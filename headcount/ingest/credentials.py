@@ -194,6 +194,18 @@ def load(directory: Path) -> DpuAuth:
             f"--dpu-auth {directory}: {AMQTT_ACL} must map publish_acl and subscribe_acl;"
             " run 'headcount dpus credentials' again to rewrite it"
         )
+    outdated = (directory / MOSQUITTO_ACL).exists() or SERVICE_PUBLISH not in (
+        acl["subscribe_acl"].get(SERVICE_USERNAME) or []
+    )
+    if outdated:
+        # The files before the dynamic security plugin: on Mosquitto every connection of the
+        # service got the client id 'headcount' and replaced the others, and neither broker
+        # let the service read headcount/# (a shard following the others' states).
+        raise ConfigError(
+            f"--dpu-auth {directory}: these files were written by an older 'headcount dpus"
+            f" credentials'; run 'headcount dpus credentials --out {directory}' again (every"
+            " password is kept) and give Mosquitto the new mosquitto.conf lines"
+        )
     return DpuAuth(directory, password, acl)
 
 

@@ -127,6 +127,23 @@ def test_unusable_input_is_refused_and_writes_nothing(
     assert not (tmp_path / "auth").exists()
 
 
+@pytest.mark.parametrize("old", ["mosquitto.acl", "amqtt-acl.yaml"])
+def test_files_of_an_older_version_are_refused_until_written_again(
+    tmp_path: Path, old: str
+) -> None:
+    made = issue(["283"], tmp_path)
+    if old == "mosquitto.acl":  # beside a mosquitto.conf with use_username_as_clientid
+        (tmp_path / old).write_text("pattern write dpus/%u/#\n")
+    else:  # the service could subscribe to dpus/# only
+        before, _, after = (tmp_path / old).read_text().rpartition("  - headcount/#\n")
+        (tmp_path / old).write_text(before + after)
+    with pytest.raises(ConfigError, match="older 'headcount dpus credentials'"):
+        load(tmp_path)
+    assert issue(["283"], tmp_path) == {}  # written again, every password kept
+    assert load(tmp_path).service_password == made[SERVICE_USERNAME]
+    assert not (tmp_path / "mosquitto.acl").exists()
+
+
 def test_load_names_the_command_when_the_directory_has_no_credentials(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="headcount dpus credentials --out"):
         load(tmp_path)

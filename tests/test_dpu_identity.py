@@ -6,6 +6,7 @@ per DPU, and nobody but the service gets the service's session."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -58,8 +59,9 @@ class Broker:
 
 
 class AuthService(Service):
-    """``headcount serve --dpu-auth DIR``: with the embedded broker on ``mqtt_port``, or on
-    ``broker_url`` (no user: the service account comes from DIR)."""
+    """``headcount serve --dpu-auth DIR --mqtt-out``: with the embedded broker on
+    ``mqtt_port``, or on ``broker_url`` (no user: the service account comes from DIR). MQTT
+    out is a second connection with the service's account, beside its session."""
 
     def __init__(self, tmp: Path, auth: Path, *, broker_url: str | None, mqtt_port: int) -> None:
         super().__init__(tmp, SEED, broker_url or "", SERVICE_CLIENT_ID)
@@ -67,7 +69,7 @@ class AuthService(Service):
             at = self.args.index("--broker")
             del self.args[at : at + 2]
             self.args += ["--mqtt-port", str(mqtt_port)]
-        self.args += ["--dpu-auth", str(auth)]
+        self.args += ["--dpu-auth", str(auth), "--mqtt-out"]
 
 
 @pytest.fixture(params=BROKERS, ids=BROKERS)
@@ -137,6 +139,33 @@ async def test_a_dpu_cannot_publish_as_another_and_counts_nothing(
     assert dpu["last_seq"] is None
 
 
+async def test_mqtt_out_publishes_beside_the_services_session(
+    served: tuple[Broker, AuthService],
+) -> None:
+    broker, service = served
+    event = wire.encode(Traversal("283", 1, TS, 1), with_dpu_id=True)  # A +1
+    await publish(broker.as_dpu("283"), "283", (wire.traversals_topic("283"), event))
+    await service.settle({"A": 1})
+    reader = broker.as_user(SERVICE_USERNAME, broker.passwords[SERVICE_USERNAME])
+    async with aiomqtt.Client(
+        reader.host,
+        reader.port,
+        username=reader.username,
+        password=reader.password,
+        identifier=f"{SERVICE_CLIENT_ID}-reader",
+    ) as client:
+        await client.subscribe("headcount/spaces/A/state", qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                if json.loads(message.payload)["count"] == 1:
+                    break
+    # The session was never replaced: a second event is counted too.
+    second = wire.encode(Traversal("283", 2, TS + 1000, 1), with_dpu_id=True)
+    await publish(broker.as_dpu("283"), "283", (wire.traversals_topic("283"), second))
+    await service.settle({"A": 2})
+
+
 async def test_wrong_passwords_and_anonymous_clients_cannot_connect(
     served: tuple[Broker, AuthService],
 ) -> None:
@@ -146,9 +175,9 @@ async def test_wrong_passwords_and_anonymous_clients_cannot_connect(
     assert await refused(broker.as_user(None), "283")
     assert await refused(broker.as_user(SERVICE_USERNAME, "guess"), SERVICE_CLIENT_ID)
     assert not await refused(broker.as_dpu("283"), "283")
-    # A client id belongs to one account: amqtt refuses another's; Mosquitto replaces every
-    # client id with the username, so DPU 283 only ever gets its own session.
-    assert await refused(broker.as_dpu("283"), "423") == (broker.kind == "amqtt")
+    # A DPU's account may use its own id as client id and no other (Mosquitto: the dynamic
+    # security plugin's client id of the account).
+    assert await refused(broker.as_dpu("283"), "423")
     if broker.kind == "amqtt":  # (on Mosquitto this would replace the running service)
         service = broker.as_user(SERVICE_USERNAME, broker.passwords[SERVICE_USERNAME])
         assert await refused(service, "283")  # nor the service a DPU's
@@ -245,10 +274,53 @@ async def test_nobody_but_the_service_gets_its_session(
     for address, clean in intruders:
         assert await refused(address, SERVICE_CLIENT_ID, clean=clean), (address, clean)
     for clean in (True, False):
-        # A DPU account with the service's client id: amqtt refuses it; Mosquitto makes its
-        # client id its username, so it gets DPU 283's own session, not the service's.
-        was_refused = await refused(broker.as_dpu("283"), SERVICE_CLIENT_ID, clean=clean)
-        assert was_refused == (broker.kind == "amqtt")
+        # A DPU's account with the service's client id: refused by both brokers.
+        assert await refused(broker.as_dpu("283"), SERVICE_CLIENT_ID, clean=clean)
     async with Subscriber(service, client_id=SERVICE_CLIENT_ID, topics=topics) as subscriber:
         got = await received(subscriber, len(payloads))
     assert [m.payload for m in got] == payloads
+
+
+async def test_the_services_connections_live_side_by_side_and_follow_its_states(
+    broker_alone: tuple[Broker, BrokerAddress],
+) -> None:
+    """The service opens several connections with its one account (its subscriber, MQTT out,
+    a sharded process's follower of the other shards' states): none may replace another, and
+    the follower may read the states the service publishes under ``headcount/``."""
+    broker, service = broker_alone
+    state_topic = "headcount/spaces/A/state"
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                aiomqtt.Client(
+                    service.host,
+                    service.port,
+                    username=service.username,
+                    password=service.password,
+                    identifier=client_id,
+                )
+            )
+            for client_id in (SERVICE_CLIENT_ID, f"{SERVICE_CLIENT_ID}-out", "follower")
+        ]
+        subscriber, publisher, follower = clients
+        await subscriber.subscribe(wire.SUBSCRIPTION, qos=1)
+        await publisher.publish(state_topic, b'{"count": 3}', qos=1, retain=True)
+        await follower.subscribe("headcount/spaces/+/state", qos=1)
+        await publish(
+            broker.as_dpu("283"),
+            "283",
+            (wire.traversals_topic("283"), wire.encode(Traversal("283", 1, TS, 1))),
+        )
+        async with asyncio.timeout(10):
+            async for message in follower.messages:
+                assert (str(message.topic), message.payload) == (state_topic, b'{"count": 3}')
+                break
+            async for message in subscriber.messages:
+                assert str(message.topic) == wire.traversals_topic("283")
+                break
+        # Every connection is still the one it was: a replaced one would have been dropped.
+        await publisher.publish(state_topic, b'{"count": 4}', qos=1, retain=True)
+        async with asyncio.timeout(10):
+            async for message in follower.messages:
+                assert message.payload == b'{"count": 4}'
+                break

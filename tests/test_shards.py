@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import random
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ from headcount.domain.timefmt import format_ms, parse_iso, to_ms
 from headcount.domain.topology import Topology
 from headcount.eventstore.store import EventStore
 from headcount.ingest import wire
+from headcount.ingest.credentials import issue
 from headcount.ingest.mqtt import parse_broker_url
 from tests.serve_process import ServeProcess
 from tests.servers import MosquittoServer
@@ -304,3 +307,58 @@ async def test_one_shard_answers_as_no_shards_do(
     finally:
         await plain.stop(signal.SIGKILL)
         await one.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def auth_dir() -> Iterator[Path]:
+    """A directory Mosquitto can read once it has dropped root (pytest's tmp_path is root's)."""
+    directory = Path(tempfile.mkdtemp(prefix="headcount-test-auth-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+async def test_two_shards_with_dpu_credentials_on_mosquitto_answer_the_truth(
+    tmp_path: Path, store_url: str, auth_dir: Path
+) -> None:
+    """``--dpu-auth`` on a Mosquitto started with the files ``dpus credentials`` wrote: each
+    shard's session, its MQTT out and its follower of the other shard's states are three
+    connections with the one service account, and each DPU logs in with its own."""
+    passwords = issue(SEED.topology.dpu_ids(), auth_dir)
+    project = [
+        line
+        for line in PROJECT_CONF.read_text().splitlines()
+        if not line.startswith("allow_anonymous")
+    ]
+    config = "\n".join(project) + "\n" + (auth_dir / "mosquitto.conf").read_text()
+    with MosquittoServer(tmp_path / "mosquitto", config) as mosquitto:
+        processes = [
+            Shard(
+                tmp_path,
+                SEED,
+                name,
+                mosquitto.url,
+                store_url,
+                [*flags, "--dpu-auth", str(auth_dir)],
+            )
+            for name, flags in [("zero", ["--shard", "0/2"]), ("one", ["--shard", "1/2"])]
+        ]
+        try:
+            for process in processes:
+                await process.start()
+            events = seed_traversals()
+            for dpu_id in sorted({t.dpu_id for t in events}):
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    mosquitto.port,
+                    username=dpu_id,
+                    password=passwords[dpu_id],
+                    identifier=dpu_id,
+                ) as client:
+                    await send(client, [t for t in events if t.dpu_id == dpu_id])
+            # Each process answers the other shard's live counts from the states it follows.
+            await settled(processes, SEED.truth(events))
+            assert await stored(store_url) == len(set(events))
+        finally:
+            for process in processes:
+                await process.stop(signal.SIGKILL)

@@ -28,8 +28,9 @@ def add_command(commands: Commands) -> None:
         " account 'headcount'. New passwords are printed once on stdout, one"
         " 'name<TAB>password' per line: give each DPU its own; they are kept nowhere else."
         " DIR keeps only hashes: amqtt.passwd and amqtt-acl.yaml for 'serve --dpu-auth DIR' and"
-        " 'headcount broker --dpu-auth DIR'; mosquitto.passwd, mosquitto.acl and the lines"
-        " to add to mosquitto.conf for Mosquitto 2; and service.password (mode 0600), which"
+        " 'headcount broker --dpu-auth DIR'; mosquitto-dynsec.json (Mosquitto 2's dynamic"
+        " security plugin), mosquitto.passwd and the lines to add to mosquitto.conf for"
+        " Mosquitto 2; and service.password (mode 0600), which"
         " the service reads. Run again after adding DPUs: existing accounts keep their"
         " passwords and only the new ones are printed.",
     )

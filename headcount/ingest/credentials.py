@@ -6,11 +6,15 @@ themselves are returned once, to be printed, and kept only as hashes:
 
 - ``amqtt.passwd``: ``user:hash`` lines, Argon2 (pwdlib), for the embedded broker;
 - ``amqtt-acl.yaml``: the embedded broker's topic ACL, who may publish and subscribe where;
-- ``mosquitto.passwd``: ``user:$7$...`` lines, Mosquitto 2's PBKDF2-SHA512 format;
-- ``mosquitto.acl``: ``pattern write dpus/%u/#``: a DPU publishes only under its own id; the
-  service reads ``dpus/#`` and writes ``headcount/#`` and ``homeassistant/#``;
-- ``mosquitto.conf``: the lines to add to a Mosquitto configuration (no anonymous clients,
-  those two files, and the client id rule that keeps the service's session its own);
+- ``mosquitto.passwd``: ``user:$7$...`` lines, Mosquitto 2's PBKDF2-SHA512 format, the record
+  of every account's hash that the next run keeps;
+- ``mosquitto-dynsec.json``: the same accounts for Mosquitto 2's dynamic security plugin, the
+  one way Mosquitto ties a client id to an account: a DPU logs in only with its own id as
+  client id and publishes only under ``dpus/ITS_ID/``; the service, with any client id (it
+  has several connections), reads ``dpus/#`` and ``headcount/#`` (other shards' states) and
+  writes ``headcount/#`` and ``homeassistant/#``;
+- ``mosquitto.conf``: the lines to add to a Mosquitto configuration (no anonymous clients, the
+  plugin and that file);
 - ``service.password`` (mode 0600): the service account's password, which the service reads.
 
 Every file is written whole to a temporary file in the directory and renamed over the old
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import secrets
 import tempfile
@@ -42,6 +47,7 @@ __all__ = [
     "AMQTT_PASSWD",
     "MOSQUITTO_ACL",
     "MOSQUITTO_CONF",
+    "MOSQUITTO_DYNSEC",
     "MOSQUITTO_PASSWD",
     "SERVICE_PASSWORD",
     "SERVICE_USERNAME",
@@ -59,10 +65,20 @@ AMQTT_ACL: Final = "amqtt-acl.yaml"
 MOSQUITTO_PASSWD: Final = "mosquitto.passwd"
 MOSQUITTO_ACL: Final = "mosquitto.acl"
 MOSQUITTO_CONF: Final = "mosquitto.conf"
+MOSQUITTO_DYNSEC: Final = "mosquitto-dynsec.json"
+#: Where distributions install Mosquitto 2's dynamic security plugin (Debian's first).
+_DYNSEC_PLUGINS: Final = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/lib64/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 SERVICE_PASSWORD: Final = "service.password"
 
 #: What the service may do: read every DPU topic, publish under ``headcount/`` (MQTT out)
-#: and ``homeassistant/`` (Home Assistant's discovery configs).
+#: and read there (a sharded process follows the other shards' states), publish under
+#: ``homeassistant/`` (Home Assistant's discovery configs).
 SERVICE_SUBSCRIBE: Final = "dpus/#"
 SERVICE_PUBLISH: Final = "headcount/#"
 SERVICE_DISCOVERY: Final = "homeassistant/#"
@@ -152,7 +168,8 @@ def issue(
     _write(directory / MOSQUITTO_PASSWD, _passwd_text(mosquitto, accounts), 0o644)
     dpus = [name for name in accounts if name != SERVICE_USERNAME]
     _write(directory / AMQTT_ACL, _amqtt_acl_text(dpus), 0o640)
-    _write(directory / MOSQUITTO_ACL, _MOSQUITTO_ACL_TEXT, 0o644)
+    (directory / MOSQUITTO_ACL).unlink(missing_ok=True)  # what Mosquitto read before dynsec
+    _write(directory / MOSQUITTO_DYNSEC, _dynsec_text(mosquitto, dpus), 0o644)
     _write(directory / MOSQUITTO_CONF, _mosquitto_conf_text(directory.resolve()), 0o644)
     if SERVICE_USERNAME in made:
         _write(directory / SERVICE_PASSWORD, made[SERVICE_USERNAME] + "\n", 0o600)
@@ -177,14 +194,28 @@ def load(directory: Path) -> DpuAuth:
             f"--dpu-auth {directory}: {AMQTT_ACL} must map publish_acl and subscribe_acl;"
             " run 'headcount dpus credentials' again to rewrite it"
         )
+    outdated = (directory / MOSQUITTO_ACL).exists() or SERVICE_PUBLISH not in (
+        acl["subscribe_acl"].get(SERVICE_USERNAME) or []
+    )
+    if outdated:
+        # The files before the dynamic security plugin: on Mosquitto every connection of the
+        # service got the client id 'headcount' and replaced the others, and neither broker
+        # let the service read headcount/# (a shard following the others' states).
+        raise ConfigError(
+            f"--dpu-auth {directory}: these files were written by an older 'headcount dpus"
+            f" credentials'; run 'headcount dpus credentials --out {directory}' again (every"
+            " password is kept) and give Mosquitto the new mosquitto.conf lines"
+        )
     return DpuAuth(directory, password, acl)
 
 
 def _check_ids(dpu_ids: list[str]) -> None:
     problems = []
     for dpu_id in dpu_ids:
-        if dpu_id == SERVICE_USERNAME:
-            problems.append(f"DPU {dpu_id!r} has the service account's name")
+        if dpu_id == SERVICE_USERNAME or dpu_id.startswith(f"{SERVICE_USERNAME}-"):
+            # A DPU's client id is its id: it must not be one of the service's (headcount,
+            # headcount-out, headcount-shard-I, ...).
+            problems.append(f"DPU {dpu_id!r} has the service account's name or its prefix")
         elif ":" in dpu_id or dpu_id != dpu_id.strip() or not dpu_id.isprintable():
             problems.append(
                 f"DPU {dpu_id!r} cannot be a broker username (no ':', no surrounding"
@@ -228,48 +259,91 @@ def _amqtt_acl_text(dpus: list[str]) -> str:
             SERVICE_USERNAME: [SERVICE_PUBLISH, SERVICE_DISCOVERY],
             **{dpu: [f"dpus/{dpu}/#"] for dpu in dpus},
         },
-        "subscribe_acl": {SERVICE_USERNAME: [SERVICE_SUBSCRIBE]},
+        "subscribe_acl": {SERVICE_USERNAME: [SERVICE_SUBSCRIBE, SERVICE_PUBLISH]},
     }
     header = (
         "# Written by 'headcount dpus credentials': the embedded broker's topic ACL.\n"
         "# A DPU publishes only under dpus/ITS_ID/ and subscribes to nothing; the service\n"
-        "# subscribes to dpus/# and publishes under headcount/ and homeassistant/.\n"
+        "# subscribes to dpus/# and headcount/# and publishes under headcount/ and\n"
+        "# homeassistant/.\n"
         "# Anonymous clients: nothing.\n"
     )
     body: str = yaml.safe_dump(acl, sort_keys=True, default_flow_style=False)
     return header + body
 
 
-_MOSQUITTO_ACL_TEXT: Final = f"""\
-# Written by 'headcount dpus credentials'. Every DPU's username is its DPU id: it may publish
-# only under its own id (traversals, status and its last will), and read nothing.
-pattern write dpus/%u/#
+def _dynsec_text(hashes: Mapping[str, str], dpus: list[str]) -> str:
+    """The dynamic security plugin's file: one client and one role per DPU, the service's."""
 
-# The headcount service reads every DPU topic and publishes under headcount/ and, for Home
-# Assistant's discovery, homeassistant/.
-user {SERVICE_USERNAME}
-topic read {SERVICE_SUBSCRIBE}
-topic write {SERVICE_PUBLISH}
-topic write {SERVICE_DISCOVERY}
-"""
+    def client(name: str, role: str, client_id: str | None) -> dict[str, object]:
+        _, _, rounds, salt, digest = hashes[name].split("$")
+        entry: dict[str, object] = {
+            "username": name,
+            "salt": salt,
+            "password": digest,
+            "iterations": int(rounds),
+            "roles": [{"rolename": role}],
+        }
+        if client_id is not None:
+            entry["clientid"] = client_id  # dynsec refuses this account any other client id
+        return entry
+
+    def allow(acltype: str, topic: str) -> dict[str, object]:
+        return {"acltype": acltype, "topic": topic, "allow": True}
+
+    document = {
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+        "clients": [
+            client(SERVICE_USERNAME, SERVICE_USERNAME, None),
+            *(client(dpu, f"dpu-{dpu}", dpu) for dpu in dpus),
+        ],
+        "groups": [],
+        "roles": [
+            {
+                "rolename": SERVICE_USERNAME,
+                "acls": [
+                    allow("subscribePattern", SERVICE_SUBSCRIBE),
+                    allow("subscribePattern", SERVICE_PUBLISH),
+                    allow("publishClientSend", SERVICE_PUBLISH),
+                    allow("publishClientSend", SERVICE_DISCOVERY),
+                ],
+            },
+            *(
+                {"rolename": f"dpu-{dpu}", "acls": [allow("publishClientSend", f"dpus/{dpu}/#")]}
+                for dpu in dpus
+            ),
+        ],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _dynsec_plugin() -> str:
+    for candidate in _DYNSEC_PLUGINS:
+        if Path(candidate).is_file():
+            return candidate
+    return _DYNSEC_PLUGINS[0]
 
 
 def _mosquitto_conf_text(directory: Path) -> str:
     return f"""\
-# Written by 'headcount dpus credentials': add these lines to mosquitto.conf (Mosquitto 2),
-# after the listener line (use_username_as_clientid belongs to the listener it follows; before
-# any listener it opens a default one on port 1883). Mosquitto must be able to read the files
-# named here (it drops to its own user): they hold only hashes.
-# Every client needs an account: DPUs log in with their DPU id and password.
+# Written by 'headcount dpus credentials': add these lines to mosquitto.conf (Mosquitto 2).
+# Mosquitto must be able to read {MOSQUITTO_DYNSEC} (it drops to its own user): it holds
+# only hashes. The plugin's path is where this machine's package put it (Debian's otherwise):
+# check it on the broker's machine.
+# Every client needs an account: DPUs log in with their DPU id as username and client id.
 allow_anonymous false
-password_file {directory / MOSQUITTO_PASSWD}
-acl_file {directory / MOSQUITTO_ACL}
-# The client id of every connection is its username. The service's persistent session (and
-# the QoS 1 messages queued for it while it is away) is then the session of the account
-# "{SERVICE_USERNAME}": nobody without its password can take it over by connecting with the
-# service's client id, and a DPU can only ever replace its own connection. (Mosquitto 2 has
-# no ACL on client ids; this option is how it ties a session to an account.)
-use_username_as_clientid true
+# Mosquitto 2's password_file and acl_file cannot tie a client id to an account, and whoever
+# connects with a session's client id takes that session (with a clean session, deletes it
+# and the QoS 1 messages queued for the service). The dynamic security plugin can: a DPU's
+# account may use only its own id as client id, so only the service's account (several
+# connections, each with its own client id) may use any other.
+plugin {_dynsec_plugin()}
+plugin_opt_config_file {directory / MOSQUITTO_DYNSEC}
 """
 
 

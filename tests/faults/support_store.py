@@ -279,9 +279,11 @@ async def rig(
                 await asyncio.wait([task])
 
 
-async def lost_and_doubled(r: Rig) -> str:
+async def lost_and_doubled(r: Rig, fault: str) -> str:
     """Sent, stored, lost and doubled, and every live and historical count against the
-    reference fold of what was sent, as one line; the counts must match for the test to pass."""
+    reference fold of what was sent, as one line; the counts must match for the test to pass.
+    The line is printed after ``fault`` (what was injected, once), as the other fault tests
+    print theirs (``pytest tests/faults -s``)."""
     stored = await stored_keys(r.store)
     sent = {(t.dpu_id, t.seq) for t in r.sent}
     lost = len(sent - set(stored))
@@ -299,10 +301,12 @@ async def lost_and_doubled(r: Rig) -> str:
             got = (await r.history.count_at(space, ts)).count
             if got != want:
                 wrong.append(f"{space} at {ts}: {got} != {want}")
-    return (
+    line = (
         f"sent {len(sent)}, stored {len(stored)}, lost {lost}, doubled {doubled},"
         f" unknown {extra}, early acks {len(r.early)}, wrong counts {wrong[:5]}"
     )
+    print(f"{fault}: faults injected 1, {line}")
+    return line
 
 
 def clean(sent: int) -> str:

@@ -62,7 +62,9 @@ async def test_a_read_only_store_file_holds_ingest_until_it_is_writable(
                 lambda: r.acked == total, timeout=60, what="every message acknowledged"
             )
             await r.health_becomes(200)
-            assert await lost_and_doubled(r) == clean(len(r.sent))
+            assert await lost_and_doubled(
+                r, f"read-only store file ({'reopened' if new_connections else 'open connections'})"
+            ) == clean(len(r.sent))
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
@@ -104,6 +106,6 @@ async def test_a_read_only_postgresql_database_holds_ingest_until_it_is_writable
                 lambda: r.acked == total, timeout=60, what="every message acknowledged"
             )
             await r.health_becomes(200)
-            assert await lost_and_doubled(r) == clean(len(r.sent))
+            assert await lost_and_doubled(r, "read-only PostgreSQL database") == clean(len(r.sent))
     finally:
         await admin.dispose()

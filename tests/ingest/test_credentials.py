@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import tempfile
@@ -59,12 +60,27 @@ def test_issue_writes_every_file_with_a_password_per_account(tmp_path: Path) -> 
         "423": ["dpus/423/#"],
         SERVICE_USERNAME: ["headcount/#", "homeassistant/#"],
     }
-    assert acl["subscribe_acl"] == {SERVICE_USERNAME: ["dpus/#"]}
-    assert "pattern write dpus/%u/#" in (auth / "mosquitto.acl").read_text()
+    assert acl["subscribe_acl"] == {SERVICE_USERNAME: ["dpus/#", "headcount/#"]}
+    dynsec = json.loads((auth / "mosquitto-dynsec.json").read_text())
+    clients = {c["username"]: c for c in dynsec["clients"]}
+    assert sorted(clients) == sorted(made)
+    for name, client in clients.items():  # the same hash as mosquitto.passwd's
+        assert mosquitto[name] == f"$7${client['iterations']}${client['salt']}${client['password']}"
+    # A DPU may use only its own id as client id; the service, any (several connections).
+    assert {name: c.get("clientid") for name, c in clients.items()} == {
+        "283": "283",
+        "423": "423",
+        SERVICE_USERNAME: None,
+    }
+    roles = {
+        r["rolename"]: [(a["acltype"], a["topic"]) for a in r["acls"]] for r in dynsec["roles"]
+    }
+    assert roles["dpu-283"] == [("publishClientSend", "dpus/283/#")]
+    assert ("subscribePattern", "headcount/#") in roles[SERVICE_USERNAME]
     conf = (auth / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf
-    assert "use_username_as_clientid true" in conf
-    assert f"password_file {auth.resolve() / 'mosquitto.passwd'}" in conf
+    assert "use_username_as_clientid" not in conf  # it breaks the service's connections
+    assert f"plugin_opt_config_file {auth.resolve() / 'mosquitto-dynsec.json'}" in conf
     assert [p.name for p in auth.iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 
@@ -100,6 +116,7 @@ def test_rotate_replaces_one_password(tmp_path: Path) -> None:
         pytest.param(["283"], ["999"], "--rotate 999: no such DPU", id="rotate-unknown"),
         pytest.param(["a:b"], [], "'a:b' cannot be a broker username", id="colon"),
         pytest.param([SERVICE_USERNAME], [], "the service account's name", id="service-name"),
+        pytest.param(["headcount-out"], [], "the service account's name", id="service-prefix"),
     ],
 )
 def test_unusable_input_is_refused_and_writes_nothing(
@@ -108,6 +125,23 @@ def test_unusable_input_is_refused_and_writes_nothing(
     with pytest.raises(ConfigError, match=says):
         issue(dpu_ids, tmp_path / "auth", rotate=rotate)
     assert not (tmp_path / "auth").exists()
+
+
+@pytest.mark.parametrize("old", ["mosquitto.acl", "amqtt-acl.yaml"])
+def test_files_of_an_older_version_are_refused_until_written_again(
+    tmp_path: Path, old: str
+) -> None:
+    made = issue(["283"], tmp_path)
+    if old == "mosquitto.acl":  # beside a mosquitto.conf with use_username_as_clientid
+        (tmp_path / old).write_text("pattern write dpus/%u/#\n")
+    else:  # the service could subscribe to dpus/# only
+        before, _, after = (tmp_path / old).read_text().rpartition("  - headcount/#\n")
+        (tmp_path / old).write_text(before + after)
+    with pytest.raises(ConfigError, match="older 'headcount dpus credentials'"):
+        load(tmp_path)
+    assert issue(["283"], tmp_path) == {}  # written again, every password kept
+    assert load(tmp_path).service_password == made[SERVICE_USERNAME]
+    assert not (tmp_path / "mosquitto.acl").exists()
 
 
 def test_load_names_the_command_when_the_directory_has_no_credentials(tmp_path: Path) -> None:

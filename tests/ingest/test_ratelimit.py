@@ -106,7 +106,9 @@ async def test_one_dpu_flooding_does_not_starve_another(store: EventStore) -> No
         assert sorted(k for k in stored if k[0] == "283") == [("283", n) for n in range(1, 101)]
         # The reference fold of what was let through: 283's first BURST and all of 423's.
         r.sent = [t for t in r.sent if t.dpu_id == "423" or t.seq <= BURST]
-        assert await lost_and_doubled(r) == clean(len(r.sent))
+        assert await lost_and_doubled(
+            r, "one DPU flooding (counted: what the limit let through)"
+        ) == clean(len(r.sent))
 
         entries = await quarantined(r.store, limit=1000)
         assert len(entries) == KEEP

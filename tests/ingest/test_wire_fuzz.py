@@ -1,8 +1,11 @@
-"""The wire decoder under fuzzing: 10,500 generated inputs per run, none may escape as anything
-but a :class:`WireError` with a reason, and every accepted payload round-trips.
+"""The wire decoder under fuzzing: 13,500 generated inputs per run, 10,000 of them payloads,
+none may escape as anything but a :class:`WireError` with a reason, and every accepted payload
+round-trips.
 
 The example counts are fixed here (not left to a Hypothesis profile) so that every run, in CI
-and on a laptop, tries the same number: see ``FUZZED`` for the total.
+and on a laptop, tries the same number: see ``FUZZED_PAYLOADS`` and ``FUZZED``. Each test
+stops at its ``max_examples`` (``pytest --hypothesis-show-statistics`` says "Stopped because
+settings.max_examples=..."), so these are the counts tried, not bounds.
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ _T = TypeVar("_T")
 
 #: Examples per test. Their sum is what one run fuzzes.
 EXAMPLES: Final = {
-    "packed": 2500,
-    "unpacked": 2500,
-    "limits": 800,
+    "packed": 3500,
+    "unpacked": 3500,
+    "limits": 1000,
+    "status": 2000,
     "topics": 3000,
-    "status": 1200,
     "screen": 500,
 }
+#: The tests whose input is a payload's bytes (traversals or status), as the issue counts.
+PAYLOAD_TESTS: Final = ("packed", "unpacked", "limits", "status")
+FUZZED_PAYLOADS: Final = sum(EXAMPLES[name] for name in PAYLOAD_TESTS)
 FUZZED: Final = sum(EXAMPLES.values())
 
 
@@ -86,7 +92,8 @@ def round_trips(dpu_id: str, events: list[Traversal]) -> None:
 
 
 def test_the_run_fuzzes_at_least_10000_payloads() -> None:
-    assert FUZZED >= 10_000
+    # Topics and decoded batches are fuzzed besides, but they are not payloads.
+    assert FUZZED_PAYLOADS >= 10_000
 
 
 @fuzz_as("packed")

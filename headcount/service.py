@@ -15,11 +15,13 @@ assembly of the service reads best in one place.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
@@ -301,6 +303,7 @@ async def _run(settings: Settings, choice: TopologyChoice, stop: asyncio.Event) 
         # off every few tens of thousands and which would walk it all again each time.
         gc.collect()
         gc.freeze()
+        _return_free_memory()
         upkeep = PartitionUpkeep(store.engine)  # PostgreSQL: this month and the next made
         background: list[tuple[str, Part]] = [
             ("dpu-health", watch),
@@ -586,3 +589,17 @@ def _check_port(host: str, port: int, what: str, flag: str) -> None:
 def _safe_url(url: str) -> str:
     """A URL fit for a log line: the password hidden."""
     return make_url(url).render_as_string(hide_password=True) if "://" in url else url
+
+
+def _return_free_memory() -> None:
+    """Give the C allocator's free memory back to the system once start-up is over: reading
+    the topology and recovering leave much of it free (40 MiB of 530 at 100,000 spaces), which
+    glibc keeps for the process unless asked. Elsewhere (another C library): nothing to do."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)

@@ -558,6 +558,10 @@ async def _start_broker(settings: Settings, stack: AsyncExitStack) -> BrokerAddr
         broker.port,
         " (TLS)" if settings.mqtt_tls else "",
     )
+    if settings.dpu_auth is not None:
+        warning = storm_warning(credentials.load(settings.dpu_auth).dpus)
+        if warning is not None:
+            log.warning("%s", warning)
     return broker.service_address()
 
 
@@ -603,3 +607,25 @@ def _return_free_memory() -> None:
     except (OSError, AttributeError):  # not glibc
         return
     trim(0)
+
+
+#: From this many DPU accounts on, the embedded broker's logins are worth a warning.
+EMBEDDED_AUTH_DPUS = 200
+
+
+def storm_warning(dpus: int) -> str | None:
+    """What to tell an operator whose DPUs log in to the broker inside the service: a login
+    is checked with Argon2 and set up on this process's loop, and when many reconnect at once
+    (after a restart of the service or of the network) the HTTP API slows for the minutes that
+    takes (p99 0.4 s for 1,000 DPUs, BENCHMARKS.md "Connect storm"); counting goes on. A
+    broker of its own keeps that off the service."""
+    if dpus < EMBEDDED_AUTH_DPUS:
+        return None
+    return (
+        f"{dpus:,} DPU accounts log in to the broker inside this service: when they reconnect"
+        " at once (after a restart of the service or of the network), each first login's"
+        " Argon2 check and set-up run in this process, and the HTTP API slows for the minutes"
+        " that takes (p99 about 0.4 s for 1,000 DPUs; counting goes on). Run the broker in a"
+        " process of its own: 'headcount broker --dpu-auth DIR', and 'headcount serve --broker"
+        " mqtt://...' with the same --dpu-auth"
+    )

@@ -20,7 +20,14 @@ from headcount.history import History
 from headcount.http.tokens import Scope, add_token
 from headcount.ingest.broker import free_port
 from headcount.ingest.credentials import issue
-from headcount.service import ServiceFailedError, Settings, preflight, run_parts
+from headcount.service import (
+    EMBEDDED_AUTH_DPUS,
+    ServiceFailedError,
+    Settings,
+    preflight,
+    run_parts,
+    storm_warning,
+)
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.toml"
 NOW = 1_700_000_000_000
@@ -218,3 +225,11 @@ def test_the_embedded_broker_beyond_loopback_needs_dpu_auth_or_a_flag(tmp_path: 
 def test_dpu_auth_without_credentials_says_how_to_make_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="headcount dpus credentials --out"):
         preflight(Settings(http_port=free_port(), mqtt_port=free_port(), dpu_auth=tmp_path))
+
+
+def test_many_dpu_accounts_on_the_embedded_broker_point_to_a_broker_of_its_own() -> None:
+    assert storm_warning(EMBEDDED_AUTH_DPUS - 1) is None
+    warning = storm_warning(1_000)
+    assert warning is not None
+    assert warning.startswith("1,000 DPU accounts log in to the broker inside this service")
+    assert "'headcount broker --dpu-auth DIR'" in warning

@@ -103,6 +103,11 @@ class DpuAuth:
     def amqtt_passwd(self) -> Path:
         return self.directory / AMQTT_PASSWD
 
+    @property
+    def dpus(self) -> int:
+        """How many DPU accounts there are (the service's is not one)."""
+        return sum(1 for user in self.acl["publish_acl"] if user != SERVICE_USERNAME)
+
 
 def mosquitto_hash(password: str, *, salt: bytes | None = None) -> str:
     """``$7$101$salt$hash``: what Mosquitto 2's ``mosquitto_passwd`` writes (base64 of a

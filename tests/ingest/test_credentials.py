@@ -94,6 +94,7 @@ def test_running_again_keeps_passwords_and_adds_new_dpus(tmp_path: Path) -> None
     assert ARGON2.verify(first[SERVICE_USERNAME], amqtt[SERVICE_USERNAME])
     assert before.splitlines()[0] in (tmp_path / "amqtt.passwd").read_text()
     assert load(tmp_path).service_password == first[SERVICE_USERNAME]
+    assert load(tmp_path).dpus == 2  # the service's account is not a DPU's
     assert issue(["283", "423"], tmp_path) == {}
 
 

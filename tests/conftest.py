@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,16 @@ pytest_plugins = ["tests.mqtt_fixtures"]
 POSTGRES_ENV = "HEADCOUNT_TEST_POSTGRES_URL"
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "seed"
+
+
+@pytest.fixture
+def auth_dir() -> Iterator[Path]:
+    """A directory for DPU credentials that a Mosquitto started by a test can read once it
+    has dropped root (pytest's ``tmp_path`` is root's alone)."""
+    directory = Path(tempfile.mkdtemp(prefix="headcount-test-auth-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +31,6 @@ SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "topology.
 BROKERS = ["amqtt", "mosquitto"]
 TS = parse_iso("2024-03-05T09:00:00Z")
 SERVICE_CLIENT_ID = "headcount-service"
-
-
-@pytest.fixture
-def auth_dir() -> Iterator[Path]:
-    """A directory Mosquitto can read once it has dropped root (pytest's tmp_path is root's)."""
-    directory = Path(tempfile.mkdtemp(prefix="headcount-test-auth-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import random
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,15 +305,6 @@ async def test_one_shard_answers_as_no_shards_do(
     finally:
         await plain.stop(signal.SIGKILL)
         await one.stop(signal.SIGKILL)
-
-
-@pytest.fixture
-def auth_dir() -> Iterator[Path]:
-    """A directory Mosquitto can read once it has dropped root (pytest's tmp_path is root's)."""
-    directory = Path(tempfile.mkdtemp(prefix="headcount-test-auth-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 async def test_two_shards_with_dpu_credentials_on_mosquitto_answer_the_truth(

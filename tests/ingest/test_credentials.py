@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -150,15 +147,6 @@ def test_load_names_the_command_when_the_directory_has_no_credentials(tmp_path: 
         load(tmp_path)
 
 
-@pytest.fixture
-def readable_dir() -> Iterator[Path]:
-    """A directory Mosquitto can read after dropping root (pytest's tmp_path is root's)."""
-    directory = Path(tempfile.mkdtemp(prefix="headcount-test-auth-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
-
-
 async def connect(port: int, username: str | None, password: str | None, client_id: str) -> None:
     async with aiomqtt.Client(
         "127.0.0.1", port, username=username, password=password, identifier=client_id
@@ -166,11 +154,9 @@ async def connect(port: int, username: str | None, password: str | None, client_
         pass
 
 
-async def test_a_real_mosquitto_accepts_the_generated_files(
-    tmp_path: Path, readable_dir: Path
-) -> None:
-    made = issue(["283"], readable_dir)
-    config = (readable_dir / "mosquitto.conf").read_text()
+async def test_a_real_mosquitto_accepts_the_generated_files(tmp_path: Path, auth_dir: Path) -> None:
+    made = issue(["283"], auth_dir)
+    config = (auth_dir / "mosquitto.conf").read_text()
     with MosquittoServer(tmp_path / "mosquitto", config) as server:
         await connect(server.port, "283", made["283"], "283")
         await connect(server.port, SERVICE_USERNAME, made[SERVICE_USERNAME], "headcount")

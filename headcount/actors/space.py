@@ -7,6 +7,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from types import EllipsisType
 
 from headcount.actors.changes import Cause, Change, ChangeFeed
 from headcount.actors.live import DeltaRow, LiveSpace, Outcomes
@@ -184,16 +185,20 @@ class SpaceActor:
         checkpoint = _BEFORE_ALL if newest is None else min(self._clock(), newest) - self.window_ms
         return checkpoint if closed_before is None else max(checkpoint, closed_before - 1)
 
-    async def recover(self) -> None:
+    async def recover(self, closed_before: int | EllipsisType | None = ...) -> None:
         """Rebuild the live state from the store: the state at the checkpoint (snapshot +
         log), then every event after it. Events still in the mailbox that the store already
         holds are recognised as duplicates when they are applied. After a restart the state
-        recovered is published (a ``correction``): the events of a crashed drain were not."""
+        recovered is published (a ``correction``): the events of a crashed drain were not.
+        ``closed_before``: where the log was closed (``EventLog.closed_before``), when the
+        caller read it for many spaces at once; read here otherwise."""
         restarting = self._live is not None
         view = SpaceView.of(self.history.topology, self.space_id)
         stored = self.history.store.log
+        if closed_before is ...:
+            closed_before = await stored.closed_before()
         newest = await stored.newest_ts(s.dpu_id for s in view.sources)
-        checkpoint = self.checkpoint_for(newest, await stored.closed_before())
+        checkpoint = self.checkpoint_for(newest, closed_before)
         settled = (await self.history.count_at(self.space_id, checkpoint)).state
         recent = [
             event

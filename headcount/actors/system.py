@@ -124,10 +124,11 @@ class ActorSystem:
             how = f"in one pass over {events:,} events"
         else:
             limit = asyncio.Semaphore(self._recover_concurrency)
+            closed = await store.log.closed_before()
 
             async def recover(actor: SpaceActor) -> None:
                 async with limit:
-                    await actor.recover()
+                    await actor.recover(closed)
 
             async with asyncio.TaskGroup() as group:
                 for actor in self.actors.values():

@@ -138,6 +138,17 @@ async def stored_events(store_url: str) -> set[tuple[str, int]]:
     return keys
 
 
+async def assert_stored_as_sent(tmp_path: Path, ran: Simulated, store_url: str) -> None:
+    """Every event the simulator sent is stored, once, and nothing else (lost 0, doubled 0)."""
+    sent = sent_events(tmp_path)
+    assert len(sent) == ran.summary["events"] > 500
+    stored = await stored_events(store_url)
+    assert stored == sent, (
+        f"sent {len(sent)}, stored {len(stored)}, lost {len(sent - stored)},"
+        f" not sent {len(stored - sent)}"
+    )
+
+
 async def assert_true_counts(
     services: Sequence[Service], ran: Simulated, topology: Topology, truth: Truth
 ) -> int:
@@ -192,13 +203,7 @@ async def test_a_day_through_every_node_with_one_stopped_mid_burst_is_counted_ex
             topology = Topology.from_toml(topology_file.read_text())
             truth = Truth.load(tmp_path / "truth.csv")
             assert await assert_true_counts([service], ran, topology, truth) > 300
-        sent = sent_events(tmp_path)
-        assert len(sent) == ran.summary["events"] > 500
-        stored = await stored_events(postgres_url)
-        assert stored == sent, (
-            f"sent {len(sent)}, stored {len(stored)}, lost {len(sent - stored)},"
-            f" not sent {len(stored - sent)}"
-        )
+        await assert_stored_as_sent(tmp_path, ran, postgres_url)
 
 
 class ShardService(StoreService):
@@ -282,10 +287,4 @@ async def test_three_shards_and_a_standby_count_a_day_exactly_through_a_kill_and
         truth = Truth.load(tmp_path / "truth.csv")
         alive = [processes[name] for name in ("s1", "s2", "standby")]
         assert await assert_true_counts(alive, ran, topology, truth) > 3 * 300
-        sent = sent_events(tmp_path)
-        assert len(sent) == ran.summary["events"] > 500
-        stored = await stored_events(postgres_url)
-        assert stored == sent, (
-            f"sent {len(sent)}, stored {len(stored)}, lost {len(sent - stored)},"
-            f" not sent {len(stored - sent)}"
-        )
+        await assert_stored_as_sent(tmp_path, ran, postgres_url)

@@ -45,6 +45,7 @@ from typing import Generic, Protocol, TypeVar
 from headcount.actors import ActorSystem
 from headcount.clock import now_ms
 from headcount.domain.events import Traversal
+from headcount.domain.timefmt import format_ms
 from headcount.errors import StoreDataError, StoreError, StoreWritesRefusedError
 from headcount.eventstore.quarantine import MAX_PAYLOAD_KEPT
 from headcount.eventstore.records import AppendResult, QuarantineEntry
@@ -184,6 +185,9 @@ class Ingest(Generic[M]):
         self._budget = QuarantineBudget(
             self.settings.quarantine_keep, self.settings.quarantine_window_s, monotonic=monotonic
         )
+        #: Where the log was closed by ``partitions detach``, once a refusal showed it: the
+        #: store refuses every event before it, so they are refused here without asking it.
+        self._closed_before: int | None = None
         # The metrics a flood touches per message, by label (keys and reasons are bounded).
         self._limited = functools.cache(self.metrics.rate_limited.labels)
         self._suppressed = functools.cache(self.metrics.quarantine_suppressed.labels)
@@ -329,6 +333,9 @@ class Ingest(Generic[M]):
             part.quarantine.append(self._refused(message, e.rejection, now))
             return part
         kept, rejections = wire.screen(events, self.topology, now=now, max_skew_ms=s.max_skew_ms)
+        if self._closed_before is not None:
+            kept, closed = _split_closed(kept, self._closed_before)
+            rejections += closed
         part.traversals.extend(kept)
         for rejection in [*mismatched, *rejections]:
             part.rejected.append(rejection.reason.value)
@@ -451,14 +458,14 @@ class Ingest(Generic[M]):
             await self.actors.route([*result.new, *_stored_before(parts, result)])
 
     async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
-        """Store what it can of a message whose content the store refuses. A message of
-        several items is stored item by item, so that one event the store refuses (one older
-        than a PostgreSQL log closed by ``partitions detach``, say) costs only itself.
-        What is refused on its own is quarantined in a form any store holds: printable ASCII
-        of bounded length and a bounded prefix of the payload. If even that is refused, it is
-        logged and counted as dropped. Either way the message is acknowledged."""
-        if part.traversals and len(part.traversals) + len(part.quarantine) > 1:
-            await self._one_by_one(part, error)
+        """Store what it can of a message whose content the store refuses. Events older than
+        a PostgreSQL log closed by ``partitions detach`` (what the store refuses event by
+        event) cost only themselves: each is quarantined, the rest of the message stored.
+        Otherwise the message is quarantined in a form any store holds: printable ASCII of
+        bounded length and a bounded prefix of the payload. If even that is refused, it is
+        logged and counted as dropped. Either way it is acknowledged, in a few commits at
+        most, so nothing after it waits long."""
+        if part.traversals and await self._refuse_closed(part):
             return
         message = part.message
         log.error(
@@ -491,34 +498,58 @@ class Ingest(Generic[M]):
             )
             self.metrics.dropped.labels(reason).inc()
 
-    async def _one_by_one(self, part: _Part[M], error: StoreDataError) -> None:
-        """Store a refused message's traversals one at a time, then its quarantine entries
-        together; each refused on its own goes through :meth:`_isolate` again."""
-        message = part.message
-        log.warning(
-            "the store refuses part of the message on topic %s (%s); storing its %d"
-            " traversal(s) one by one",
-            _ascii(message.topic, 200),
-            _ascii(str(error), 500),
-            len(part.traversals),
-        )
+    async def _refuse_closed(self, part: _Part[M]) -> bool:
+        """If the log is closed before some of the part's events, commit the part again with
+        those quarantined instead (one commit; what the store still refuses goes on to
+        :meth:`_isolate`'s whole-message form) and say so; ``False`` when none is."""
+        try:
+            closed_before = await self.store.log.closed_before()
+        except StoreError as e:  # the whole-message form then, not a stopped ingest
+            log.warning("cannot read where the log was closed (%s)", e)
+            return False
+        if closed_before is None:
+            return False
+        self._closed_before = closed_before
+        kept, closed = _split_closed(part.traversals, closed_before)
+        if not closed:
+            return False
         now = self._clock()
-        reason = wire.Reason.UNSTORABLE
-        for traversal in part.traversals:
-            single = _Part(message, [traversal], dpu_key=part.dpu_key, uncertain=part.uncertain)
-            try:
-                await self._commit([single])
-            except StoreDataError as e:
-                rejection = wire.Rejection(
-                    reason,
-                    f"DPU {traversal.dpu_id!r} seq {traversal.seq}: the store refused this"
-                    f" event ({_ascii(str(e), 500)}); the message's other events were stored",
-                    traversal,
+        entries = [self._refused(part.message, rejection, now) for rejection in closed]
+        again = _Part(
+            part.message,
+            kept,
+            [*part.quarantine, *entries],
+            [*part.rejected, *(r.reason.value for r in closed)],
+            dpu_key=part.dpu_key,
+            budgeted=True,
+            uncertain=part.uncertain,
+        )
+        await self._store([again])
+        return True
+
+
+def _split_closed(
+    traversals: Sequence[Traversal], closed_before: int
+) -> tuple[list[Traversal], list[wire.Rejection]]:
+    """The traversals a log closed before ``closed_before`` still takes, and a refusal for
+    each it does not."""
+    kept: list[Traversal] = []
+    refused: list[wire.Rejection] = []
+    for t in traversals:
+        if t.ts >= closed_before:
+            kept.append(t)
+        else:
+            refused.append(
+                wire.Rejection(
+                    wire.Reason.UNSTORABLE,
+                    f"DPU {t.dpu_id!r} seq {t.seq}: ts {format_ms(t.ts)} is before"
+                    f" {format_ms(closed_before)}, where the log was closed ('headcount"
+                    " partitions detach'): the store takes no event before it, so this one is"
+                    " kept here; the message's other events are stored as usual",
+                    t,
                 )
-                entry = self._refused(message, rejection, now)
-                await self._store([_Part(message, quarantine=[entry], rejected=[reason.value])])
-        if part.quarantine:
-            await self._store([_Part(message, quarantine=part.quarantine, rejected=part.rejected)])
+            )
+    return kept, refused
 
 
 def _raise_failed(committing: asyncio.Task[None] | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from unittest.mock import AsyncMock
 
 import msgpack
 import pytest
@@ -215,37 +216,88 @@ async def test_a_message_the_store_refuses_in_any_form_is_dropped_and_counted(
     assert "dpus/poison/traversals/x" in caplog.text
 
 
-async def test_one_event_the_store_refuses_costs_only_itself(store: EventStore) -> None:
-    """A message whose one event the store refuses (as PostgreSQL refuses one older than a log
-    closed by ``partitions detach``): its other events are stored and counted, the refused
-    one is quarantined with the store's reason and the event as its payload."""
-    refused_ts = NOW - 3_333
+async def test_events_before_a_closed_log_cost_only_themselves(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message holding events older than a log closed by ``partitions detach`` (which the
+    store refuses, as PostgreSQL's trigger does; injected here on both backends): its other
+    events are stored and counted, each refused one is quarantined with the event as its
+    payload, and that takes a few refused statements, not one per event (nothing after the
+    message waits for a commit per event)."""
+    closed_before = NOW - 3_500
+    monkeypatch.setattr(store.log, "closed_before", AsyncMock(return_value=closed_before))
     faults = StoreFaults(store.engine)
     faults.refuse(
         lambda statement, parameters: (
-            "INSERT INTO traversals" in statement and refused_ts in _flat(parameters)
+            "INSERT INTO traversals" in statement
+            and any(
+                isinstance(v, int) and NOW - 10_000 < v < closed_before for v in _flat(parameters)
+            )
         )
     )
-    refused = Traversal("283", 3, refused_ts, 1)
+    early = [Traversal("283", 100 + i, NOW - 9_000 + i, 1) for i in range(40)]
     mixed = Msg(
         wire.traversals_topic("283"),
         wire.encode(
-            [Traversal("283", 2, NOW - 4000, 1), refused, Traversal("283", 4, NOW - 2000, 1)]
+            [Traversal("283", 2, NOW - 3_000, 1), *early, Traversal("283", 4, NOW - 2000, 1)]
         ),
     )
-    messages = [traversal("283", 1, NOW - 5000), mixed, traversal("423", 7, NOW - 1000, -1)]
+    messages = [traversal("283", 1, NOW - 3_400), mixed, traversal("423", 7, NOW - 1000, -1)]
     try:
         acked, metrics, system, _ = await run_ingest(store, messages, ONE_BATCH)
     finally:
         faults.remove()
     assert acked == messages
-    assert await store.log.count_traversals() == 4  # all but the refused one
+    assert await store.log.count_traversals() == 4  # all but the early ones
     assert system.live("A").count == 2  # +1 +1 +1 from 283, -1 from 423
-    [entry] = await quarantined(store)
-    assert entry.reason.startswith("unstorable: DPU '283' seq 3: the store refused this event")
-    assert entry.payload == wire.encode(refused)
-    assert counted(metrics, "quarantined", "unstorable") == 1
+    entries = await quarantined(store)
+    assert sorted(e.payload for e in entries) == sorted(wire.encode(t) for t in early)
+    assert all(
+        e.reason.startswith(f"unstorable: DPU '283' seq {t.seq}: ts ")
+        and "where the log was closed ('headcount partitions detach')" in e.reason
+        for e, t in zip(
+            sorted(entries, key=lambda e: e.payload), sorted(early, key=wire.encode), strict=True
+        )
+    )
+    assert counted(metrics, "quarantined", "unstorable") == len(early)
     assert counted(metrics, "ingest_dropped", "unstorable") == 0
+    assert 1 <= len([f for f in faults.failed if f.startswith("refused")]) <= 4
+
+
+async def test_once_a_closed_log_refused_an_event_older_ones_are_refused_without_the_store(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed_before = NOW - 3_500
+    monkeypatch.setattr(store.log, "closed_before", AsyncMock(return_value=closed_before))
+    faults = StoreFaults(store.engine)
+    faults.refuse(
+        lambda statement, parameters: (
+            "INSERT INTO traversals" in statement
+            and any(
+                isinstance(v, int) and NOW - 10_000 < v < closed_before for v in _flat(parameters)
+            )
+        )
+    )
+    # One message a batch, each read while the one before commits: the fourth is read once
+    # the second's refusal has been dealt with.
+    messages = [
+        traversal("283", 1, NOW - 3_200),
+        traversal("283", 2, NOW - 9_000),
+        traversal("283", 3, NOW - 3_000),
+        traversal("283", 4, NOW - 8_000),
+        traversal("283", 5, NOW - 2_000),
+    ]
+    try:
+        acked, metrics, system, _ = await run_ingest(
+            store, messages, IngestSettings(max_events=1, max_delay_s=0.05)
+        )
+    finally:
+        faults.remove()
+    assert acked == messages
+    assert await store.log.count_traversals() == 3
+    assert system.live("A").count == 3
+    assert counted(metrics, "quarantined", "unstorable") == 2
+    assert len([f for f in faults.failed if f.startswith("refused")]) == 1
 
 
 def _flat(parameters: object) -> list[object]:

@@ -67,7 +67,10 @@ class LiveSpace:
     The recent events are kept as their keys and values (a delta, or a reset's count) in two
     lists of plain tuples and integers, which the garbage collector stops tracking: a window of
     a busy space holds hundreds of thousands of events, and as objects every collection would
-    walk them all. Resets, rare, are also kept whole."""
+    walk them all. Resets, rare, are also kept whole (in a dict made for the first one: a
+    hundred thousand spaces mostly have none)."""
+
+    __slots__ = ("_folder", "_keys", "_resets", "_values", "checkpoint", "settled", "space")
 
     def __init__(
         self,
@@ -81,7 +84,7 @@ class LiveSpace:
         self.checkpoint = checkpoint
         self._keys: list[EventKey] = []
         self._values: list[int] = []
-        self._resets: dict[EventKey, Reset] = {}
+        self._resets: dict[EventKey, Reset] | None = None
         for event in sorted(recent, key=fold_key):
             if event.ts <= checkpoint:
                 raise ValueError("recent events must be newer than the checkpoint")
@@ -97,7 +100,7 @@ class LiveSpace:
             self._values.append(event.delta)
         else:
             self._values.append(event.count)
-            self._resets[key] = event
+            self._keep_reset(key, event)
 
     def _insert(self, at: int, key: EventKey, event: SpaceEvent) -> None:
         self._keys.insert(at, key)
@@ -105,7 +108,12 @@ class LiveSpace:
             self._values.insert(at, event.delta)
         else:
             self._values.insert(at, event.count)
-            self._resets[key] = event
+            self._keep_reset(key, event)
+
+    def _keep_reset(self, key: EventKey, reset: Reset) -> None:
+        if self._resets is None:
+            self._resets = {}
+        self._resets[key] = reset
 
     @property
     def state(self) -> SpaceState:
@@ -119,8 +127,9 @@ class LiveSpace:
 
     @property
     def recent(self) -> tuple[SpaceEvent, ...]:
+        resets = self._resets or {}
         return tuple(
-            self._resets[key]
+            resets[key]
             if key[1] == RESET_RANK
             else Delta(key[0], key[2], key[3], 1 if value > 0 else -1)
             for key, value in zip(self._keys, self._values, strict=True)

@@ -116,7 +116,7 @@ class SpaceActor:
         #: :meth:`tell_and_wait` waits for the second to reach its own.
         self._told = 0
         self._folded = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] | None = None  # made when needed
 
     @property
     def mailbox(self) -> Mailbox:
@@ -161,12 +161,16 @@ class SpaceActor:
         if self._folded >= ticket:
             return
         waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append((ticket, waiter))
         await waiter
 
     def _mark_folded(self, folded: int) -> None:
         """The live state now holds every event handed in up to the ``folded``-th."""
         self._folded = max(self._folded, folded)
+        if not self._waiters:
+            return
         still = []
         for ticket, waiter in self._waiters:
             if ticket <= self._folded:

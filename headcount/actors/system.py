@@ -86,13 +86,14 @@ class ActorSystem:
         ids = list(self.topology.spaces if space_ids is None else space_ids)
         for space_id in ids:
             self.topology.space(space_id)  # unknown ids fail here, not later
+        applied = self._applied  # one bound method for all, not one each
         self.actors: dict[str, SpaceActor] = {
             space_id: SpaceActor(
                 space_id,
                 history,
                 mailbox_size=mailbox_size,
                 window_ms=window_ms,
-                on_applied=self._applied,
+                on_applied=applied,
                 on_late=on_late,
                 clock=clock,
                 changes=self.changes,

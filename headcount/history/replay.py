@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Self
 
 from headcount.clock import now_ms
@@ -87,6 +89,34 @@ def _known(seq: int | None) -> int:
     if seq is None:
         raise RuntimeError("the log scan left out the seq of an event the pass keeps")
     return seq
+
+
+def _fold_run(folder: Folder, rows: list[_Row], start: int, end: int) -> None:
+    """Fold ``rows[start:end]`` (traversals of one space in time order, each row's direction
+    its delta to the space, no daily reset) into ``folder``: the rule of ``Folder.delta``
+    row by row, computed in bulk. The count moves by the sum of the deltas unless the floor
+    can stop it (only when it starts below the run's length: then the lowest running sum
+    says whether it does, and only then is the run folded row by row); of ``k`` deltas of +1
+    or -1 summing to ``s``, ``(k + s) / 2`` are entrances."""
+    first = rows[start][2]
+    if folder.as_of is not None and first < folder.as_of:
+        raise ValueError(f"fold out of order: event at {first} after state as of {folder.as_of}")
+    deltas = [row[3] for row in rows[start:end]]
+    size = end - start
+    total = sum(deltas)
+    count = folder.count
+    if count < size and not folder.space.allow_negative and count + min(accumulate(deltas)) < 0:
+        for delta in deltas:
+            count += delta
+            if count < 0:
+                count = 0
+        folder.count = count
+    else:
+        folder.count = count + total
+    entrances = (size + total) // 2
+    folder.entrances += entrances
+    folder.exits += size - entrances
+    folder.as_of = rows[end - 1][2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,63 +312,46 @@ class _Track:
             rows.clear()  # in place: the routes of the pass append to this list
 
     def _fold_rows(self, rows: list[_Row], head: Head) -> None:
-        folder = self.folder
+        """Fold a space's traversals of a batch (in time order, as the scan reads them) run by
+        run: a run ends where a snapshot falls due, at the next probe or check, and where the
+        events kept as they are folded begin. Within a run the fold is the rule's in bulk
+        (:func:`_fold_run`); the events of the millisecond of a due snapshot, and the kept
+        ones, go one by one."""
+        i, n = 0, len(rows)
+        if rows[0][2] <= self.after:  # already in the state the pass started from
+            i = bisect_right(rows, self.after, key=_row_ts)
         cadence = self.cadence
-        every, counted, due, horizon = (
-            (0, 0, False, _BEFORE_ALL)
-            if cadence is None
-            else (cadence.every, cadence.count, cadence.due, cadence.horizon)
-        )
-        after, recent_after, watch_at, events = (
-            self.after,
-            self.recent_after,
-            self.next_watch,
-            self.events,
-        )
-        as_of, count, entrances, exits = folder.as_of, folder.count, folder.entrances, folder.exits
-        floor = not self.space.allow_negative
-        try:
-            for row in rows:
-                ts = row[2]
-                if ts <= after:
-                    continue
-                if ts > watch_at:  # a probe or check falls before this row: settle it
-                    folder.as_of, folder.count = as_of, count
-                    folder.entrances, folder.exits = entrances, exits
-                    self.reach(ts)
-                    watch_at = self.next_watch
-                if due and ts != as_of and as_of is not None and as_of <= horizon:
-                    due = False
-                    state = SpaceState(as_of, count, entrances, exits)
-                    self.sink.append(Snapshot(self.space.id, self.view.fingerprint, state, head))
-                if every:
-                    counted += 1
-                    if counted % every == 0:
-                        due = True
-                events += 1
-                if as_of is not None and ts < as_of:
-                    raise ValueError(f"fold out of order: event at {ts} after state as of {as_of}")
-                as_of = ts
-                delta = row[3]
-                count += delta
-                if count < 0 and floor:
-                    count = 0
-                if delta > 0:
-                    entrances += 1
-                else:
-                    exits += 1
-                if ts > recent_after:
-                    self.recent.append(Delta(ts, row[0], _known(row[1]), 1 if delta > 0 else -1))
-        finally:
-            folder.as_of, folder.count, folder.entrances, folder.exits = (
-                as_of,
-                count,
-                entrances,
-                exits,
-            )
-            self.events = events
+        folder = self.folder
+        while i < n:
+            ts = rows[i][2]
+            if ts > self.next_watch:  # a probe or check falls before this row: settle it
+                self.reach(ts)
+            if cadence is None:
+                j = n
+            elif cadence.due:  # row by row until the time moves on past the due point
+                if cadence.snapshot_before(folder.as_of, ts):
+                    self.sink.append(
+                        Snapshot(self.space.id, self.view.fingerprint, self.state, head)
+                    )
+                j = i + 1
+            else:
+                j = min(n, i + cadence.every - cadence.count % cadence.every)
+            if rows[j - 1][2] > self.next_watch:
+                j = bisect_right(rows, self.next_watch, i, j, key=_row_ts)
+            if ts > self.recent_after:  # kept as they are folded (recovery's)
+                for dpu_id, seq, at, delta in rows[i:j]:
+                    folder.delta(at, delta)
+                    self.recent.append(Delta(at, dpu_id, _known(seq), 1 if delta > 0 else -1))
+            else:
+                if rows[j - 1][2] > self.recent_after:
+                    j = bisect_right(rows, self.recent_after, i, j, key=_row_ts)
+                _fold_run(folder, rows, i, j)
+            self.events += j - i
             if cadence is not None:
-                cadence.count, cadence.due = counted, due
+                cadence.count += j - i
+                if cadence.count % cadence.every == 0:
+                    cadence.due = True
+            i = j
 
     def finish(self, head: Head) -> None:
         self.reach(_AFTER_ALL)

@@ -28,12 +28,16 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.domain.fold import SpaceState
+from headcount.domain.rollups import MAX_STRETCH_MS
 from headcount.domain.topology import Source
 from headcount.errors import StoreError
 from headcount.eventstore.statements import TAIL_PAGE
 
 __all__ = [
+    "LATE",
     "RESET",
+    "ROLLUP",
+    "STORED_RESET",
     "TRAVERSAL",
     "Answers",
     "SnapshotTail",
@@ -192,6 +196,51 @@ LIMIT {f"{{{_param_count(shape) + 2}}}" if window else TAIL_PAGE + 4}
     return sql.format(*(placeholder.format(n) for n in range(_param_count(shape) + 3)))
 
 
+#: Kinds of the rows of :func:`rollups_sql`.
+ROLLUP = 0
+LATE = 1
+STORED_RESET = 2
+
+
+@lru_cache(maxsize=1024)
+def rollups_sql(shape: _Shape, backend: str) -> str:
+    """A series' read of rollups (``eventstore.rollups``) for sources of ``shape``, with
+    parameters as :func:`snapshot_tail_sql`'s window (the space, the fingerprint, the window's
+    start, the sources, its end, a limit). Rows ``(kind, a, b, ...)``: each rollup of the space
+    under the fingerprint that meets the window and no replay superseded (:data:`ROLLUP`:
+    start, end, position, reset id, id, then its fields from ``events`` on, by start, the
+    newest first); each late traversal through the sources in the window (:data:`LATE`: its
+    time and position); each reset of the space in the window (:data:`STORED_RESET`: its time
+    and id). A rollup is usable unless a late traversal or a reset in its time was stored
+    after it: that is the caller's to decide."""
+    end = _param_count(shape) + 1
+    late = " OR ".join(
+        _source_terms(shape, f"t.ts > {{start}} AND t.ts >= {{3}} AND t.ts < {{{end}}}")
+    )
+    nulls = ", ".join(["NULL"] * 14)
+    sql = f"""
+SELECT * FROM (
+  SELECT {ROLLUP} AS kind, r.bucket_start AS a, r.bucket_end AS b, r.position, r.reset_id, r.id,
+    r.events, r.entrances, r.exits, r.shift, r.rise, r.dip, r.floor_end, r.floor_high,
+    r.reset_end, r.reset_low, r.reset_high
+  FROM rollups r
+  WHERE r.space_id = {{1}} AND r.fingerprint = {{2}} AND r.bucket_start < {{{end}}}
+    AND r.bucket_start > CAST({{3}} AS BIGINT) - {MAX_STRETCH_MS} AND r.bucket_end > {{3}}
+    AND NOT EXISTS (SELECT 1 FROM replayed_spaces x WHERE x.space_id = r.space_id
+      AND x.replay_id > r.generation AND (x.from_ts IS NULL OR x.from_ts < r.bucket_end))
+  UNION ALL
+  SELECT {LATE}, t.ts, t.position, {nulls} FROM traversals t WHERE t.late = true AND ({late})
+  UNION ALL
+  SELECT {STORED_RESET}, x.ts, x.id, {nulls} FROM resets x
+    WHERE x.space_id = {{1}} AND x.ts >= {{3}} AND x.ts < {{{end}}}
+) AS found
+ORDER BY kind, a, id DESC
+LIMIT {{{end + 1}}}
+"""
+    placeholder = "?{}" if backend == "sqlite" else "${}"
+    return sql.format(*(placeholder.format(n) for n in range(end + 2)))
+
+
 def _param_count(shape: _Shape) -> int:
     return 3 + sum(3 if bounded else 2 for bounded, _ in shape)
 
@@ -333,6 +382,37 @@ class Answers:
                     yield batch
 
             yield SnapshotWindow(SpaceState(as_of, count, entrances, exits), rows())
+
+    async def rollups(
+        self,
+        space_id: str,
+        fingerprint: str,
+        sources: Sequence[Source],
+        *,
+        start: int,
+        end: int,
+    ) -> list[Sequence[Any]] | None:
+        """The rows of :func:`rollups_sql` for the window ``[start, end)``, in one statement;
+        ``None`` where it cannot be read this way (the caller folds the log instead)."""
+        if not sources or self._closed or (self._sqlite_path is None and self._pg_args is None):
+            return None
+        shape = tuple((s.valid_until is not None, s.sensor_placement) for s in sources)
+        sql = rollups_sql(shape, self.engine.dialect.name)
+        params: list[Any] = [space_id, fingerprint, start, *_source_params(sources), end]
+        batches: AsyncGenerator[Sequence[Sequence[Any]], None]
+        if self._sqlite_path is not None:
+            batches = self._sqlite_batches(self._sqlite_path, sql, [*params, -1])
+        else:
+            batches = self._pg_batches(sql, params)
+        found: list[Sequence[Any]] = []
+        try:
+            async with aclosing(batches):
+                async for batch in batches:
+                    found += batch
+        except StoreError as e:
+            log.debug("rollups not read: %s", e)
+            return None
+        return found
 
     async def _sqlite_batches(
         self, path: str, sql: str, params: list[Any]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from headcount.domain.events import Traversal
 from headcount.domain.fold import SpaceState
+from headcount.domain.rollups import Rollup
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,19 @@ class Snapshot:
         if self.state.as_of is None:
             raise ValueError("a snapshot needs a state with an as_of time")
         return self.state.as_of
+
+
+@dataclass(frozen=True, slots=True)
+class RolledUp:
+    """Rollups of a space (``domain.rollups``) folded from the logs up to ``head`` under the
+    topology with ``fingerprint``, with the time up to which stored snapshots of the space
+    already cover its events (``covered``: the newest one's ``as_of``)."""
+
+    space_id: str
+    fingerprint: str
+    head: Head
+    covered: int
+    rollups: Sequence[Rollup]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.clock import Clock, now_ms
+from headcount.domain.rollups import Rollup
 from headcount.eventstore.engine import write_transaction
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot
-from headcount.eventstore.schema import replayed_spaces, replays, snapshots
+from headcount.eventstore.rollups import rollup_rows
+from headcount.eventstore.schema import replayed_spaces, replays, rollups, snapshots
 from headcount.eventstore.snapshots import snapshot_row
 from headcount.eventstore.statements import CHUNK
 
@@ -60,6 +62,26 @@ class Replays:
                         for s in written[start : start + _ROWS]
                     ],
                 )
+
+    async def add_rollups(
+        self,
+        generation: int,
+        made: Sequence[tuple[str, str, Sequence[Rollup]]],
+        head: Head,
+    ) -> None:
+        """Append a replay's rollups (``(space_id, fingerprint, rollups)`` for each space),
+        folded from the logs up to ``head``; each space's end at its newest snapshot of this
+        replay, so that a later event in their time is marked late (``Snapshots.add``)."""
+        rows = [
+            row
+            for space_id, fingerprint, rollups_made in made
+            for row in rollup_rows(space_id, fingerprint, rollups_made, head, generation)
+        ]
+        if not rows:
+            return
+        async with write_transaction(self.engine, exclusive=True) as conn:
+            for start in range(0, len(rows), _ROWS):
+                await conn.execute(rollups.insert(), rows[start : start + _ROWS])
 
     async def finish(self, generation: int, spaces: Sequence[ReplayedSpace]) -> None:
         """Record that the replay finished these spaces, in one transaction: from now on their

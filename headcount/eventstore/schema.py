@@ -142,6 +142,37 @@ snapshots = Table(
     Index(None, "as_of"),
 )
 
+#: What a space's events of ``[bucket_start, bucket_end)`` do to any count it starts with
+#: (``domain.rollups``): one row per five-minute bucket with events, one per stretch without,
+#: folded from every traversal up to log ``position`` and every reset up to ``reset_id`` under
+#: the topology whose fingerprint for the space is ``fingerprint``. Derived and disposable,
+#: used as snapshots are: a late traversal or a reset stored after it in its time makes it
+#: unusable, and a finished replay of a later generation supersedes it.
+rollups = Table(
+    "rollups",
+    metadata,
+    Column("id", Position, primary_key=True, autoincrement=True),
+    Column("space_id", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("bucket_start", BigInteger, nullable=False),
+    Column("bucket_end", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("reset_id", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("entrances", BigInteger, nullable=False),
+    Column("exits", BigInteger, nullable=False),
+    Column("shift", BigInteger, nullable=False),
+    Column("rise", BigInteger, nullable=False),
+    Column("dip", BigInteger, nullable=False),
+    Column("floor_end", BigInteger, nullable=False),
+    Column("floor_high", BigInteger, nullable=False),
+    Column("reset_end", BigInteger, nullable=True),
+    Column("reset_low", BigInteger, nullable=True),
+    Column("reset_high", BigInteger, nullable=True),
+    Index(None, "space_id", "fingerprint", "bucket_start"),
+)
+
 #: Input that was refused, with the reason: nothing that arrives is silently dropped.
 quarantine = Table(
     "quarantine",

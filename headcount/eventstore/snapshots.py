@@ -20,8 +20,9 @@ from headcount.domain.topology import Source
 from headcount.eventstore.engine import read_transaction, write_transaction
 from headcount.eventstore.engine import within as reading_in
 from headcount.eventstore.log import read_head
-from headcount.eventstore.records import Head, LateMark, Snapshot, StoredReset
-from headcount.eventstore.schema import replayed_spaces, resets, snapshots
+from headcount.eventstore.records import Head, LateMark, RolledUp, Snapshot, StoredReset
+from headcount.eventstore.rollups import rollup_rows, rollups_end
+from headcount.eventstore.schema import replayed_spaces, resets, rollups, snapshots
 from headcount.eventstore.statements import (
     first_arrival_through,
     late_through,
@@ -147,26 +148,42 @@ class Snapshots:
             )
         return bool(found)
 
-    async def add(self, taken: Sequence[Snapshot], sources: Sequence[Source]) -> list[Snapshot]:
-        """Append snapshots of one space, folded from the logs up to each one's ``head``.
+    async def rollups_end(self, space_id: str, fingerprint: str) -> int | None:
+        """Where the space's rollups under ``fingerprint`` end (``eventstore.rollups``)."""
+        async with read_transaction(self.engine) as conn:
+            return await rollups_end(conn, space_id, fingerprint)
+
+    async def add(
+        self,
+        taken: Sequence[Snapshot],
+        sources: Sequence[Source],
+        *,
+        made: RolledUp | None = None,
+    ) -> list[Snapshot]:
+        """Append snapshots of one space, folded from the logs up to each one's ``head``, and
+        the rollups ``made`` in the same fold.
 
         Under the exclusive log lock, any traversal or reset that reached the space after that
         head with a ``ts`` at or before a snapshot's time would make it wrong: such snapshots
-        are dropped. The others are stored as covering the logs up to the head of this moment,
-        so every event appended later with an earlier ``ts`` is marked late. Returns what was
-        stored."""
-        if not taken:
+        are dropped, and so are rollups that end after it. The others are stored as covering
+        the logs up to the head of this moment, so every event appended later with an earlier
+        ``ts`` is marked late. Rollups are stored only up to the newest snapshot of the space
+        (stored before or now): an event that arrives later in their time is marked late by
+        it, and so makes them unusable. Returns the snapshots stored."""
+        rolled = () if made is None else made.rollups
+        if not taken and not rolled:
             return []
-        space_ids = {s.space_id for s in taken}
+        space_ids = {s.space_id for s in taken} | ({made.space_id} if made else set())
         if len(space_ids) != 1:
             raise ValueError("Snapshots.add takes snapshots of one space at a time")
         (space_id,) = space_ids
-        oldest_head = Head(min(s.head.position for s in taken), min(s.head.reset_id for s in taken))
+        heads = [s.head for s in taken] + ([made.head] if made and rolled else [])
+        oldest_head = Head(min(h.position for h in heads), min(h.reset_id for h in heads))
         taken_at = self._clock()
         async with write_transaction(self.engine, exclusive=True) as conn:
             head = await read_head(conn)
             generation = await _generation(conn, space_id)
-            newest = max(s.as_of for s in taken)
+            newest = max([s.as_of for s in taken] + [r.end - 1 for r in rolled])
             first_unsafe = await _first_arrival_ts(
                 conn, space_id, sources, oldest_head, until=newest
             )
@@ -176,6 +193,18 @@ class Snapshots:
                     snapshots.insert(),
                     [snapshot_row(s, head, taken_at, generation) for s in keep],
                 )
+            if made is not None and rolled:
+                covered = max([s.as_of for s in keep] + [made.covered])
+                safe = [
+                    r
+                    for r in rolled
+                    if r.end - 1 <= covered and (first_unsafe is None or r.end <= first_unsafe)
+                ]
+                if safe:
+                    await conn.execute(
+                        rollups.insert(),
+                        rollup_rows(space_id, made.fingerprint, safe, head, generation),
+                    )
         return [
             Snapshot(s.space_id, s.fingerprint, s.state, head, taken_at, generation) for s in keep
         ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -32,6 +32,7 @@ from typing import Self
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Direction, Reset, SpaceEvent, space_delta
 from headcount.domain.fold import Folder, SpaceState, advance
+from headcount.domain.rollups import Rollup, RollupBuilder, bucket_ceil, bucket_floor
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.log import interleave_resets, reset_ts
@@ -177,6 +178,7 @@ class _Track:
         "cadence",
         "checked",
         "checks",
+        "covered",
         "events",
         "folder",
         "mismatches",
@@ -186,6 +188,8 @@ class _Track:
         "probes",
         "recent",
         "recent_after",
+        "roll_from",
+        "rolling",
         "sink",
         "space",
         "view",
@@ -225,6 +229,45 @@ class _Track:
         #: ``recover_at``: the events after this time, kept as they are folded.
         self.recent_after = _AFTER_ALL
         self.recent: list[SpaceEvent] = []
+        #: ``run``: the space's rollups, made from the first event at or after ``roll_from``
+        #: (a bucket boundary; ``None``: the first event's bucket; ``_AFTER_ALL``: none made,
+        #: the passes that write nothing), and the time the snapshots taken so far cover
+        #: (rollups are written only that far).
+        self.rolling: RollupBuilder | None = None
+        self.roll_from: int | None = _AFTER_ALL
+        self.covered: int | None = None
+
+    def roll(self) -> None:
+        """Make the space's rollups as it is folded (a replay that writes)."""
+        self.roll_from = None if self.after == _BEFORE_ALL else bucket_ceil(self.after + 1)
+        if self.after != _BEFORE_ALL:
+            self.covered = self.after
+
+    def _builder(self, first: int, last: int) -> RollupBuilder | None:
+        """The rollup builder that events from ``first`` to ``last`` go to (those from where
+        it starts), if any yet."""
+        rolling = self.rolling
+        if rolling is None:
+            start = self.roll_from
+            if start is None:
+                start = bucket_floor(first)
+            elif last < start:
+                return None
+            rolling = self.rolling = RollupBuilder(self.space, start)
+        return rolling
+
+    def take(self, head: Head) -> None:
+        """Snapshot the state as it is."""
+        state = self.folder.state()
+        self.sink.append(Snapshot(self.space.id, self.view.fingerprint, state, head))
+        self.covered = state.as_of
+
+    def rollups(self) -> list[Rollup]:
+        """The rollups made, up to what the snapshots taken cover."""
+        if self.rolling is None or self.covered is None:
+            return []
+        limit = bucket_floor(self.covered + 1)
+        return [r for r in self.rolling.close(max(limit, self.rolling.done)) if r.end <= limit]
 
     def start_from(self, snapshot: Snapshot) -> None:
         self.folder = Folder(self.space, snapshot.state)
@@ -275,7 +318,7 @@ class _Track:
         cadence = self.cadence
         if cadence is not None:
             if cadence.snapshot_before(self.folder.as_of, ts):
-                self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+                self.take(head)
             cadence.folded()
         self.events += 1
         return True
@@ -290,10 +333,12 @@ class _Track:
         cadence = self.cadence
         if cadence is not None:
             if cadence.due and cadence.snapshot_before(self.folder.as_of, ts):
-                self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+                self.take(head)
             cadence.folded()
         self.events += 1
         self.folder.delta(ts, delta)
+        if self.roll_from != _AFTER_ALL and (rolling := self._builder(ts, ts)) is not None:
+            rolling.delta(ts, delta)
         if ts > self.recent_after:
             self.recent.append(Delta(ts, dpu_id, _known(seq), delta))
 
@@ -330,9 +375,7 @@ class _Track:
                 j = n
             elif cadence.due:  # row by row until the time moves on past the due point
                 if cadence.snapshot_before(folder.as_of, ts):
-                    self.sink.append(
-                        Snapshot(self.space.id, self.view.fingerprint, self.state, head)
-                    )
+                    self.take(head)
                 j = i + 1
             else:
                 j = min(n, i + cadence.every - cadence.count % cadence.every)
@@ -346,6 +389,13 @@ class _Track:
                 if rows[j - 1][2] > self.recent_after:
                     j = bisect_right(rows, self.recent_after, i, j, key=_row_ts)
                 _fold_run(folder, rows, i, j)
+                if (
+                    self.roll_from != _AFTER_ALL
+                    and (rolling := self._builder(ts, rows[j - 1][2])) is not None
+                ):
+                    rolling.traversals(
+                        rows, max(i, bisect_left(rows, rolling.done, i, j, key=_row_ts)), j
+                    )
             self.events += j - i
             if cadence is not None:
                 cadence.count += j - i
@@ -356,7 +406,7 @@ class _Track:
     def finish(self, head: Head) -> None:
         self.reach(_AFTER_ALL)
         if self.cadence is not None and self.cadence.snapshot_at_end(self.folder.as_of):
-            self.sink.append(Snapshot(self.space.id, self.view.fingerprint, self.state, head))
+            self.take(head)
 
 
 class _Writer:
@@ -440,8 +490,15 @@ class Replay:
                 base = await history.usable_snapshot(track.view, at_or_before=from_ts - 1)
                 if base is not None:
                     track.start_from(base)
+        for track in tracks.values():
+            track.roll()
         generation = await self.store.replays.begin(digest, from_ts=from_ts, head=head)
         rows = await self._pass(tracks, head, generation=generation)
+        await self.store.replays.add_rollups(
+            generation,
+            [(t.view.space_id, t.view.fingerprint, t.rollups()) for t in tracks.values()],
+            head,
+        )
         await self.store.replays.finish(
             generation,
             [
@@ -687,6 +744,11 @@ class Replay:
         track = tracks[reset.space_id]
         if track.before(reset.ts, head):
             track.folder.reset(reset.ts, reset.count)
+            if (
+                track.roll_from != _AFTER_ALL
+                and (rolling := track._builder(reset.ts, reset.ts)) is not None
+            ):
+                rolling.reset(reset.ts, reset.count)
             if reset.ts > track.recent_after:
                 track.recent.append(Reset(reset.space_id, reset.ts, reset.count, reset.source))
 

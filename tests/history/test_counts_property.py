@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from headcount.domain.events import Reset, Traversal
+from headcount.domain.rollups import BUCKET_MS
 from headcount.domain.topology import Topology
+from headcount.eventstore.answers import ROLLUP
 from headcount.eventstore.schema import metadata, on_backend
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
@@ -381,4 +383,13 @@ async def test_series_equals_reference_fold(
             space_id, view.fingerprint, view.sources, before=start, end=start + length
         ) as read:
             event("series in one statement" if read is not None else "series, general path")
+        if all(b % BUCKET_MS == 0 for b in bounds):
+            found = await store.answers.rollups(
+                space_id, view.fingerprint, view.sources, start=bounds[0], end=bounds[-1]
+            )
+            rolled = sum(1 for row in found or () if row[0] == ROLLUP)
+            spoiled = sum(1 for row in found or () if row[0] != ROLLUP)
+            event("rollups in the window" if rolled else "no rollups in the window")
+            if rolled and spoiled:
+                event("rollups and late events or resets in the window")
     event(f"series {interval}")

@@ -1,0 +1,296 @@
+"""Rollups: what a space's events in one five-minute bucket do to any count it starts with.
+
+A series asks, for every bucket, the count at its end, the lowest and highest count held in
+it, and its entrances, exits and events. Folding the log's rows for that costs every row of
+the window. A rollup stores one bucket's events as a function of the count the bucket starts
+with (the fold rule makes it a small one), so a series is the count at its start plus one
+rollup per bucket, however many events the buckets hold; and a late event spoils only the
+rollup of its own bucket, not those after it.
+
+The function. Before the bucket's first reset (manual or daily), a run of deltas with the floor
+at zero takes a starting count ``c`` to ``max(c + shift, floor_end)`` after its last delta,
+where ``shift`` is the sum of the deltas and ``floor_end`` what the run makes of a count of
+zero; the highest count it holds is ``max(c + rise, floor_high)`` (``rise``, the highest
+running sum, at least 0; ``floor_high``, the highest count from zero), and the lowest
+``max(c + dip, 0)`` (``dip``, the lowest running sum, at most 0). Without the floor (a space
+that allows negatives) they are ``c + shift``, ``c + rise`` and ``c + dip``. From the first
+reset on, every count is known whatever ``c`` was: the count at the end (``reset_end``) and
+the lowest and highest from that reset on (``reset_low``, ``reset_high``).
+
+Buckets are five minutes of UTC, which every zone's wall clock of this era divides (offsets
+are whole quarters of an hour), so any series of ``5m`` or longer buckets is made of them.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from headcount.domain.fold import daily_reset_window
+from headcount.domain.topology import Space
+
+__all__ = ["BUCKET_MS", "MAX_STRETCH_MS", "Rollup", "RollupBuilder", "bucket_ceil", "bucket_floor"]
+
+BUCKET_MS = 300_000
+#: The longest stretch without events one rollup stands for (a reader of a window finds its
+#: rollups among those that start at most this long before it).
+MAX_STRETCH_MS = 86_400_000
+_row_ts = itemgetter(2)
+
+
+def bucket_floor(ts: int) -> int:
+    """The start of the bucket holding ``ts``."""
+    return ts - ts % BUCKET_MS
+
+
+def bucket_ceil(ts: int) -> int:
+    """The first bucket boundary at or after ``ts``."""
+    return -(-ts // BUCKET_MS) * BUCKET_MS
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """The events of ``[start, end)`` as a function of the count before them (see the module's
+    text). ``end - start`` is one bucket when it holds events; a stretch of buckets without
+    any is one rollup with ``events == 0``."""
+
+    start: int
+    end: int
+    events: int = 0
+    entrances: int = 0
+    exits: int = 0
+    shift: int = 0
+    rise: int = 0
+    dip: int = 0
+    floor_end: int = 0
+    floor_high: int = 0
+    reset_end: int | None = None
+    reset_low: int | None = None
+    reset_high: int | None = None
+
+    def apply(self, count: int, floor: bool) -> tuple[int, int, int]:
+        """The count after these events, and the lowest and highest held from ``count`` (the
+        count before them) through each of them; ``floor``: the space's count stops at zero."""
+        if floor:
+            end = max(count + self.shift, self.floor_end)
+            low = max(count + self.dip, 0)
+            high = max(count + self.rise, self.floor_high)
+        else:
+            end, low, high = count + self.shift, count + self.dip, count + self.rise
+        if (
+            self.reset_end is not None
+            and self.reset_low is not None
+            and self.reset_high is not None
+        ):
+            end = self.reset_end
+            low = min(low, self.reset_low)
+            high = max(high, self.reset_high)
+        return end, low, high
+
+
+class RollupBuilder:
+    """Rollups of one space from its events in fold order, starting at the bucket boundary
+    ``start``: :meth:`delta` and :meth:`reset` for each event (the space's daily resets are
+    added at their instants), :meth:`close` for the rollups that end by a time. The rollups
+    made tile time from ``start`` on, without gaps."""
+
+    __slots__ = (
+        "_a",
+        "_b",
+        "_bucket",
+        "_daily",
+        "_dip",
+        "_e",
+        "_events",
+        "_exits",
+        "_floor",
+        "_high",
+        "_in_reset",
+        "_low",
+        "_q",
+        "_rise",
+        "_ups",
+        "done",
+        "made",
+        "space",
+    )
+
+    def __init__(self, space: Space, start: int) -> None:
+        if start % BUCKET_MS:
+            raise ValueError(f"rollups start at a bucket boundary, not at {start}")
+        self.space = space
+        self._floor = not space.allow_negative
+        #: Rollups made, in time order, and where the next one starts.
+        self.made: list[Rollup] = []
+        self.done = start
+        self._bucket = start
+        self._daily: int | None = None
+        if space.daily_reset is not None:
+            last, upcoming = daily_reset_window(space, start)
+            self._daily = last if last == start else upcoming
+        self._clear()
+
+    def _clear(self) -> None:
+        self._events = self._ups = self._exits = 0
+        self._a = self._rise = self._dip = self._b = self._q = 0
+        self._in_reset = False
+        self._e = self._low = self._high = 0
+
+    def _reach(self, ts: int) -> None:
+        """Before an event at ``ts``: close the bucket it is past and fold the daily resets
+        at or before it (they come first in their millisecond)."""
+        while True:
+            daily = self._daily
+            step = ts if daily is None or daily > ts else daily
+            if step >= self._bucket + BUCKET_MS:
+                self._close_bucket(bucket_floor(step))
+            if daily is None or daily > ts:
+                return
+            self._set(0)
+            self._daily = daily_reset_window(self.space, daily)[1]
+
+    def _close_bucket(self, upto: int) -> None:
+        """Close the open bucket and the empty stretch after it up to ``upto`` (a boundary)."""
+        end = self._bucket + BUCKET_MS
+        if self._events:
+            self.made.append(
+                Rollup(
+                    self._bucket,
+                    end,
+                    self._events,
+                    self._ups,
+                    self._exits,
+                    self._a,
+                    self._rise,
+                    self._dip,
+                    self._b,
+                    self._q,
+                    self._e if self._in_reset else None,
+                    self._low if self._in_reset else None,
+                    self._high if self._in_reset else None,
+                )
+            )
+            self._clear()
+        else:
+            end = self._bucket
+        made = self.made
+        while upto > end:  # a stretch without events: one rollup, at most a day long
+            last = made[-1] if made else None
+            if last and not last.events and last.end == end and end - last.start < MAX_STRETCH_MS:
+                start = made.pop().start
+            else:
+                start = end
+            end = min(upto, start + MAX_STRETCH_MS)
+            made.append(Rollup(start, end))
+        self._bucket = upto
+        self.done = upto
+
+    def _set(self, count: int) -> None:
+        self._events += 1
+        if self._in_reset:
+            self._e = count
+            self._low = min(self._low, count)
+            self._high = max(self._high, count)
+        else:
+            self._in_reset = True
+            self._e = self._low = self._high = count
+
+    def delta(self, ts: int, delta: int) -> None:
+        """A traversal's delta (+1 or -1) to the space at ``ts``."""
+        if ts >= self._bucket + BUCKET_MS or (self._daily is not None and self._daily <= ts):
+            self._reach(ts)
+        self._events += 1
+        if delta > 0:
+            self._ups += 1
+        else:
+            self._exits += 1
+        if self._in_reset:
+            e = self._e + delta
+            if e < 0 and self._floor:
+                e = 0
+            self._e = e
+            if e < self._low:
+                self._low = e
+            elif e > self._high:
+                self._high = e
+            return
+        a = self._a = self._a + delta
+        if a > self._rise:
+            self._rise = a
+        elif a < self._dip:
+            self._dip = a
+        b = self._b + delta
+        if b < 0:
+            b = 0
+        self._b = b
+        if b > self._q:
+            self._q = b
+
+    def traversals(self, rows: Sequence[Sequence[Any]], start: int, end: int) -> None:
+        """The deltas of ``rows[start:end]``, rows ``(dpu_id, seq, ts, delta)`` in time order
+        (a replay's): what :meth:`delta` does for each, a bucket's run in one loop."""
+        i = start
+        while i < end:
+            ts = rows[i][2]
+            daily = self._daily
+            if ts >= self._bucket + BUCKET_MS or (daily is not None and daily <= ts):
+                self._reach(ts)
+                daily = self._daily
+            stop = self._bucket + BUCKET_MS
+            if daily is not None and daily < stop:
+                stop = daily
+            j = bisect_left(rows, stop, i, end, key=_row_ts)
+            if self._in_reset:
+                for row in rows[i:j]:
+                    self.delta(row[2], row[3])
+                i = j
+                continue
+            a, rise, dip, b, q, ups = self._a, self._rise, self._dip, self._b, self._q, self._ups
+            for row in rows[i:j]:
+                delta = row[3]
+                a += delta
+                if a > rise:
+                    rise = a
+                elif a < dip:
+                    dip = a
+                b += delta
+                if b < 0:
+                    b = 0
+                elif b > q:
+                    q = b
+                if delta > 0:
+                    ups += 1
+            self._a, self._rise, self._dip, self._b, self._q = a, rise, dip, b, q
+            self._exits += (j - i) - (ups - self._ups)
+            self._ups = ups
+            self._events += j - i
+            i = j
+
+    def reset(self, ts: int, count: int) -> None:
+        """A reset of the count to ``count`` at ``ts``."""
+        self._reach(ts)
+        self._set(count)
+
+    def rows(self, rows: Iterable[Sequence[int]], reset_kind: int) -> None:
+        """Events as rows ``(kind, ts, value)`` (as ``Folder.fold_rows`` takes them)."""
+        for kind, ts, value in rows:
+            if kind == reset_kind:
+                self.reset(ts, value)
+            else:
+                self.delta(ts, value)
+
+    def close(self, until: int) -> list[Rollup]:
+        """Close every bucket that ends at or before ``until`` (a boundary) and return the
+        rollups made since the last call. Events at or after ``until`` may have been given:
+        the rollups of buckets they closed come too, so keep those that end by ``until``."""
+        if until % BUCKET_MS:
+            raise ValueError(f"rollups end at a bucket boundary, not at {until}")
+        if until > self.done:
+            self._reach(until - 1)  # the daily resets before it
+            if until >= self._bucket + BUCKET_MS:
+                self._close_bucket(until)
+        made, self.made = self.made, []
+        return made

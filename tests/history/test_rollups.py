@@ -1,0 +1,159 @@
+"""A series from stored rollups (``domain.rollups``) against the same series folded from the
+log: written with snapshots by a refresh and by a replay, spoiled by a late traversal or a
+reset stored after them, superseded by a replay, left out under another topology."""
+
+from __future__ import annotations
+
+import random
+from itertools import pairwise
+
+from sqlalchemy import delete, func, select
+
+from headcount.domain.events import Reset, Traversal
+from headcount.domain.rollups import BUCKET_MS
+from headcount.domain.topology import Topology
+from headcount.eventstore.answers import ROLLUP
+from headcount.eventstore.schema import rollups
+from headcount.eventstore.store import EventStore
+from headcount.history import History, SpaceView
+from headcount.history.replay import Replay
+from headcount.history.series import Bucket, boundaries, series
+
+DAY = 86_400_000
+#: Midnight UTC; events over two days.
+T = 1_767_225_600_000
+NOW = T + 3 * DAY
+
+
+def topology(placement: int = 1, daily_reset: str | None = "04:00") -> Topology:
+    space: dict[str, object] = {"id": "A", "name": "A", "time_zone": "Europe/Berlin"}
+    if daily_reset is not None:
+        space["daily_reset"] = daily_reset
+    return Topology.from_dict(
+        {
+            "spaces": [space],
+            "doorways": [
+                {"id": "X", "name": "X", "links": [{"space": "A", "sensor_placement": placement}]}
+            ],
+            "assignments": [
+                {"dpu": "d1", "doorway": "X", "valid_from": "2018-01-01T00:00:00Z"},
+                {"dpu": "d2", "doorway": "X", "valid_from": "2018-01-01T00:00:00Z"},
+            ],
+        }
+    )
+
+
+def walk(n: int, seed: int = 3) -> list[Traversal]:
+    rng = random.Random(seed)
+    return [
+        Traversal(rng.choice(("d1", "d2")), seq, T + rng.randrange(2 * DAY), rng.choice((1, -1, 1)))
+        for seq in range(n)
+    ]
+
+
+def bounds(interval: str, start: int, end: int) -> list[int]:
+    found = []
+    for b in boundaries(interval, "Europe/Berlin", start):
+        found.append(b)
+        if b >= end:
+            return found
+    raise AssertionError  # pragma: no cover
+
+
+async def stored_rollups(store: EventStore) -> int:
+    async with store.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(rollups)) or 0)
+
+
+async def used(store: EventStore, topo: Topology, start: int, end: int) -> int:
+    """How many rollups a series of the window reads."""
+    view = SpaceView.of(topo, "A")
+    found = await store.answers.rollups("A", view.fingerprint, view.sources, start=start, end=end)
+    return sum(1 for row in found or () if row[0] == ROLLUP)
+
+
+async def folded_from_the_log(store: EventStore, topo: Topology, cuts: list[int]) -> list[Bucket]:
+    """The series with every rollup gone: the fold of the log's rows."""
+    async with store.engine.begin() as conn:
+        await conn.execute(delete(rollups))
+    return await series(History(store, topo), "A", cuts)
+
+
+async def test_a_refresh_rolls_up_and_the_series_equals_the_log(store: EventStore) -> None:
+    topo = topology()
+    await store.log.append(walk(3000))
+    await History(store, topo, snapshot_every=50, snapshot_lag_ms=0).refresh_snapshots(now=NOW)
+    assert await stored_rollups(store) > 0
+    windows = [
+        bounds("5m", T + 3 * 3_600_000, T + 9 * 3_600_000),
+        bounds("1h", T, T + 2 * DAY),
+        bounds("1d", T - DAY, T + 3 * DAY),
+    ]
+    got = [await series(History(store, topo), "A", cuts) for cuts in windows]
+    assert all([await used(store, topo, cuts[0], cuts[-1]) for cuts in windows])
+    assert got == [await folded_from_the_log(store, topo, cuts) for cuts in windows]
+
+
+async def test_late_traversals_and_resets_spoil_only_their_buckets(store: EventStore) -> None:
+    topo = topology()
+    await store.log.append(walk(2000))
+    history = History(store, topo, snapshot_every=50, snapshot_lag_ms=0)
+    await history.refresh_snapshots(now=NOW)
+    # Late: into rolled-up buckets, a burst that drives the count to the floor and back.
+    late = [Traversal("d1", 10_000 + i, T + DAY + 7 * BUCKET_MS + i, -1) for i in range(40)]
+    late += [Traversal("d2", 20_000 + i, T + DAY + 30 * BUCKET_MS + i, 1) for i in range(5)]
+    await store.log.append(late)
+    await store.log.append_reset(Reset("A", T + 5 * 3_600_000 + 17, 9, "test"))
+    cuts = bounds("15m", T, T + 2 * DAY)
+    got = await series(History(store, topo), "A", cuts)
+    assert await used(store, topo, cuts[0], cuts[-1])
+    assert got == await folded_from_the_log(store, topo, cuts)
+
+
+async def test_a_replay_rolls_up_anew_and_supersedes(store: EventStore) -> None:
+    topo = topology()
+    await store.log.append(walk(1500))
+    await History(store, topo, snapshot_every=40, snapshot_lag_ms=0).refresh_snapshots(now=NOW)
+    before = await stored_rollups(store)
+    await store.log.append([Traversal("d1", 9_000, T + 3_600_000 + 5, -1)])  # late
+    await Replay(store, topo, snapshot_every=40, snapshot_lag_ms=0).run()
+    assert await stored_rollups(store) > before
+    cuts = bounds("5m", T, T + DAY)
+    got = await series(History(store, topo), "A", cuts)
+    assert await used(store, topo, cuts[0], cuts[-1])
+    assert got == await folded_from_the_log(store, topo, cuts)
+
+
+async def test_rollups_of_another_topology_are_not_used(store: EventStore) -> None:
+    await store.log.append(walk(1000))
+    await History(store, topology(), snapshot_every=40, snapshot_lag_ms=0).refresh_snapshots(
+        now=NOW
+    )
+    flipped = topology(placement=-1)
+    cuts = bounds("1h", T, T + 2 * DAY)
+    assert not await used(store, flipped, cuts[0], cuts[-1])
+    got = await series(History(store, flipped), "A", cuts)
+    assert got == await folded_from_the_log(store, flipped, cuts)
+
+
+async def test_refreshes_go_on_from_where_the_rollups_end(store: EventStore) -> None:
+    """Events arriving over time, refreshed as they come: the rollups tile the time the
+    snapshots cover, whichever refresh made them."""
+    topo = topology(daily_reset=None)
+    events = sorted(walk(2400, seed=5), key=lambda t: t.ts)
+    history = History(store, topo, snapshot_every=30, snapshot_lag_ms=BUCKET_MS)
+    for i in range(0, len(events), 300):
+        await store.log.append(events[i : i + 300])
+        await history.refresh_snapshots(now=NOW)
+    async with store.engine.connect() as conn:
+        spans = (
+            await conn.execute(
+                select(rollups.c.bucket_start, rollups.c.bucket_end).order_by(
+                    rollups.c.bucket_start
+                )
+            )
+        ).all()
+    assert all(a.bucket_end == b.bucket_start for a, b in pairwise(spans))
+    cuts = bounds("5m", T, T + 2 * DAY)
+    got = await series(History(store, topo), "A", cuts)
+    assert got == await folded_from_the_log(store, topo, cuts)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from headcount.domain.fold import daily_reset_window
 from headcount.domain.topology import Space
@@ -51,11 +50,10 @@ def bucket_ceil(ts: int) -> int:
     return -(-ts // BUCKET_MS) * BUCKET_MS
 
 
-@dataclass(frozen=True, slots=True)
-class Rollup:
+class Rollup(NamedTuple):
     """The events of ``[start, end)`` as a function of the count before them (see the module's
     text). ``end - start`` is one bucket when it holds events; a stretch of buckets without
-    any is one rollup with ``events == 0``."""
+    any is one rollup with ``events == 0``. A tuple: a year of them is read at once."""
 
     start: int
     end: int
@@ -74,20 +72,21 @@ class Rollup:
     def apply(self, count: int, floor: bool) -> tuple[int, int, int]:
         """The count after these events, and the lowest and highest held from ``count`` (the
         count before them) through each of them; ``floor``: the space's count stops at zero."""
+        _, _, _, _, _, shift, rise, dip, floor_end, floor_high, reset_end, low_set, high_set = self
+        end, low, high = count + shift, count + dip, count + rise
         if floor:
-            end = max(count + self.shift, self.floor_end)
-            low = max(count + self.dip, 0)
-            high = max(count + self.rise, self.floor_high)
-        else:
-            end, low, high = count + self.shift, count + self.dip, count + self.rise
-        if (
-            self.reset_end is not None
-            and self.reset_low is not None
-            and self.reset_high is not None
-        ):
-            end = self.reset_end
-            low = min(low, self.reset_low)
-            high = max(high, self.reset_high)
+            if end < floor_end:
+                end = floor_end
+            if low < 0:
+                low = 0
+            if high < floor_high:
+                high = floor_high
+        if reset_end is not None and low_set is not None and high_set is not None:
+            end = reset_end
+            if low_set < low:
+                low = low_set
+            if high_set > high:
+                high = high_set
         return end, low, high
 
 

@@ -35,6 +35,7 @@ from headcount.eventstore.statements import TAIL_PAGE
 
 __all__ = [
     "LATE",
+    "REPLAYED",
     "RESET",
     "ROLLUP",
     "STORED_RESET",
@@ -63,6 +64,9 @@ _PG_CONNECTIONS = 4
 _WINDOW_BATCH = 5_000
 #: Rows of a series' window on PostgreSQL read in one statement, without a cursor: a day.
 _PG_ONE_TRIP = 50_000
+#: Rollups of a window this long or shorter are read on SQLite on the caller's thread (a
+#: few hundred rows, a fraction of a millisecond); longer ones in a worker thread.
+_ON_THE_LOOP_MS = 2 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,41 +204,43 @@ LIMIT {f"{{{_param_count(shape) + 2}}}" if window else TAIL_PAGE + 4}
 ROLLUP = 0
 LATE = 1
 STORED_RESET = 2
+REPLAYED = 3
 
 
 @lru_cache(maxsize=1024)
 def rollups_sql(shape: _Shape, backend: str) -> str:
     """A series' read of rollups (``eventstore.rollups``) for sources of ``shape``, with
     parameters as :func:`snapshot_tail_sql`'s window (the space, the fingerprint, the window's
-    start, the sources, its end, a limit). Rows ``(kind, a, b, ...)``: each rollup of the space
-    under the fingerprint that meets the window and no replay superseded (:data:`ROLLUP`:
-    start, end, position, reset id, id, then its fields from ``events`` on, by start, the
-    newest first); each late traversal through the sources in the window (:data:`LATE`: its
-    time and position); each reset of the space in the window (:data:`STORED_RESET`: its time
-    and id). A rollup is usable unless a late traversal or a reset in its time was stored
-    after it: that is the caller's to decide."""
+    start, the sources, its end, a limit). Rows ``(kind, a, b, ...)``, in no order: each rollup
+    of the space under the fingerprint that meets the window (:data:`ROLLUP`: start, end,
+    position, reset id, id, generation, then its fields from ``events`` on); each late
+    traversal through the sources in the window (:data:`LATE`: its time and position); each
+    reset of the space in the window (:data:`STORED_RESET`: its time and id); each finished
+    replay of the space (:data:`REPLAYED`: where it began folding, its generation). A rollup
+    is usable unless a late traversal or a reset in its time was stored after it or a replay
+    superseded it (``rollups.SUPERSEDED_ROLLUP``): that is the caller's to decide, with a
+    comparison per rollup where a condition per row in the statement would cost as much as
+    reading it."""
     end = _param_count(shape) + 1
     late = " OR ".join(
         _source_terms(shape, f"t.ts > {{start}} AND t.ts >= {{3}} AND t.ts < {{{end}}}")
     )
-    nulls = ", ".join(["NULL"] * 14)
+    nulls = ", ".join(["NULL"] * 15)
     sql = f"""
-SELECT * FROM (
-  SELECT {ROLLUP} AS kind, r.bucket_start AS a, r.bucket_end AS b, r.position, r.reset_id, r.id,
-    r.events, r.entrances, r.exits, r.shift, r.rise, r.dip, r.floor_end, r.floor_high,
-    r.reset_end, r.reset_low, r.reset_high
-  FROM rollups r
-  WHERE r.space_id = {{1}} AND r.fingerprint = {{2}} AND r.bucket_start < {{{end}}}
-    AND r.bucket_start > CAST({{3}} AS BIGINT) - {MAX_STRETCH_MS} AND r.bucket_end > {{3}}
-    AND NOT EXISTS (SELECT 1 FROM replayed_spaces x WHERE x.space_id = r.space_id
-      AND x.replay_id > r.generation AND (x.from_ts IS NULL OR x.from_ts < r.bucket_end))
-  UNION ALL
-  SELECT {LATE}, t.ts, t.position, {nulls} FROM traversals t WHERE t.late = true AND ({late})
-  UNION ALL
-  SELECT {STORED_RESET}, x.ts, x.id, {nulls} FROM resets x
-    WHERE x.space_id = {{1}} AND x.ts >= {{3}} AND x.ts < {{{end}}}
-) AS found
-ORDER BY kind, a, id DESC
+SELECT {ROLLUP}, r.bucket_start, r.bucket_end, r.position, r.reset_id, r.id, r.generation,
+  r.events, r.entrances, r.exits, r.shift, r.rise, r.dip, r.floor_end, r.floor_high,
+  r.reset_end, r.reset_low, r.reset_high
+FROM rollups r
+WHERE r.space_id = {{1}} AND r.fingerprint = {{2}} AND r.bucket_start < {{{end}}}
+  AND r.bucket_start > CAST({{3}} AS BIGINT) - {MAX_STRETCH_MS} AND r.bucket_end > {{3}}
+UNION ALL
+SELECT {LATE}, t.ts, t.position, {nulls} FROM traversals t WHERE t.late = true AND ({late})
+UNION ALL
+SELECT {STORED_RESET}, x.ts, x.id, {nulls} FROM resets x
+  WHERE x.space_id = {{1}} AND x.ts >= {{3}} AND x.ts < {{{end}}}
+UNION ALL
+SELECT {REPLAYED}, x.from_ts, x.replay_id, {nulls} FROM replayed_spaces x
+  WHERE x.space_id = {{1}}
 LIMIT {{{end + 1}}}
 """
     placeholder = "?{}" if backend == "sqlite" else "${}"
@@ -309,12 +315,17 @@ class Answers:
         return None
 
     def _sqlite_tail(self, sql: str, params: list[Any]) -> SnapshotTail | None:
+        rows = self._sqlite_all(sql, params)
+        return None if rows is None else _tail(rows)
+
+    def _sqlite_all(self, sql: str, params: list[Any]) -> list[Any] | None:
+        """The rows of a bounded statement, on the caller's thread; ``None`` if it fails."""
         try:
             if self._sqlite is None:
                 self._sqlite = _open_sqlite(self._sqlite_path or "")
-            return _tail(self._sqlite.execute(sql, params).fetchall())
+            return self._sqlite.execute(sql, params).fetchall()
         except sqlite3.Error as e:  # busy, or a file that is not (yet) a store: the slow path
-            log.debug("one-statement answer on SQLite not taken: %s", e)
+            log.debug("one-statement read on SQLite not taken: %s", e)
             return None
 
     async def _pg_tail(self, sql: str, params: list[Any]) -> SnapshotTail | None:
@@ -400,6 +411,8 @@ class Answers:
         sql = rollups_sql(shape, self.engine.dialect.name)
         params: list[Any] = [space_id, fingerprint, start, *_source_params(sources), end]
         batches: AsyncGenerator[Sequence[Sequence[Any]], None]
+        if self._sqlite_path is not None and end - start <= _ON_THE_LOOP_MS:
+            return self._sqlite_all(sql, [*params, -1])  # a few hundred rows: no thread hop
         if self._sqlite_path is not None:
             batches = self._sqlite_batches(self._sqlite_path, sql, [*params, -1])
         else:

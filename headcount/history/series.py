@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from operator import itemgetter
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from headcount.domain.fold import (
@@ -42,7 +42,7 @@ from headcount.domain.fold import (
 from headcount.domain.rollups import BUCKET_MS, Rollup, RollupBuilder
 from headcount.domain.timefmt import from_ms, to_ms
 from headcount.domain.topology import Space
-from headcount.eventstore.answers import LATE, RESET, ROLLUP
+from headcount.eventstore.answers import LATE, RESET, ROLLUP, STORED_RESET
 from headcount.history.counts import History
 from headcount.history.events import SpaceView
 
@@ -327,23 +327,35 @@ async def _from_rollups(
     )
     if not found:
         return None
-    stored: list[tuple[Rollup, int, int]] = []
-    late: list[tuple[int, int]] = []  # (ts, position) of late traversals; resets: (ts, -id)
-    spoiled: list[tuple[int, int]] = []
+    rolled: list[Any] = []  # tuples from sqlite3, records from asyncpg: both slice to tuples
+    late: list[tuple[int, int]] = []  # (ts, position) of late traversals
+    spoiled: list[tuple[int, int]] = []  # (ts, id) of resets
+    replayed: list[tuple[int | None, int]] = []  # (from_ts, generation) of finished replays
     for row in found:
-        if row[0] == ROLLUP:
-            stored.append((Rollup(row[1], row[2], *row[6:]), row[3], row[4]))
-        elif row[0] == LATE:
+        kind = row[0]
+        if kind == ROLLUP:
+            rolled.append(row)
+        elif kind == LATE:
             late.append((row[1], row[2]))
-        else:
+        elif kind == STORED_RESET:
             spoiled.append((row[1], row[2]))
+        else:
+            replayed.append((row[1], row[2]))
+    late.sort()
+    spoiled.sort()
+    rolled.sort(key=_newest_first)
+    newest_replay = max((generation for _, generation in replayed), default=0)
+    check = bool(late or spoiled)
     pieces: list[Rollup] = []
     gaps: list[tuple[int, int]] = []
     cursor = start
-    for rollup, position, reset_id in stored:
+    for row in rolled:
+        rollup = Rollup._make(row[1:3] + row[7:])
         if rollup.end <= cursor or (rollup.start < cursor and rollup.events):
             continue  # an older copy of one already taken
-        if _stale(rollup, position, reset_id, late, spoiled):
+        if row[6] < newest_replay and _superseded(rollup, row[6], replayed):
+            continue
+        if check and _stale(rollup, row[3], row[4], late, spoiled):
             continue
         if rollup.start > cursor:
             gaps.append((cursor, rollup.start))
@@ -357,6 +369,19 @@ async def _from_rollups(
         pieces = await _fill(history, space, view, pieces, gaps)
     before = await history.count_at(space.id, start - 1)
     return _apply(pieces, before.count, not space.allow_negative, bounds)
+
+
+def _newest_first(row: Sequence[Any]) -> tuple[int, int]:
+    """A rollup row's place: by start, then the newest copy first."""
+    return row[1], -row[5]
+
+
+def _superseded(rollup: Rollup, generation: int, replayed: list[tuple[int | None, int]]) -> bool:
+    """Whether a finished replay of a later generation began folding before the rollup's end
+    (``eventstore.rollups.SUPERSEDED_ROLLUP``)."""
+    return any(
+        later > generation and (began is None or began < rollup.end) for began, later in replayed
+    )
 
 
 def _stale(

@@ -31,13 +31,30 @@ from typing import Any, NamedTuple
 from headcount.domain.fold import daily_reset_window
 from headcount.domain.topology import Space
 
-__all__ = ["BUCKET_MS", "MAX_STRETCH_MS", "Rollup", "RollupBuilder", "bucket_ceil", "bucket_floor"]
+__all__ = [
+    "BUCKET_MS",
+    "MAX_STRETCH_MS",
+    "Rollup",
+    "RollupBuilder",
+    "bucket_ceil",
+    "bucket_floor",
+    "worth_storing",
+]
 
 BUCKET_MS = 300_000
 #: The longest stretch without events one rollup stands for (a reader of a window finds its
 #: rollups among those that start at most this long before it).
 MAX_STRETCH_MS = 86_400_000
+#: What is worth storing: a bucket with at least this many events (a few rows of the log cost
+#: a reader no more than one rollup, and a quiet space would store more rollups than events),
+#: and a stretch without events at least this long (a night; shorter ones a reader finds
+#: empty in the log as cheaply).
+MIN_EVENTS = 8
+MIN_STRETCH_MS = 6 * 3_600_000
 _row_ts = itemgetter(2)
+_kind_ts = itemgetter(1)
+#: How long a run of events must last for :meth:`RollupBuilder.sparse` to judge it.
+_JUDGE_MS = 3_600_000
 
 
 def bucket_floor(ts: int) -> int:
@@ -48,6 +65,16 @@ def bucket_floor(ts: int) -> int:
 def bucket_ceil(ts: int) -> int:
     """The first bucket boundary at or after ``ts``."""
     return -(-ts // BUCKET_MS) * BUCKET_MS
+
+
+def worth_storing(rollups: Iterable[Rollup]) -> list[Rollup]:
+    """The rollups a store keeps (:data:`MIN_EVENTS`, :data:`MIN_STRETCH_MS`); a reader rolls
+    up the rest of the time from the log."""
+    return [
+        r
+        for r in rollups
+        if r.events >= MIN_EVENTS or (not r.events and r.end - r.start >= MIN_STRETCH_MS)
+    ]
 
 
 class Rollup(NamedTuple):
@@ -231,9 +258,14 @@ class RollupBuilder:
     def traversals(self, rows: Sequence[Sequence[Any]], start: int, end: int) -> None:
         """The deltas of ``rows[start:end]``, rows ``(dpu_id, seq, ts, delta)`` in time order
         (a replay's): what :meth:`delta` does for each, a bucket's run in one loop."""
+        self._deltas(rows, start, end, 2)
+
+    def _deltas(self, rows: Sequence[Sequence[Any]], start: int, end: int, at: int) -> None:
+        """:meth:`traversals` for rows with the time at ``at`` and the delta after it."""
+        key = _row_ts if at == 2 else _kind_ts
         i = start
         while i < end:
-            ts = rows[i][2]
+            ts = rows[i][at]
             daily = self._daily
             if ts >= self._bucket + BUCKET_MS or (daily is not None and daily <= ts):
                 self._reach(ts)
@@ -241,15 +273,15 @@ class RollupBuilder:
             stop = self._bucket + BUCKET_MS
             if daily is not None and daily < stop:
                 stop = daily
-            j = bisect_left(rows, stop, i, end, key=_row_ts)
+            j = bisect_left(rows, stop, i, end, key=key)
             if self._in_reset:
                 for row in rows[i:j]:
-                    self.delta(row[2], row[3])
+                    self.delta(row[at], row[at + 1])
                 i = j
                 continue
             a, rise, dip, b, q, ups = self._a, self._rise, self._dip, self._b, self._q, self._ups
             for row in rows[i:j]:
-                delta = row[3]
+                delta = row[at + 1]
                 a += delta
                 if a > rise:
                     rise = a
@@ -268,18 +300,42 @@ class RollupBuilder:
             self._events += j - i
             i = j
 
+    def sparse(self, count: int, first: int, last: int) -> bool:
+        """Whether ``count`` events from ``first`` to ``last``, over more than an hour, are
+        too few to be worth rolling up (fewer than :data:`MIN_EVENTS` a bucket on average): a
+        writer then calls :meth:`skip_past` instead of giving them, and a quiet space costs it
+        no bucket's work per event. A shorter run says too little (a busy bucket's events can
+        come a few at a time)."""
+        span = last - first
+        return span > _JUDGE_MS and count * BUCKET_MS < MIN_EVENTS * (span + BUCKET_MS)
+
+    def skip_past(self, ts: int) -> None:
+        """Make no rollup up to the end of the bucket holding ``ts`` (nor of the bucket open
+        now): they are left to the log. Events before that end must not be given after."""
+        after = bucket_floor(ts) + BUCKET_MS
+        if after <= self._bucket:
+            return
+        self._clear()
+        self._bucket = self.done = after
+        if self.space.daily_reset is not None:
+            last, upcoming = daily_reset_window(self.space, after)
+            self._daily = last if last == after else upcoming
+
     def reset(self, ts: int, count: int) -> None:
         """A reset of the count to ``count`` at ``ts``."""
         self._reach(ts)
         self._set(count)
 
-    def rows(self, rows: Iterable[Sequence[int]], reset_kind: int) -> None:
-        """Events as rows ``(kind, ts, value)`` (as ``Folder.fold_rows`` takes them)."""
-        for kind, ts, value in rows:
-            if kind == reset_kind:
-                self.reset(ts, value)
-            else:
-                self.delta(ts, value)
+    def rows(self, rows: Sequence[Sequence[int]], reset_kind: int) -> None:
+        """Events as rows ``(kind, ts, value)`` (as ``Folder.fold_rows`` takes them), in time
+        order: each run of traversals between resets as :meth:`traversals` folds them."""
+        i = 0
+        for k, row in enumerate(rows):
+            if row[0] == reset_kind:
+                self._deltas(rows, i, k, 1)
+                self.reset(row[1], row[2])
+                i = k + 1
+        self._deltas(rows, i, len(rows), 1)
 
     def close(self, until: int) -> list[Rollup]:
         """Close every bucket that ends at or before ``until`` (a boundary) and return the

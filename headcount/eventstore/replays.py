@@ -11,8 +11,8 @@ from headcount.clock import Clock, now_ms
 from headcount.domain.rollups import Rollup
 from headcount.eventstore.engine import write_transaction
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot
-from headcount.eventstore.rollups import rollup_rows
-from headcount.eventstore.schema import replayed_spaces, replays, rollups, snapshots
+from headcount.eventstore.rollups import insert_rollups, rollup_rows
+from headcount.eventstore.schema import replayed_spaces, replays, snapshots
 from headcount.eventstore.snapshots import snapshot_row
 from headcount.eventstore.statements import CHUNK
 
@@ -80,8 +80,7 @@ class Replays:
         if not rows:
             return
         async with write_transaction(self.engine, exclusive=True) as conn:
-            for start in range(0, len(rows), _ROWS):
-                await conn.execute(rollups.insert(), rows[start : start + _ROWS])
+            await insert_rollups(conn, rows)
 
     async def finish(self, generation: int, spaces: Sequence[ReplayedSpace]) -> None:
         """Record that the replay finished these spaces, in one transaction: from now on their

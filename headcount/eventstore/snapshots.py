@@ -21,8 +21,8 @@ from headcount.eventstore.engine import read_transaction, write_transaction
 from headcount.eventstore.engine import within as reading_in
 from headcount.eventstore.log import read_head
 from headcount.eventstore.records import Head, LateMark, RolledUp, Snapshot, StoredReset
-from headcount.eventstore.rollups import rollup_rows, rollups_end
-from headcount.eventstore.schema import replayed_spaces, resets, rollups, snapshots
+from headcount.eventstore.rollups import insert_rollups, rollup_rows, rollups_end
+from headcount.eventstore.schema import replayed_spaces, resets, snapshots
 from headcount.eventstore.statements import (
     first_arrival_through,
     late_through,
@@ -200,11 +200,9 @@ class Snapshots:
                     for r in rolled
                     if r.end - 1 <= covered and (first_unsafe is None or r.end <= first_unsafe)
                 ]
-                if safe:
-                    await conn.execute(
-                        rollups.insert(),
-                        rollup_rows(space_id, made.fingerprint, safe, head, generation),
-                    )
+                await insert_rollups(
+                    conn, rollup_rows(space_id, made.fingerprint, safe, head, generation)
+                )
         return [
             Snapshot(s.space_id, s.fingerprint, s.state, head, taken_at, generation) for s in keep
         ]

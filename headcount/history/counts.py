@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.clock import now_ms
 from headcount.domain.fold import EMPTY, Folder, SpaceState, advance
-from headcount.domain.rollups import RollupBuilder, bucket_ceil, bucket_floor
+from headcount.domain.rollups import RollupBuilder, bucket_ceil, bucket_floor, worth_storing
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.answers import RESET, SnapshotTail
 from headcount.eventstore.records import RolledUp, Snapshot
@@ -252,7 +252,8 @@ class History:
         if rolling is not None and covered is not None:
             # Only buckets the stored snapshots cover: a later event in them is marked late.
             limit = bucket_floor(min(horizon, covered) + 1)
-            rollups = [r for r in rolling.close(max(limit, rolling.done)) if r.end <= limit]
+            made_now = rolling.close(max(limit, rolling.done))
+            rollups = worth_storing(r for r in made_now if r.end <= limit)
             made = RolledUp(
                 space_id, view.fingerprint, head, _BEFORE_ALL if after is None else after, rollups
             )

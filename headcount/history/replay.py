@@ -32,7 +32,13 @@ from typing import Self
 from headcount.clock import now_ms
 from headcount.domain.events import Delta, Direction, Reset, SpaceEvent, space_delta
 from headcount.domain.fold import Folder, SpaceState, advance
-from headcount.domain.rollups import Rollup, RollupBuilder, bucket_ceil, bucket_floor
+from headcount.domain.rollups import (
+    Rollup,
+    RollupBuilder,
+    bucket_ceil,
+    bucket_floor,
+    worth_storing,
+)
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.log import interleave_resets, reset_ts
@@ -267,7 +273,8 @@ class _Track:
         if self.rolling is None or self.covered is None:
             return []
         limit = bucket_floor(self.covered + 1)
-        return [r for r in self.rolling.close(max(limit, self.rolling.done)) if r.end <= limit]
+        made = self.rolling.close(max(limit, self.rolling.done))
+        return worth_storing(r for r in made if r.end <= limit)
 
     def start_from(self, snapshot: Snapshot) -> None:
         self.folder = Folder(self.space, snapshot.state)
@@ -393,9 +400,11 @@ class _Track:
                     self.roll_from != _AFTER_ALL
                     and (rolling := self._builder(ts, rows[j - 1][2])) is not None
                 ):
-                    rolling.traversals(
-                        rows, max(i, bisect_left(rows, rolling.done, i, j, key=_row_ts)), j
-                    )
+                    first = max(i, bisect_left(rows, rolling.done, i, j, key=_row_ts))
+                    if first < j and rolling.sparse(j - first, rows[first][2], rows[j - 1][2]):
+                        rolling.skip_past(rows[j - 1][2])
+                    else:
+                        rolling.traversals(rows, first, j)
             self.events += j - i
             if cadence is not None:
                 cadence.count += j - i

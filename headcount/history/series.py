@@ -72,10 +72,8 @@ DEFAULT_PAGE_SIZE: Final = 1_000
 MAX_PAGE_SIZE: Final = 10_000
 
 _DAY_MS = 86_400_000
-#: Gaps in a series' rollups nearer than this are read from the log together, and at most
-#: this many reads are made (the last one reaches the end).
+#: Gaps in a series' rollups nearer than this are read from the log together.
 _NEAR_MS = 3_600_000
-_READS = 16
 _ts = itemgetter(1)
 _MIDNIGHT = time(0, 0)
 
@@ -409,10 +407,10 @@ async def _fill(
     gaps: list[tuple[int, int]],
 ) -> list[Rollup]:
     """``pieces`` with each gap rolled up from the log's rows, in time order: gaps less than
-    an hour apart in one read (few reads however many late events spoiled rollups)."""
+    an hour apart in one read (the quiet buckets of a busy day, which are not stored)."""
     reads: list[tuple[int, int]] = []
     for a, b in gaps:
-        if reads and (a - reads[-1][1] < _NEAR_MS or len(reads) == _READS):
+        if reads and a - reads[-1][1] < _NEAR_MS:
             reads[-1] = (reads[-1][0], b)
         else:
             reads.append((a, b))

@@ -162,3 +162,20 @@ def test_runs_of_traversals_roll_up_as_one_by_one(
                 batch = []
     bulk.traversals(batch, 0, len(batch))
     assert bulk.close(T0 + SPAN) == one.close(T0 + SPAN)
+
+
+def test_a_quiet_stretch_is_skipped_and_left_to_the_log() -> None:
+    """A writer skips what is too quiet to be worth rolling up: no rollup is made for it, and
+    the buckets after it are made as from a fresh start."""
+    space = Space("A", "A")
+    quiet = [(TRAVERSAL, T0 + i * 20 * 60_000, 1) for i in range(6)]  # one every 20 minutes
+    builder = RollupBuilder(space, T0)
+    assert builder.sparse(len(quiet), quiet[0][1], quiet[-1][1])
+    assert not builder.sparse(3, T0, T0 + 60_000)  # too short to judge
+    builder.skip_past(quiet[-1][1])
+    busy_from = builder.done
+    assert busy_from == T0 + 21 * BUCKET_MS  # the end of the last quiet event's bucket
+    busy = [(TRAVERSAL, busy_from + i * 1000, 1) for i in range(12)]
+    builder.rows(busy, RESET)
+    made = builder.close(busy_from + BUCKET_MS)
+    assert [(r.start, r.events, r.entrances) for r in made] == [(busy_from, 12, 12)]

@@ -10,7 +10,7 @@ from itertools import pairwise
 from sqlalchemy import delete, func, select
 
 from headcount.domain.events import Reset, Traversal
-from headcount.domain.rollups import BUCKET_MS
+from headcount.domain.rollups import BUCKET_MS, MIN_EVENTS, MIN_STRETCH_MS
 from headcount.domain.topology import Topology
 from headcount.eventstore.answers import ROLLUP
 from headcount.eventstore.schema import rollups
@@ -44,11 +44,17 @@ def topology(placement: int = 1, daily_reset: str | None = "04:00") -> Topology:
 
 
 def walk(n: int, seed: int = 3) -> list[Traversal]:
+    """Traversals over two days: most in busy hours (a rollup stored for each of their
+    buckets), some anywhere (quiet buckets, which are left to the log), none in most nights
+    (long stretches without events, stored as one rollup)."""
     rng = random.Random(seed)
-    return [
-        Traversal(rng.choice(("d1", "d2")), seq, T + rng.randrange(2 * DAY), rng.choice((1, -1, 1)))
-        for seq in range(n)
-    ]
+    found = []
+    for seq in range(n):
+        day = rng.randrange(2) * DAY
+        ts = T + day + (9 * 3_600_000 + rng.randrange(5 * 3_600_000) if rng.random() < 0.8
+                        else rng.randrange(8 * 3_600_000, 22 * 3_600_000))  # fmt: skip
+        found.append(Traversal(rng.choice(("d1", "d2")), seq, ts, rng.choice((1, -1, 1))))
+    return found
 
 
 def bounds(interval: str, start: int, end: int) -> list[int]:
@@ -85,7 +91,7 @@ async def test_a_refresh_rolls_up_and_the_series_equals_the_log(store: EventStor
     await History(store, topo, snapshot_every=50, snapshot_lag_ms=0).refresh_snapshots(now=NOW)
     assert await stored_rollups(store) > 0
     windows = [
-        bounds("5m", T + 3 * 3_600_000, T + 9 * 3_600_000),
+        bounds("5m", T + 9 * 3_600_000, T + 15 * 3_600_000),
         bounds("1h", T, T + 2 * DAY),
         bounds("1d", T - DAY, T + 3 * DAY),
     ]
@@ -137,8 +143,8 @@ async def test_rollups_of_another_topology_are_not_used(store: EventStore) -> No
 
 
 async def test_refreshes_go_on_from_where_the_rollups_end(store: EventStore) -> None:
-    """Events arriving over time, refreshed as they come: the rollups tile the time the
-    snapshots cover, whichever refresh made them."""
+    """Events arriving over time, refreshed as they come: each refresh goes on from where
+    the stored rollups end, so none is stored twice, whichever refresh made it."""
     topo = topology(daily_reset=None)
     events = sorted(walk(2400, seed=5), key=lambda t: t.ts)
     history = History(store, topo, snapshot_every=30, snapshot_lag_ms=BUCKET_MS)
@@ -148,12 +154,18 @@ async def test_refreshes_go_on_from_where_the_rollups_end(store: EventStore) -> 
     async with store.engine.connect() as conn:
         spans = (
             await conn.execute(
-                select(rollups.c.bucket_start, rollups.c.bucket_end).order_by(
+                select(rollups.c.bucket_start, rollups.c.bucket_end, rollups.c.events).order_by(
                     rollups.c.bucket_start
                 )
             )
         ).all()
-    assert all(a.bucket_end == b.bucket_start for a, b in pairwise(spans))
+    assert all(a.bucket_end <= b.bucket_start for a, b in pairwise(spans))
+    # Busy buckets and nights are stored; a quiet bucket is left to the log.
+    assert any(span.events >= MIN_EVENTS for span in spans)
+    assert any(
+        span.events == 0 and span.bucket_end - span.bucket_start >= MIN_STRETCH_MS for span in spans
+    )
+    assert all(span.events >= MIN_EVENTS or span.events == 0 for span in spans)
     cuts = bounds("5m", T, T + 2 * DAY)
     got = await series(History(store, topo), "A", cuts)
     assert got == await folded_from_the_log(store, topo, cuts)

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_STRETCH_MS",
     "Rollup",
     "RollupBuilder",
+    "apply_rollup",
     "bucket_ceil",
     "bucket_floor",
     "worth_storing",
@@ -99,22 +100,28 @@ class Rollup(NamedTuple):
     def apply(self, count: int, floor: bool) -> tuple[int, int, int]:
         """The count after these events, and the lowest and highest held from ``count`` (the
         count before them) through each of them; ``floor``: the space's count stops at zero."""
-        _, _, _, _, _, shift, rise, dip, floor_end, floor_high, reset_end, low_set, high_set = self
-        end, low, high = count + shift, count + dip, count + rise
-        if floor:
-            if end < floor_end:
-                end = floor_end
-            if low < 0:
-                low = 0
-            if high < floor_high:
-                high = floor_high
-        if reset_end is not None and low_set is not None and high_set is not None:
-            end = reset_end
-            if low_set < low:
-                low = low_set
-            if high_set > high:
-                high = high_set
-        return end, low, high
+        return apply_rollup(self, count, floor)
+
+
+def apply_rollup(fields: Sequence[Any], count: int, floor: bool) -> tuple[int, int, int]:
+    """:meth:`Rollup.apply` for a rollup's fields in :class:`Rollup`'s order, or a row that
+    starts with them (a series applies stored rows without making a ``Rollup`` of each)."""
+    shift, rise, dip, floor_end, floor_high, reset_end, low_set, high_set = fields[5:13]
+    end, low, high = count + shift, count + dip, count + rise
+    if floor:
+        if end < floor_end:
+            end = floor_end
+        if low < 0:
+            low = 0
+        if high < floor_high:
+            high = floor_high
+    if reset_end is not None:
+        end = reset_end
+        if low_set < low:
+            low = low_set
+        if high_set > high:
+            high = high_set
+    return end, low, high
 
 
 class RollupBuilder:

@@ -34,6 +34,7 @@ from headcount.errors import StoreError
 from headcount.eventstore.statements import TAIL_PAGE
 
 __all__ = [
+    "KIND",
     "LATE",
     "REPLAYED",
     "RESET",
@@ -205,41 +206,44 @@ ROLLUP = 0
 LATE = 1
 STORED_RESET = 2
 REPLAYED = 3
+#: Where a row of :func:`rollups_sql` has its kind (after a rollup's fields).
+KIND = 13
 
 
 @lru_cache(maxsize=1024)
 def rollups_sql(shape: _Shape, backend: str) -> str:
     """A series' read of rollups (``eventstore.rollups``) for sources of ``shape``, with
     parameters as :func:`snapshot_tail_sql`'s window (the space, the fingerprint, the window's
-    start, the sources, its end, a limit). Rows ``(kind, a, b, ...)``, in no order: each rollup
-    of the space under the fingerprint that meets the window (:data:`ROLLUP`: start, end,
-    position, reset id, id, generation, then its fields from ``events`` on); each late
-    traversal through the sources in the window (:data:`LATE`: its time and position); each
-    reset of the space in the window (:data:`STORED_RESET`: its time and id); each finished
-    replay of the space (:data:`REPLAYED`: where it began folding, its generation). A rollup
-    is usable unless a late traversal or a reset in its time was stored after it or a replay
-    superseded it (``rollups.SUPERSEDED_ROLLUP``): that is the caller's to decide, with a
-    comparison per rollup where a condition per row in the statement would cost as much as
-    reading it."""
+    start, the sources, its end, a limit). Rows in no order, their kind at :data:`KIND`: each
+    rollup of the space under the fingerprint that meets the window (:data:`ROLLUP`: its
+    fields as ``Rollup``'s, then after the kind its position, reset id, id and generation);
+    each late traversal through the sources in the window (:data:`LATE`: its time and
+    position first); each reset of the space in the window (:data:`STORED_RESET`: its time
+    and id); each finished replay of the space (:data:`REPLAYED`: where it began folding, its
+    generation). A rollup is usable unless a late traversal or a reset in its time was stored
+    after it or a replay superseded it (``rollups.SUPERSEDED_ROLLUP``): that is the caller's
+    to decide, with a comparison per rollup where a condition per row in the statement would
+    cost as much as reading it."""
     end = _param_count(shape) + 1
     late = " OR ".join(
         _source_terms(shape, f"t.ts > {{start}} AND t.ts >= {{3}} AND t.ts < {{{end}}}")
     )
-    nulls = ", ".join(["NULL"] * 15)
+    nulls, tail = ", ".join(["NULL"] * 11), "NULL, NULL, NULL, NULL"
     sql = f"""
-SELECT {ROLLUP}, r.bucket_start, r.bucket_end, r.position, r.reset_id, r.id, r.generation,
-  r.events, r.entrances, r.exits, r.shift, r.rise, r.dip, r.floor_end, r.floor_high,
-  r.reset_end, r.reset_low, r.reset_high
+SELECT r.bucket_start, r.bucket_end, r.events, r.entrances, r.exits, r.shift, r.rise, r.dip,
+  r.floor_end, r.floor_high, r.reset_end, r.reset_low, r.reset_high,
+  {ROLLUP}, r.position, r.reset_id, r.id, r.generation
 FROM rollups r
 WHERE r.space_id = {{1}} AND r.fingerprint = {{2}} AND r.bucket_start < {{{end}}}
   AND r.bucket_start > CAST({{3}} AS BIGINT) - {MAX_STRETCH_MS} AND r.bucket_end > {{3}}
 UNION ALL
-SELECT {LATE}, t.ts, t.position, {nulls} FROM traversals t WHERE t.late = true AND ({late})
+SELECT t.ts, t.position, {nulls}, {LATE}, {tail} FROM traversals t
+  WHERE t.late = true AND ({late})
 UNION ALL
-SELECT {STORED_RESET}, x.ts, x.id, {nulls} FROM resets x
+SELECT x.ts, x.id, {nulls}, {STORED_RESET}, {tail} FROM resets x
   WHERE x.space_id = {{1}} AND x.ts >= {{3}} AND x.ts < {{{end}}}
 UNION ALL
-SELECT {REPLAYED}, x.from_ts, x.replay_id, {nulls} FROM replayed_spaces x
+SELECT x.from_ts, x.replay_id, {nulls}, {REPLAYED}, {tail} FROM replayed_spaces x
   WHERE x.space_id = {{1}}
 LIMIT {{{end + 1}}}
 """

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from zoneinfo import ZoneInfo
 
 from headcount.domain.fold import (
@@ -39,10 +39,10 @@ from headcount.domain.fold import (
     daily_reset_instant,
     daily_reset_window,
 )
-from headcount.domain.rollups import BUCKET_MS, Rollup, RollupBuilder
+from headcount.domain.rollups import BUCKET_MS, Rollup, RollupBuilder, apply_rollup
 from headcount.domain.timefmt import from_ms, to_ms
 from headcount.domain.topology import Space
-from headcount.eventstore.answers import LATE, RESET, ROLLUP, STORED_RESET
+from headcount.eventstore.answers import KIND, LATE, RESET, ROLLUP, STORED_RESET
 from headcount.history.counts import History
 from headcount.history.events import SpaceView
 
@@ -78,13 +78,13 @@ _ts = itemgetter(1)
 _MIDNIGHT = time(0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One bucket ``[start, end)`` of a space's series (ms since the epoch, UTC)."""
+class Bucket(NamedTuple):
+    """One bucket ``[start, end)`` of a space's series (ms since the epoch, UTC). A tuple: a
+    page holds up to ten thousand."""
 
     start: int
     end: int
-    count: int
+    count: int  # type: ignore[assignment]  # the field, not tuple.count
     min: int
     max: int
     entrances: int
@@ -330,35 +330,36 @@ async def _from_rollups(
     spoiled: list[tuple[int, int]] = []  # (ts, id) of resets
     replayed: list[tuple[int | None, int]] = []  # (from_ts, generation) of finished replays
     for row in found:
-        kind = row[0]
+        kind = row[KIND]
         if kind == ROLLUP:
             rolled.append(row)
         elif kind == LATE:
-            late.append((row[1], row[2]))
+            late.append((row[0], row[1]))
         elif kind == STORED_RESET:
-            spoiled.append((row[1], row[2]))
+            spoiled.append((row[0], row[1]))
         else:
-            replayed.append((row[1], row[2]))
+            replayed.append((row[0], row[1]))
     late.sort()
     spoiled.sort()
     rolled.sort(key=_newest_first)
     newest_replay = max((generation for _, generation in replayed), default=0)
     check = bool(late or spoiled)
-    pieces: list[Rollup] = []
+    pieces: list[Sequence[Any]] = []  # stored rows: a rollup's fields first
     gaps: list[tuple[int, int]] = []
     cursor = start
     for row in rolled:
-        rollup = Rollup._make(row[1:3] + row[7:])
-        if rollup.end <= cursor or (rollup.start < cursor and rollup.events):
+        begins, ends, events = row[0], row[1], row[2]
+        if ends <= cursor or (begins < cursor and events):
             continue  # an older copy of one already taken
-        if row[6] < newest_replay and _superseded(rollup, row[6], replayed):
+        position, reset_id, _, generation = row[KIND + 1 :]
+        if generation < newest_replay and _superseded(ends, generation, replayed):
             continue
-        if check and _stale(rollup, row[3], row[4], late, spoiled):
+        if check and _stale(begins, ends, position, reset_id, late, spoiled):
             continue
-        if rollup.start > cursor:
-            gaps.append((cursor, rollup.start))
-        pieces.append(rollup)
-        cursor = rollup.end
+        if begins > cursor:
+            gaps.append((cursor, begins))
+        pieces.append(row)
+        cursor = ends
     if not pieces:
         return None
     if cursor < end:
@@ -371,28 +372,28 @@ async def _from_rollups(
 
 def _newest_first(row: Sequence[Any]) -> tuple[int, int]:
     """A rollup row's place: by start, then the newest copy first."""
-    return row[1], -row[5]
+    return row[0], -row[KIND + 3]
 
 
-def _superseded(rollup: Rollup, generation: int, replayed: list[tuple[int | None, int]]) -> bool:
-    """Whether a finished replay of a later generation began folding before the rollup's end
+def _superseded(end: int, generation: int, replayed: list[tuple[int | None, int]]) -> bool:
+    """Whether a finished replay of a later generation began folding before a rollup's end
     (``eventstore.rollups.SUPERSEDED_ROLLUP``)."""
-    return any(
-        later > generation and (began is None or began < rollup.end) for began, later in replayed
-    )
+    return any(later > generation and (began is None or began < end) for began, later in replayed)
 
 
 def _stale(
-    rollup: Rollup,
+    start: int,
+    end: int,
     position: int,
     reset_id: int,
     late: list[tuple[int, int]],
     resets: list[tuple[int, int]],
 ) -> bool:
-    """Whether a late traversal or a reset in the rollup's time was stored after it."""
+    """Whether a late traversal or a reset in a rollup's time ``[start, end)`` was stored
+    after it (after log ``position`` and reset ``reset_id``)."""
     for found, newer_than in ((late, position), (resets, reset_id)):
-        i = bisect_left(found, (rollup.start, -1))
-        while i < len(found) and found[i][0] < rollup.end:
+        i = bisect_left(found, (start, -1))
+        while i < len(found) and found[i][0] < end:
             if found[i][1] > newer_than:
                 return True
             i += 1
@@ -403,9 +404,9 @@ async def _fill(
     history: History,
     space: Space,
     view: SpaceView,
-    pieces: list[Rollup],
+    pieces: list[Sequence[Any]],
     gaps: list[tuple[int, int]],
-) -> list[Rollup]:
+) -> list[Sequence[Any]]:
     """``pieces`` with each gap rolled up from the log's rows, in time order: gaps less than
     an hour apart in one read (the quiet buckets of a busy day, which are not stored)."""
     reads: list[tuple[int, int]] = []
@@ -423,7 +424,7 @@ async def _fill(
             builder.rows(rows, RESET)
         made += builder.close(last)
     filled = [_clip(r, a, b) for a, b in gaps for r in made if r.start < b and r.end > a]
-    return sorted([*pieces, *filled], key=lambda r: r.start)
+    return sorted([*pieces, *filled], key=_start)
 
 
 def _clip(rollup: Rollup, start: int, end: int) -> Rollup:
@@ -433,26 +434,33 @@ def _clip(rollup: Rollup, start: int, end: int) -> Rollup:
     return Rollup(max(rollup.start, start), min(rollup.end, end))
 
 
-def _apply(pieces: list[Rollup], count: int, floor: bool, bounds: Sequence[int]) -> list[Bucket]:
-    """The buckets of ``bounds`` from rollups tiling them, starting from ``count``."""
+def _start(piece: Sequence[Any]) -> int:
+    return int(piece[0])
+
+
+def _apply(
+    pieces: list[Sequence[Any]], count: int, floor: bool, bounds: Sequence[int]
+) -> list[Bucket]:
+    """The buckets of ``bounds`` from rollups tiling them (``Rollup``s, or stored rows that
+    start with a rollup's fields), starting from ``count``."""
     buckets: list[Bucket] = []
     k, n = 0, len(pieces)
     for i in range(len(bounds) - 1):
         start, end = bounds[i], bounds[i + 1]
         low = high = count
         entrances = exits = events = 0
-        while k < n and pieces[k].start < end:
-            rollup = pieces[k]
-            if rollup.events:
-                count, lo, hi = rollup.apply(count, floor)
+        while k < n and pieces[k][0] < end:
+            piece = pieces[k]
+            if piece[2]:
+                count, lo, hi = apply_rollup(piece, count, floor)
                 if lo < low:
                     low = lo
                 if hi > high:
                     high = hi
-                entrances += rollup.entrances
-                exits += rollup.exits
-                events += rollup.events
-            if rollup.end > end:
+                events += piece[2]
+                entrances += piece[3]
+                exits += piece[4]
+            if piece[1] > end:
                 break  # a stretch without events that goes on into the next bucket
             k += 1
         buckets.append(Bucket(start, end, count, low, high, entrances, exits, events))

@@ -22,7 +22,7 @@ import headcount.domain.rollups as rollups_module
 from headcount.domain.events import Reset, Traversal
 from headcount.domain.rollups import BUCKET_MS
 from headcount.domain.topology import Topology
-from headcount.eventstore.answers import ROLLUP
+from headcount.eventstore.answers import KIND, ROLLUP
 from headcount.eventstore.schema import metadata, on_backend
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
@@ -395,8 +395,8 @@ async def test_series_equals_reference_fold(
             found = await store.answers.rollups(
                 space_id, view.fingerprint, view.sources, start=bounds[0], end=bounds[-1]
             )
-            rolled = sum(1 for row in found or () if row[0] == ROLLUP)
-            spoiled = sum(1 for row in found or () if row[0] != ROLLUP)
+            rolled = sum(1 for row in found or () if row[KIND] == ROLLUP)
+            spoiled = sum(1 for row in found or () if row[KIND] != ROLLUP)
             event("rollups in the window" if rolled else "no rollups in the window")
             if rolled and spoiled:
                 event("rollups and late events or resets in the window")

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from headcount.domain.events import Reset, Traversal
 from headcount.domain.rollups import BUCKET_MS, MIN_EVENTS, MIN_STRETCH_MS
 from headcount.domain.topology import Topology
-from headcount.eventstore.answers import ROLLUP
+from headcount.eventstore.answers import KIND, ROLLUP
 from headcount.eventstore.schema import rollups
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
@@ -75,7 +75,7 @@ async def used(store: EventStore, topo: Topology, start: int, end: int) -> int:
     """How many rollups a series of the window reads."""
     view = SpaceView.of(topo, "A")
     found = await store.answers.rollups("A", view.fingerprint, view.sources, start=start, end=end)
-    return sum(1 for row in found or () if row[0] == ROLLUP)
+    return sum(1 for row in found or () if row[KIND] == ROLLUP)
 
 
 async def folded_from_the_log(store: EventStore, topo: Topology, cuts: list[int]) -> list[Bucket]:

@@ -24,7 +24,7 @@ are whole quarters of an hour), so any series of ``5m`` or longer buckets is mad
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -39,19 +39,16 @@ __all__ = [
     "apply_rollup",
     "bucket_ceil",
     "bucket_floor",
-    "worth_storing",
 ]
 
 BUCKET_MS = 300_000
 #: The longest stretch without events one rollup stands for (a reader of a window finds its
 #: rollups among those that start at most this long before it).
 MAX_STRETCH_MS = 86_400_000
-#: What is worth storing: a bucket with at least this many events (a few rows of the log cost
-#: a reader no more than one rollup, and a quiet space would store more rollups than events),
-#: and a stretch without events at least this long (a night; shorter ones a reader finds
-#: empty in the log as cheaply).
+#: A run of events is worth rolling up when it holds at least this many a bucket on average
+#: (:meth:`RollupBuilder.sparse`): a quiet space would store about a rollup an event, and a
+#: reader folds a few of the log's rows as fast as a rollup.
 MIN_EVENTS = 8
-MIN_STRETCH_MS = 6 * 3_600_000
 _row_ts = itemgetter(2)
 _kind_ts = itemgetter(1)
 #: How long a run of events must last for :meth:`RollupBuilder.sparse` to judge it.
@@ -66,16 +63,6 @@ def bucket_floor(ts: int) -> int:
 def bucket_ceil(ts: int) -> int:
     """The first bucket boundary at or after ``ts``."""
     return -(-ts // BUCKET_MS) * BUCKET_MS
-
-
-def worth_storing(rollups: Iterable[Rollup]) -> list[Rollup]:
-    """The rollups a store keeps (:data:`MIN_EVENTS`, :data:`MIN_STRETCH_MS`); a reader rolls
-    up the rest of the time from the log."""
-    return [
-        r
-        for r in rollups
-        if r.events >= MIN_EVENTS or (not r.events and r.end - r.start >= MIN_STRETCH_MS)
-    ]
 
 
 class Rollup(NamedTuple):
@@ -270,6 +257,8 @@ class RollupBuilder:
     def _deltas(self, rows: Sequence[Sequence[Any]], start: int, end: int, at: int) -> None:
         """:meth:`traversals` for rows with the time at ``at`` and the delta after it."""
         key = _row_ts if at == 2 else _kind_ts
+        if start < end and rows[start][at] < self._bucket:
+            raise ValueError(f"an event at {rows[start][at]} before the open bucket")
         i = start
         while i < end:
             ts = rows[i][at]

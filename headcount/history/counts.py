@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.clock import now_ms
 from headcount.domain.fold import EMPTY, Folder, SpaceState, advance
-from headcount.domain.rollups import RollupBuilder, bucket_ceil, bucket_floor, worth_storing
+from headcount.domain.rollups import RollupBuilder, bucket_ceil, bucket_floor
 from headcount.domain.topology import Space, Topology
 from headcount.eventstore.answers import RESET, SnapshotTail
 from headcount.eventstore.records import RolledUp, Snapshot
@@ -241,7 +241,7 @@ class History:
         ):
             if rolling is None:  # nothing folded before: the first event's bucket
                 rolling = RollupBuilder(space, bucket_floor(rows[0][1]))
-            rolling.rows(rows[bisect_left(rows, rolling.done, key=_ts) :], RESET)
+            _roll(rolling, rows[bisect_left(rows, rolling.done, key=_ts) :])
             if after is not None and rows[0][1] <= after:
                 rows = rows[bisect_right(rows, after, key=_ts) :]
             cadence.fold(folder, rows, take)
@@ -253,7 +253,7 @@ class History:
             # Only buckets the stored snapshots cover: a later event in them is marked late.
             limit = bucket_floor(min(horizon, covered) + 1)
             made_now = rolling.close(max(limit, rolling.done))
-            rollups = worth_storing(r for r in made_now if r.end <= limit)
+            rollups = [r for r in made_now if r.end <= limit]
             made = RolledUp(
                 space_id, view.fingerprint, head, _BEFORE_ALL if after is None else after, rollups
             )
@@ -275,6 +275,21 @@ class History:
         if end is not None and (after is None or end > after - _DAY_MS):
             return end
         return None if after is None else bucket_ceil(after + 1)
+
+
+def _roll(rolling: RollupBuilder, rows: Sequence[Sequence[int]]) -> None:
+    """Give the rollups a refresh's rows ``(kind, ts, value)``, as many at a time as a replay
+    would (``snapshot_every`` by default): a run too quiet to be worth rolling up is skipped
+    (``RollupBuilder.sparse``) and left to the log."""
+    for start in range(0, len(rows), DEFAULT_SNAPSHOT_EVERY):
+        run = rows[start : start + DEFAULT_SNAPSHOT_EVERY]
+        run = run[bisect_left(run, rolling.done, key=_ts) :]  # after a skip: past its bucket
+        if not run:
+            continue
+        if rolling.sparse(len(run), run[0][1], run[-1][1]):
+            rolling.skip_past(run[-1][1])
+        else:
+            rolling.rows(run, RESET)
 
 
 def _folded_tail(space: Space, tail: SnapshotTail, ts: int) -> SpaceCount:

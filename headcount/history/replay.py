@@ -37,7 +37,6 @@ from headcount.domain.rollups import (
     RollupBuilder,
     bucket_ceil,
     bucket_floor,
-    worth_storing,
 )
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Space, Topology
@@ -274,7 +273,7 @@ class _Track:
             return []
         limit = bucket_floor(self.covered + 1)
         made = self.rolling.close(max(limit, self.rolling.done))
-        return worth_storing(r for r in made if r.end <= limit)
+        return [r for r in made if r.end <= limit]
 
     def start_from(self, snapshot: Snapshot) -> None:
         self.folder = Folder(self.space, snapshot.state)

@@ -72,8 +72,10 @@ DEFAULT_PAGE_SIZE: Final = 1_000
 MAX_PAGE_SIZE: Final = 10_000
 
 _DAY_MS = 86_400_000
-#: Gaps in a series' rollups nearer than this are read from the log together.
+#: Gaps in a series' rollups nearer than this are read from the log together; with more
+#: reads than this, the series is one read of the whole window instead.
 _NEAR_MS = 3_600_000
+_MAX_READS = 4
 _ts = itemgetter(1)
 _MIDNIGHT = time(0, 0)
 
@@ -365,7 +367,10 @@ async def _from_rollups(
     if cursor < end:
         gaps.append((cursor, end))
     if gaps:
-        pieces = await _fill(history, space, view, pieces, gaps)
+        filled = await _fill(history, space, view, pieces, gaps)
+        if filled is None:
+            return None
+        pieces = filled
     before = await history.count_at(space.id, start - 1)
     return _apply(pieces, before.count, not space.allow_negative, bounds)
 
@@ -406,15 +411,19 @@ async def _fill(
     view: SpaceView,
     pieces: list[Sequence[Any]],
     gaps: list[tuple[int, int]],
-) -> list[Sequence[Any]]:
+) -> list[Sequence[Any]] | None:
     """``pieces`` with each gap rolled up from the log's rows, in time order: gaps less than
-    an hour apart in one read (the quiet buckets of a busy day, which are not stored)."""
+    an hour apart in one read. ``None`` when that takes more than a few reads (a window of
+    many quiet stretches, or of rollups spoiled by many late events): one read of the whole
+    window is faster then."""
     reads: list[tuple[int, int]] = []
     for a, b in gaps:
         if reads and a - reads[-1][1] < _NEAR_MS:
             reads[-1] = (reads[-1][0], b)
         else:
             reads.append((a, b))
+    if len(reads) > _MAX_READS:
+        return None
     made: list[Rollup] = []
     for first, last in reads:
         builder = RollupBuilder(space, first)

@@ -48,7 +48,7 @@ MAX_STRETCH_MS = 86_400_000
 #: A run of events is worth rolling up when it holds at least this many a bucket on average
 #: (:meth:`RollupBuilder.sparse`): a quiet space would store about a rollup an event, and a
 #: reader folds a few of the log's rows as fast as a rollup.
-MIN_EVENTS = 8
+MIN_EVENTS = 4
 _row_ts = itemgetter(2)
 _kind_ts = itemgetter(1)
 #: How long a run of events must last for :meth:`RollupBuilder.sparse` to judge it.

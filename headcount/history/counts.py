@@ -231,8 +231,8 @@ class History:
 
         cadence = Cadence(self.snapshot_every, horizon)
         after = folder.as_of
-        # The rollups go on from where the space's end (their bucket may hold events the
-        # snapshot folded already), or start at the first bucket after the snapshot.
+        # The rollups go on from where the space's rollups end (their bucket may hold events
+        # the snapshot folded already), or start at the first bucket after the snapshot.
         start = await self._rollups_start(view, after)
         rolling = None if start is None else RollupBuilder(space, start)
         read_after = after if start is None or after is None else min(after, start - 1)

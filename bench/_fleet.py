@@ -121,8 +121,9 @@ async def start_until_ready(
     for attempt in range(1, 6):
         port = free_port()
         command = [
-            sys.executable, "-m", "headcount", "serve", "--topology", str(work / "topology.toml"),
-            "--store", store, "--broker", broker, "--http-port", str(port), "--shard", spec,
+            sys.executable, "-P", "-m", "headcount", "serve",
+            "--topology", str(work / "topology.toml"), "--store", store, "--broker", broker,
+            "--http-port", str(port), "--shard", spec,
         ]  # fmt: skip
         log = work / f"{name}.log"
         process = await spawn(command, log)

@@ -50,7 +50,7 @@ async def service(
     (workdir / "topology.toml").write_text(topology)
     http = free_port()
     args = [
-        sys.executable, "-m", "headcount", "serve",
+        sys.executable, "-P", "-m", "headcount", "serve",
         "--topology", str(workdir / "topology.toml"),
         "--store", f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
         "--http-port", str(http),
@@ -97,9 +97,17 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
 
 
 async def run_process(*args: str) -> str:
-    """Run a helper process (the load generator); return its stdout, fail on error."""
+    """Run a helper process (the load generator, or ``-m headcount ...``); return its stdout,
+    fail on error. A module runs with ``-P`` (as every ``headcount`` the benches start): its
+    code comes from ``PYTHONPATH`` or the installed package, not from the current directory,
+    so ``PYTHONPATH=<another tree>`` runs that tree's code (an A/B)."""
+    flags = ("-P",) if args[:1] == ("-m",) else ()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        *flags,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
     if process.returncode != 0:

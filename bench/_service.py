@@ -57,7 +57,7 @@ async def serve(
     then)."""
     http = free_port()
     args = [
-        sys.executable, "-m", "headcount", "serve",
+        sys.executable, "-P", "-m", "headcount", "serve",
         "--topology", str(topology_file), "--store", store_url,
         "--http-port", str(http), "--client-id", f"bench-{os.getpid()}-{http}",
     ]  # fmt: skip

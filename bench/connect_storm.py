@@ -66,7 +66,7 @@ async def own_broker(config: Path, port: int) -> AsyncIterator[str]:
     """``headcount broker`` on ``port``; yields the service's URL it prints."""
     env = {k: v for k, v in os.environ.items() if k != "HEADCOUNT_BROKER_PASSWORD"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "headcount", "broker", "--mqtt-port", str(port),
+        sys.executable, "-P", "-m", "headcount", "broker", "--mqtt-port", str(port),
         "--broker-config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip

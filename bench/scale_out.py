@@ -259,7 +259,7 @@ def supports_shards() -> bool:
     import subprocess
 
     help_text = subprocess.run(
-        [sys.executable, "-m", "headcount", "serve", "--help"],
+        [sys.executable, "-P", "-m", "headcount", "serve", "--help"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return "--shard" in help_text

@@ -93,7 +93,7 @@ async def simulate(workdir: Path, topology: Path, broker: str, soak: Soak) -> li
     out = workdir / "events.jsonl"
     people = max(1, int(soak.rate * soak.seconds / EVENTS_PER_PERSON))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "headcount", "simulate",
+        sys.executable, "-P", "-m", "headcount", "simulate",
         "--broker", broker, "--topology", str(topology),
         "--seed", str(SEED), "--start", START, "--duration", "8h",
         "--people", str(people), "--rate", str(soak.rate),

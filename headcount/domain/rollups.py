@@ -34,6 +34,7 @@ from headcount.domain.topology import Space
 __all__ = [
     "BUCKET_MS",
     "MAX_STRETCH_MS",
+    "MIN_EVENTS",
     "Rollup",
     "RollupBuilder",
     "apply_rollup",

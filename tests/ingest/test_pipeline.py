@@ -224,17 +224,7 @@ async def test_events_before_a_closed_log_cost_only_themselves(
     events are stored and counted, each refused one is quarantined with the event as its
     payload, and that takes a few refused statements, not one per event (nothing after the
     message waits for a commit per event)."""
-    closed_before = NOW - 3_500
-    monkeypatch.setattr(store.log, "closed_before", AsyncMock(return_value=closed_before))
-    faults = StoreFaults(store.engine)
-    faults.refuse(
-        lambda statement, parameters: (
-            "INSERT INTO traversals" in statement
-            and any(
-                isinstance(v, int) and NOW - 10_000 < v < closed_before for v in _flat(parameters)
-            )
-        )
-    )
+    faults = closed_log(store, monkeypatch, closed_before=NOW - 3_500)
     early = [Traversal("283", 100 + i, NOW - 9_000 + i, 1) for i in range(40)]
     mixed = Msg(
         wire.traversals_topic("283"),
@@ -267,17 +257,7 @@ async def test_events_before_a_closed_log_cost_only_themselves(
 async def test_once_a_closed_log_refused_an_event_older_ones_are_refused_without_the_store(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    closed_before = NOW - 3_500
-    monkeypatch.setattr(store.log, "closed_before", AsyncMock(return_value=closed_before))
-    faults = StoreFaults(store.engine)
-    faults.refuse(
-        lambda statement, parameters: (
-            "INSERT INTO traversals" in statement
-            and any(
-                isinstance(v, int) and NOW - 10_000 < v < closed_before for v in _flat(parameters)
-            )
-        )
-    )
+    faults = closed_log(store, monkeypatch, closed_before=NOW - 3_500)
     # One message a batch, each read while the one before commits: the fourth is read once
     # the second's refusal has been dealt with.
     messages = [
@@ -298,6 +278,25 @@ async def test_once_a_closed_log_refused_an_event_older_ones_are_refused_without
     assert system.live("A").count == 3
     assert counted(metrics, "quarantined", "unstorable") == 2
     assert len([f for f in faults.failed if f.startswith("refused")]) == 1
+
+
+def closed_log(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, *, closed_before: int
+) -> StoreFaults:
+    """The store as after ``partitions detach`` at ``closed_before``: the log says where it was
+    closed, and inserting an event before it is refused (as PostgreSQL's trigger does),
+    injected on both backends. ``remove()`` the faults when done."""
+    monkeypatch.setattr(store.log, "closed_before", AsyncMock(return_value=closed_before))
+    faults = StoreFaults(store.engine)
+    faults.refuse(
+        lambda statement, parameters: (
+            "INSERT INTO traversals" in statement
+            and any(
+                isinstance(v, int) and NOW - 10_000 < v < closed_before for v in _flat(parameters)
+            )
+        )
+    )
+    return faults
 
 
 def _flat(parameters: object) -> list[object]:

@@ -10,9 +10,10 @@ from itertools import pairwise
 from sqlalchemy import delete, func, select
 
 from headcount.domain.events import Reset, Traversal
-from headcount.domain.rollups import BUCKET_MS, MIN_EVENTS
+from headcount.domain.rollups import BUCKET_MS, MIN_EVENTS, RollupBuilder
 from headcount.domain.topology import Topology
-from headcount.eventstore.answers import KIND, ROLLUP
+from headcount.eventstore.answers import KIND, RESET, ROLLUP, TRAVERSAL
+from headcount.eventstore.records import RolledUp
 from headcount.eventstore.schema import rollups
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
@@ -167,3 +168,33 @@ async def test_refreshes_go_on_from_where_the_rollups_end(store: EventStore) -> 
     cuts = bounds("5m", T, T + 2 * DAY)
     got = await series(History(store, topo), "A", cuts)
     assert got == await folded_from_the_log(store, topo, cuts)
+
+
+async def test_rollups_an_event_reached_after_their_fold_are_not_stored(
+    store: EventStore,
+) -> None:
+    """Folded up to a head, written later: a rollup whose time an event reached in between
+    would miss it, and so would every one after it; none may end past the snapshots that
+    cover the space either (a later event there would not be marked late)."""
+    topo = topology(daily_reset=None)
+    view = SpaceView.of(topo, "A")
+    await store.log.append([Traversal("d1", i, T + i * 10_000, 1) for i in range(180)])
+    head = await store.log.head()
+    builder = RollupBuilder(topo.space("A"), T)
+    builder.rows([(TRAVERSAL, T + i * 10_000, 1) for i in range(180)], RESET)
+    made = builder.close(T + 6 * BUCKET_MS)
+    assert [r.start for r in made] == [T + k * BUCKET_MS for k in range(6)]
+    await store.log.append([Traversal("d2", 0, T + 3 * BUCKET_MS + 7, -1)])  # after the head
+
+    async def stored_starts(covered: int) -> list[int]:
+        async with store.engine.begin() as conn:
+            await conn.execute(delete(rollups))
+        await store.snapshots.add(
+            [], view.sources, made=RolledUp("A", view.fingerprint, head, covered, made)
+        )
+        async with store.engine.connect() as conn:
+            found = await conn.execute(select(rollups.c.bucket_start).order_by("bucket_start"))
+            return [row.bucket_start for row in found]
+
+    assert await stored_starts(T + DAY) == [T, T + BUCKET_MS, T + 2 * BUCKET_MS]
+    assert await stored_starts(T + 2 * BUCKET_MS - 1) == [T, T + BUCKET_MS]

@@ -6,6 +6,7 @@ the same database through the bare drivers.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
@@ -145,6 +146,22 @@ def within(
     """``conn`` when given (a transaction the caller holds for several reads that belong
     together), else a new read transaction of ``engine``."""
     return nullcontext(conn) if conn is not None else read_transaction(engine)
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The driver's own connection (aiosqlite's), checked out of ``engine``'s pool and outside
+    any transaction, for a statement that SQLAlchemy would send in several round trips to the
+    driver's thread (``appending.insert_new``). Its errors are translated as SQLAlchemy's are
+    (:func:`translate_errors`), and a connection whose store refuses writes is dropped."""
+    async with translate_errors(), engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except sqlite3.Error as e:
+            if writes_refused(e) in ("read-only", _WRITE_ERROR):
+                await conn.invalidate()
+            raise DBAPIError.instance(None, None, e, sqlite3.Error) from e
 
 
 @asynccontextmanager

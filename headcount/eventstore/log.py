@@ -22,7 +22,7 @@ from headcount.domain.topology import Source
 from headcount.errors import ConflictError
 from headcount.eventstore import quarantine as quarantine_rows
 from headcount.eventstore.answers import RESET, TRAVERSAL
-from headcount.eventstore.appending import insert_traversals
+from headcount.eventstore.appending import SQLITE_ROWS, insert_new, insert_traversals
 from headcount.eventstore.engine import (
     insert,
     read_transaction,
@@ -91,6 +91,16 @@ class EventLog:
         if not first and not quarantine:
             return AppendResult((), (), 0, ())
 
+        if (
+            self.engine.dialect.name == "sqlite"
+            and not repeats
+            and not quarantine
+            and len(first) <= SQLITE_ROWS
+        ):
+            # New traversals alone (the usual batch): one statement, its own transaction.
+            stored = await insert_new(self.engine, list(first.values()), received_at)
+            if stored is not None:
+                return _result(first, stored, 0, [])
         duplicates = 0
         conflicts: list[Conflict] = []
         inserted: dict[tuple[str, int], int] = {}

@@ -40,6 +40,7 @@ from headcount.ingest.dpus import DpuRegistry
 from headcount.ingest.pipeline import Ingest, IngestSettings
 from headcount.metrics import Metrics
 from headcount.service import build_app
+from tests.driver_statements import DriverStatements
 from tests.ingest.inbox import Inbox, Msg
 from tests.sim.reference import expected_counts
 
@@ -131,9 +132,16 @@ class SlowCommits:
         self.latency_s = latency_s
         self.commits = 0
         event.listen(self._sync, "commit", self._on_commit)
+        self._driver = DriverStatements(self._before_driver)
 
     def remove(self) -> None:
         event.remove(self._sync, "commit", self._on_commit)
+        self._driver.remove()
+
+    async def _before_driver(self, _statement: str, _parameters: object) -> None:
+        # SQLite's append of new traversals: one statement that commits on its own.
+        self.commits += 1
+        await asyncio.sleep(self.latency_s)
 
     def _on_commit(self, conn: Connection) -> None:
         if conn.get_execution_options().get(_WRITE, False):

@@ -5,10 +5,16 @@ A *step* is one statement executed in a write transaction, or its COMMIT, which 
 ``COMMIT`` fails before the commit is sent (nothing is stored), ``COMMITTED`` after it
 succeeded (all is stored, but the caller is told the connection was lost). Only steps of write
 transactions count: reads (the actors', the test's own checks) are never failed.
+
+SQLite's append of new traversals is one statement sent to the driver directly, outside any
+SQLAlchemy transaction (``appending.insert_new``): it is hooked at the driver, as two steps,
+the statement (nothing stored) and ``COMMITTED`` (it committed, the caller is told the
+connection was lost).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +24,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from headcount.eventstore.engine import _WRITE
+from tests.driver_statements import DriverStatements
 
 __all__ = ["StoreFaults"]
 
@@ -47,11 +54,13 @@ class StoreFaults:
         event.listen(self._sync, "before_cursor_execute", self._before_execute)
         event.listen(self._sync, "commit", self._on_commit)
         self._dialect.do_commit = self._commit  # type: ignore[method-assign]
+        self._driver = DriverStatements(self._before_driver, self._after_driver)
 
     def remove(self) -> None:
         event.remove(self._sync, "before_cursor_execute", self._before_execute)
         event.remove(self._sync, "commit", self._on_commit)
         self._dialect.do_commit = self._do_commit  # type: ignore[method-assign]
+        self._driver.remove()
 
     def clear(self) -> None:
         self.steps.clear()
@@ -97,6 +106,18 @@ class StoreFaults:
         if self._refuse is not None and self._refuse(statement, parameters):
             self.failed.append(f"refused: {label}")
             raise DataError(statement, None, ValueError("injected: the store refuses this value"))
+
+    async def _before_driver(self, statement: str, parameters: Any) -> None:
+        label = "INSERT INTO traversals" if "INSERT INTO traversals" in statement else statement
+        if self._step(label):
+            raise sqlite3.OperationalError(f"injected: connection lost at {label}")
+        if self._refuse is not None and self._refuse(statement, parameters):
+            self.failed.append(f"refused: {label}")
+            raise sqlite3.DataError("injected: the store refuses this value")
+
+    async def _after_driver(self, _statement: str) -> None:
+        if self._step("COMMITTED"):
+            raise sqlite3.OperationalError("injected: connection lost at COMMITTED")
 
     def _on_commit(self, conn: Connection) -> None:
         # Runs just before the dialect's do_commit, in the same thread without a switch.

@@ -1,9 +1,13 @@
 """The ingest benchmark's physical limit: the same traversal rows inserted into the same schema
 through the bare drivers, in 2,000-row transactions, with the unique key's ``ON CONFLICT ...
-DO NOTHING`` and ``RETURNING`` that headcount's append needs.
+DO NOTHING`` and ``RETURNING`` that an append of possible duplicates needs.
 
 - SQLite: ``sqlite3`` on a WAL file with ``synchronous=FULL`` (durable at each commit, as the
-  service's store is), one multi-row ``INSERT`` per transaction.
+  service's store is), one multi-row ``INSERT`` per transaction. Measured twice: with
+  ``ON CONFLICT`` + ``RETURNING`` in ``BEGIN IMMEDIATE`` ... ``COMMIT``, and as a plain
+  multi-row ``INSERT`` that is its own transaction with ``last_insert_rowid()`` after it (what
+  headcount's append of new traversals does, ``appending.insert_new``): the faster of the two
+  is the limit to beat.
 - PostgreSQL: asyncpg, ``INSERT ... SELECT FROM unnest(...)``; ``COPY`` as a second reference
   (it cannot skip duplicates, so headcount cannot use it as it is).
 
@@ -55,7 +59,7 @@ async def make_schema(url: str) -> None:
     await store.close()
 
 
-def _sqlite_insert(path: str, rows: Sequence[Row]) -> float:
+def _sqlite_insert(path: str, rows: Sequence[Row], *, returning: bool) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -67,23 +71,37 @@ def _sqlite_insert(path: str, rows: Sequence[Row]) -> float:
             sql = statements.get(len(chunk))
             if sql is None:
                 values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
-                sql = statements[len(chunk)] = (
-                    f"INSERT INTO traversals ({_COLUMNS}) VALUES {values}"
-                    f" ON CONFLICT ({_key('sqlite')}) DO NOTHING RETURNING position, dpu_id, seq"
-                )
-            conn.execute("BEGIN IMMEDIATE")
-            returned = conn.execute(sql, [v for row in chunk for v in row]).fetchall()
-            conn.execute("COMMIT")
-            assert len(returned) == len(chunk)
+                sql = f"INSERT INTO traversals ({_COLUMNS}) VALUES {values}"
+                if returning:
+                    sql += (
+                        f" ON CONFLICT ({_key('sqlite')}) DO NOTHING"
+                        " RETURNING position, dpu_id, seq"
+                    )
+                statements[len(chunk)] = sql
+            params = [v for row in chunk for v in row]
+            if returning:
+                conn.execute("BEGIN IMMEDIATE")
+                returned = conn.execute(sql, params).fetchall()
+                conn.execute("COMMIT")
+                assert len(returned) == len(chunk)
+            else:
+                conn.execute(sql, params)  # a transaction of its own
+                (last,) = conn.execute("SELECT last_insert_rowid()").fetchone()
+                assert last >= len(chunk)
         return len(rows) / (time.perf_counter() - started)
     finally:
         conn.close()
 
 
-async def sqlite_limit(path: str, rows: Sequence[Row]) -> float:
-    """Rows/s of bare ``sqlite3`` into a new store at ``path``."""
+async def sqlite_limit(path: str, rows: Sequence[Row]) -> tuple[float, float]:
+    """Rows/s of bare ``sqlite3`` into new stores at ``path`` (and ``path`` + ``-plain``):
+    ``ON CONFLICT`` + ``RETURNING`` in a transaction, then a plain ``INSERT``."""
     await make_schema(f"sqlite+aiosqlite:///{path}")
-    return await asyncio.to_thread(_sqlite_insert, path, rows)
+    returning = await asyncio.to_thread(_sqlite_insert, path, rows, returning=True)
+    plain_path = f"{path}-plain"
+    await make_schema(f"sqlite+aiosqlite:///{plain_path}")
+    plain = await asyncio.to_thread(_sqlite_insert, plain_path, rows, returning=False)
+    return returning, plain
 
 
 _UNNEST = (

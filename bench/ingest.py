@@ -199,9 +199,9 @@ async def one_round(
             if batch > 1:
                 rows = publisher_rows(events, batch, DPUS, first_ts)
                 if store == "sqlite":
-                    figures.add_limit(
-                        "sqlite3", await sqlite_limit(str(workdir / "limit.db"), rows)
-                    )
+                    returning, plain = await sqlite_limit(str(workdir / "limit.db"), rows)
+                    figures.add_limit("sqlite3 RETURNING", returning)
+                    figures.add_limit("sqlite3 plain INSERT", plain)
                 else:
                     name = f"hc_bench_ingest_limit_{os.getpid()}"
                     async with fresh_database(admin, name) as url:

@@ -20,13 +20,13 @@ After = Callable[[str], Awaitable[None]]
 
 
 class DriverStatements:
-    """``before`` and ``after`` every ``aiosqlite.Connection.execute_fetchall`` (the call the
+    """``before`` and ``after`` every ``aiosqlite.Connection.execute_insert`` (the call the
     append makes), until :meth:`remove`."""
 
     def __init__(self, before: Before, after: After | None = None) -> None:
-        self._original = original = aiosqlite.Connection.execute_fetchall
+        self._original = original = aiosqlite.Connection.execute_insert
 
-        async def execute_fetchall(
+        async def execute_insert(
             connection: aiosqlite.Connection, sql: str, parameters: Any = None
         ) -> Any:
             await before(sql, parameters)
@@ -35,7 +35,7 @@ class DriverStatements:
                 await after(sql)
             return rows
 
-        aiosqlite.Connection.execute_fetchall = execute_fetchall  # type: ignore[method-assign,assignment]
+        aiosqlite.Connection.execute_insert = execute_insert  # type: ignore[method-assign,assignment]
 
     def remove(self) -> None:
-        aiosqlite.Connection.execute_fetchall = self._original  # type: ignore[method-assign]
+        aiosqlite.Connection.execute_insert = self._original  # type: ignore[method-assign]

@@ -10,13 +10,14 @@ errors are translated like any other (``engine.write_transaction``).
 
 On SQLite, a batch of new traversals (the usual case) first takes a shorter way,
 :func:`insert_new`: one statement that is its own transaction, sent to the driver in one
-call. Through SQLAlchemy, the same append is a dozen round trips to aiosqlite's thread
-(checkout, ``BEGIN IMMEDIATE``, a query for the newest snapshot, a cursor made, executed,
-fetched and closed, ``COMMIT``), each of which waits for the event loop; the one call halves
-the append's time in ingest (BENCHMARKS.md, "Ingest, one call"). A single statement is
-atomic and durable on its own, and takes SQLite's write lock like any writer, so nothing is
-lost: it either stores the whole batch or nothing, and a batch with a key already stored is
-refused whole, to go the usual way.
+call (aiosqlite's ``execute_insert``, which also reads the last position). Through
+SQLAlchemy, the same append is a dozen round trips to aiosqlite's thread (checkout,
+``BEGIN IMMEDIATE``, a query for the newest snapshot, a cursor made, executed, fetched and
+closed, ``COMMIT``), each of which waits for the event loop; the one call takes ingest from
+about 130,000 to 210,000 events/s (BENCHMARKS.md, "Ingest in one call"). A single statement
+is atomic and durable on its own, and takes SQLite's write lock like any writer, so nothing
+is lost: it either stores the whole batch or nothing, and a batch with a key already stored
+is refused whole, to go the usual way.
 
 The conflict target and the columns are ``schema.traversal_conflict_target`` and
 ``schema.TRAVERSAL_COLUMNS``.
@@ -68,16 +69,19 @@ def _sqlite_insert(rows: int) -> str:
 
 @lru_cache(maxsize=64)
 def _sqlite_insert_new(rows: int) -> str:
-    """Rows numbered in the text (``n``, not a parameter) so that they are inserted, and given
-    their positions, in the batch's order; ``late`` decided in the statement from the newest
-    snapshot, as on PostgreSQL; ``received_at`` one parameter for all."""
+    """Rows numbered in the text (``n``, not a parameter) so that they are inserted in the
+    batch's order; ``late`` decided in the statement from the newest snapshot, as on
+    PostgreSQL; ``received_at`` one parameter for all. No ``RETURNING``: the statement stores
+    every row or none, each taking the position after the one before (the newest position
+    plus one: it holds the write lock), so the last position tells them all, and fetching
+    2,000 returned rows would take the driver's thread 2,000 turns of the GIL."""
     values = ", ".join(f"({n}, ?, ?, ?, ?)" for n in range(rows))
     return (
         f"WITH batch(n, dpu_id, seq, ts, direction) AS (VALUES {values})"
         f" INSERT INTO traversals ({_COLUMNS})"
         f" SELECT dpu_id, seq, ts, direction, ?{rows * 4 + 1},"
         " coalesce(ts <= (SELECT max(as_of) FROM snapshots), false)"
-        f" FROM batch ORDER BY n {_RETURNING}"
+        " FROM batch ORDER BY n"
     )
 
 
@@ -96,12 +100,13 @@ async def insert_new(
     params.append(received_at)
     async with driver_connection(engine) as conn:
         try:
-            rows = await conn.execute_fetchall(_sqlite_insert_new(len(batch)), params)
+            (last,) = await conn.execute_insert(_sqlite_insert_new(len(batch)), params)
         except sqlite3.IntegrityError as e:
             if e.sqlite_errorname in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
                 return None  # a key stored already (not a check refused)
             raise
-    return {(row[1], row[2]): row[0] for row in rows}
+    first = last - len(batch) + 1
+    return {t.key: position for position, t in enumerate(batch, start=first)}
 
 
 async def insert_traversals(

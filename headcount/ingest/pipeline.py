@@ -109,9 +109,9 @@ class IngestSettings:
     @property
     def max_held(self) -> int:
         """The most messages ingest holds unacknowledged: a full queue, a full batch being
-        committed, the next batch being read meanwhile, and the one the reader waits to
-        queue."""
-        return self.queue_size + 2 * self.max_events + 1
+        routed and acknowledged, the next one being committed, the one after it being read
+        meanwhile, and the one the reader waits to queue."""
+        return self.queue_size + 3 * self.max_events + 1
 
     @property
     def rate_limit(self) -> RateLimit | None:
@@ -146,6 +146,30 @@ class _Part(Generic[M]):
 class _Batch(Generic[M]):
     parts: list[_Part[M]] = field(default_factory=list)
     events: int = 0
+
+
+@dataclass(slots=True)
+class _Commit:
+    """A batch on its way to the store and the broker: ``stored`` is done once its append is
+    (the next batch's starts), ``task`` once it is routed and acknowledged too."""
+
+    task: asyncio.Task[None]
+    stored: asyncio.Future[None]
+    #: The commit of the batch before it, which this one waits for to be appended first,
+    #: then to be routed and acknowledged.
+    before: asyncio.Task[None] | None
+
+    @property
+    def storing(self) -> bool:
+        return not self.stored.done() and not self.task.done()
+
+    def raise_failed(self) -> None:
+        """Raise the error of a commit that failed (this one or the one before it)."""
+        for task in (self.before, self.task):
+            if task is not None and task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
 
 
 class Ingest(Generic[M]):
@@ -204,41 +228,80 @@ class Ingest(Generic[M]):
             await self._queue.put(message)
 
     async def _commit_loop(self) -> None:
-        """Commit batches one after the other, each acknowledged once committed; the next
-        batch is read and decoded meanwhile (the store works in its own thread or server), and
-        keeps filling until the commit before it is done."""
-        committing: asyncio.Task[None] | None = None
+        """Commit batches one after the other, each acknowledged once committed. The store
+        works in its own thread or server, so the event loop does the rest meanwhile: the next
+        batch is read and decoded while one is appended (and keeps filling until that append
+        is done), and a batch is routed to the actors and acknowledged while the next one is
+        appended. Appends, routes and acknowledgements each keep the batches' order."""
+        committing: _Commit | None = None
+        in_flight: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 batch = await self._next_batch(committing)
-                if committing is not None:
-                    await committing  # in order: a batch is committed after the one before
-                committing = asyncio.create_task(self._commit_and_ack(batch), name="ingest:commit")
-                committing.add_done_callback(self._committed)
+                if committing is not None and committing.before is not None:
+                    # At most one batch is routed and acknowledged while the next one is
+                    # appended and a third one read: what ingest holds stays bounded
+                    # (IngestSettings.max_held).
+                    await asyncio.wait([committing.before])
+                    committing.raise_failed()
+                stored: asyncio.Future[None] = loop.create_future()
+                task = asyncio.create_task(
+                    self._commit_and_ack(batch, stored, committing), name="ingest:commit"
+                )
+                committing = _Commit(task, stored, None if committing is None else committing.task)
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(self._committed)
+                stored.add_done_callback(self._committed)
         finally:
-            if committing is not None and not committing.done():
-                committing.cancel()
-                await asyncio.wait([committing])
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.wait(in_flight)
 
-    async def _commit_and_ack(self, batch: _Batch[M]) -> None:
-        await self._store(batch.parts)
-        for part in batch.parts:
-            if part.report is not None:
-                await self.loss.reported(*part.report)
+    async def _commit_and_ack(
+        self, batch: _Batch[M], stored: asyncio.Future[None], previous: _Commit | None
+    ) -> None:
+        """Once the batch before it is appended, append this one and compare its DPUs'
+        delivery reports with the store (before the next append can add to what they count);
+        then, once the batch before it is routed and acknowledged, route this one to the
+        actors and acknowledge its messages. ``stored`` is done when the append is (cancelled
+        if it failed)."""
+        routes: list[list[Traversal]] = []
+        try:
+            if previous is not None:
+                await previous.stored
+            await self._store(batch.parts, routes)
+            for part in batch.parts:
+                if part.report is not None:
+                    await self.loss.reported(*part.report)
+        except BaseException:
+            stored.cancel()
+            raise
+        stored.set_result(None)
+        # The next batch's commit, waiting for ``stored``, runs first: its append is under way
+        # while this one is routed and acknowledged.
+        await asyncio.sleep(0)
+        if previous is not None:
+            await previous.task
+        for traversals in routes:
+            await self.actors.route(traversals)
         for n, part in enumerate(batch.parts, start=1):
             await self._ack(part.message)
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the HTTP API answer between long runs
         self.health.acknowledged(len(batch.parts))
 
-    async def _next_batch(self, committing: asyncio.Task[None] | None = None) -> _Batch[M]:
+    async def _next_batch(self, committing: _Commit | None = None) -> _Batch[M]:
         """Decode messages into one batch until it holds ``max_events`` traversals, or
-        ``max_delay_s`` has passed since its first message and the commit before it
+        ``max_delay_s`` has passed since its first message and the append before it
         (``committing``) is done. A commit that failed raises its error here."""
         batch: _Batch[M] = _Batch()
         message: M | None = None
-        while message is None:  # None: a commit ended, nothing to read
-            _raise_failed(committing)
+        while message is None:  # None: an append or a commit ended, nothing to read
+            if committing is not None:
+                committing.raise_failed()
             message = await self._queue.get()
         self._add(batch, message)
         deadline = time.monotonic() + self.settings.max_delay_s
@@ -247,8 +310,9 @@ class Ingest(Generic[M]):
             try:
                 message = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                _raise_failed(committing)
-                if committing is not None and not committing.done():
+                if committing is not None:
+                    committing.raise_failed()
+                if committing is not None and committing.storing:
                     message = await self._queue.get()  # or the None its end puts
                 else:
                     left = deadline - time.monotonic()
@@ -268,9 +332,9 @@ class Ingest(Generic[M]):
                 await asyncio.sleep(0)
         return batch
 
-    def _committed(self, _task: asyncio.Task[None]) -> None:
-        """Wake a batch waiting for messages: the commit before it ended (a full queue has
-        messages to read: no need)."""
+    def _committed(self, _done: asyncio.Future[None]) -> None:
+        """Wake a batch waiting for messages: the append or the commit before it ended (a full
+        queue has messages to read: no need)."""
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
 
@@ -384,18 +448,19 @@ class Ingest(Generic[M]):
 
     # -- committing ------------------------------------------------------------------------
 
-    async def _store(self, parts: Sequence[_Part[M]]) -> None:
+    async def _store(self, parts: Sequence[_Part[M]], routes: list[list[Traversal]]) -> None:
         """Commit what ``parts`` ask to store, in one transaction if the store takes it. If it
-        refuses their content, in halves, down to the one message at fault."""
+        refuses their content, in halves, down to the one message at fault. What is to be
+        routed to the actors goes to ``routes``, in order."""
         parts = [p for p in parts if not p.empty]
         if not parts:
             self.health.committed()  # nothing to store is progress too
             return
         try:
-            await self._commit(parts)
+            await self._commit(parts, routes)
         except StoreDataError as e:
             if len(parts) == 1:
-                await self._isolate(parts[0], e)
+                await self._isolate(parts[0], e, routes)
                 return
             log.warning(
                 "the store refused a batch of %d messages for its content (%s);"
@@ -404,13 +469,13 @@ class Ingest(Generic[M]):
                 _ascii(str(e), 500),  # the error may quote the stranger's bytes
             )
             half = len(parts) // 2
-            await self._store(parts[:half])
-            await self._store(parts[half:])
+            await self._store(parts[:half], routes)
+            await self._store(parts[half:], routes)
 
-    async def _commit(self, parts: Sequence[_Part[M]]) -> None:
+    async def _commit(self, parts: Sequence[_Part[M]], routes: list[list[Traversal]]) -> None:
         """Append the parts' traversals and quarantine entries in one transaction, retrying
-        while the store is unavailable, then count and route what was stored. Raises
-        :class:`StoreDataError` (nothing stored) when the store refuses the content."""
+        while the store is unavailable, then count what was stored and add it to ``routes``.
+        Raises :class:`StoreDataError` (nothing stored) when the store refuses the content."""
         traversals = [t for p in parts for t in p.traversals]
         entries = [e for p in parts for e in p.quarantine]
         delay = 0.1
@@ -453,11 +518,13 @@ class Ingest(Generic[M]):
         if result.conflicts:
             m.quarantined.labels("seq_conflict").inc(len(result.conflicts))
         if self.settings.route_duplicates:
-            await self.actors.route(_all_stored(traversals, result))
+            routes.append(_all_stored(traversals, result))
         else:
-            await self.actors.route([*result.new, *_stored_before(parts, result)])
+            routes.append([*result.new, *_stored_before(parts, result)])
 
-    async def _isolate(self, part: _Part[M], error: StoreDataError) -> None:
+    async def _isolate(
+        self, part: _Part[M], error: StoreDataError, routes: list[list[Traversal]]
+    ) -> None:
         """Store what it can of a message whose content the store refuses. Events older than
         a PostgreSQL log closed by ``partitions detach`` (what the store refuses event by
         event) cost only themselves: each is quarantined, the rest of the message stored.
@@ -465,7 +532,7 @@ class Ingest(Generic[M]):
         bounded length and a bounded prefix of the payload. If even that is refused, it is
         logged and counted as dropped. Either way it is acknowledged, in a few commits at
         most, so nothing after it waits long."""
-        if part.traversals and await self._refuse_closed(part):
+        if part.traversals and await self._refuse_closed(part, routes):
             return
         message = part.message
         log.error(
@@ -488,7 +555,7 @@ class Ingest(Generic[M]):
         )
         minimal: _Part[M] = _Part(message, quarantine=[entry], rejected=[reason])
         try:
-            await self._commit([minimal])
+            await self._commit([minimal], routes)
         except StoreDataError as e:
             log.error(
                 "the store refuses even a minimal quarantine entry for the message on topic %s"
@@ -498,7 +565,7 @@ class Ingest(Generic[M]):
             )
             self.metrics.dropped.labels(reason).inc()
 
-    async def _refuse_closed(self, part: _Part[M]) -> bool:
+    async def _refuse_closed(self, part: _Part[M], routes: list[list[Traversal]]) -> bool:
         """If the log is closed before some of the part's events, commit the part again with
         those quarantined instead (one commit; what the store still refuses goes on to
         :meth:`_isolate`'s whole-message form) and say so; ``False`` when none is."""
@@ -524,7 +591,7 @@ class Ingest(Generic[M]):
             budgeted=True,
             uncertain=part.uncertain,
         )
-        await self._store([again])
+        await self._store([again], routes)
         return True
 
 
@@ -550,14 +617,6 @@ def _split_closed(
                 )
             )
     return kept, refused
-
-
-def _raise_failed(committing: asyncio.Task[None] | None) -> None:
-    """Raise the error of a commit that failed."""
-    if committing is not None and committing.done() and not committing.cancelled():
-        error = committing.exception()
-        if error is not None:
-            raise error
 
 
 def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Traversal]:

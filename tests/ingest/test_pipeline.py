@@ -444,6 +444,48 @@ async def test_the_next_batch_is_read_while_one_commits_and_acks_follow_commits(
     assert system.live("A").count == 6
 
 
+async def test_a_batch_is_appended_while_the_one_before_it_is_routed(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store works while the event loop routes and acknowledges: with the first batch's
+    routing held, the second batch is appended all the same, but neither is acknowledged,
+    nor the second routed, before the first is through (order kept)."""
+    topology = Topology.from_toml(SEED.read_text())
+    messages = [traversal("283", seq, NOW - 10_000 + seq) for seq in range(1, 7)]
+    inbox = Inbox()
+    system = ActorSystem(History(store, topology), clock=lambda: NOW)
+    release = asyncio.Event()
+    routed: list[list[int]] = []
+    route = system.route
+
+    async def held_route(traversals: list[Traversal]) -> int:
+        if not routed:
+            await release.wait()  # the first batch's routing, until released
+        routed.append([t.seq for t in traversals])
+        return await route(traversals)
+
+    monkeypatch.setattr(system, "route", held_route)
+    async with system.running():
+        ingest = Ingest(
+            inbox.messages(), inbox.ack, store=store, actors=system, dpus=DpuRegistry(),
+            metrics=Metrics(), settings=IngestSettings(max_events=3), clock=lambda: NOW,
+        )  # fmt: skip
+        task = asyncio.create_task(ingest.run())
+        inbox.put(*messages)
+        async with asyncio.timeout(10):  # both batches appended
+            while await store.log.count_traversals() < 6:
+                await asyncio.sleep(0.005)
+        assert inbox.acked == []
+        assert routed == []
+        release.set()
+        await eventually(lambda: len(inbox.acked) == 6, what="every message acked")
+        task.cancel()
+        await asyncio.wait([task])
+    assert routed == [[1, 2, 3], [4, 5, 6]]
+    assert inbox.acked == messages
+    assert system.live("A").count == 6
+
+
 @pytest.mark.parametrize("route_duplicates", [True, False], ids=["sharded", "alone"])
 async def test_a_shard_folds_what_another_shard_stored_first_exactly_once(
     store: EventStore, route_duplicates: bool

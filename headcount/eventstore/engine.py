@@ -25,6 +25,7 @@ from sqlalchemy.exc import (
     StatementError,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 from headcount.errors import StoreDataError, StoreError, StoreWritesRefusedError
 
@@ -50,7 +51,11 @@ def create_engine(url: str) -> AsyncEngine:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
-        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        # The pool's rollback of every connection it takes back is a round trip to the
+        # driver's thread; _configure_sqlite rolls back only one still in a transaction.
+        engine = create_async_engine(
+            parsed, connect_args={"timeout": 30}, pool_reset_on_return=None
+        )
         _configure_sqlite(engine)
         event.listen(engine.sync_engine, "handle_error", _drop_read_only_connections)
         return engine
@@ -80,6 +85,17 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+        # Back in the pool: a transaction left open (a caller that failed between BEGIN and
+        # its end) is rolled back; a connection outside any, the usual case, costs nothing.
+        if (
+            state.asyncio_safe
+            and not state.terminate_only
+            and dbapi_connection.driver_connection.in_transaction
+        ):
+            dbapi_connection.rollback()
 
 
 def _drop_read_only_connections(context: ExceptionContext) -> None:

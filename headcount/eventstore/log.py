@@ -13,7 +13,7 @@ from itertools import pairwise
 from operator import attrgetter, itemgetter
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import case, func, select, tuple_
+from sqlalchemy import case, func, select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from headcount.clock import Clock, now_ms
@@ -200,13 +200,14 @@ class EventLog:
         async with read_transaction(self.engine) as conn:
             yield conn
 
-    async def head(self) -> Head:
+    async def head(self, *, within: AsyncConnection | None = None) -> Head:
         """The newest traversal position and reset id (0 when empty). On PostgreSQL it is read
         under the log's exclusive lock, as a snapshot write reads it: an append still in flight
         could otherwise commit a position below it later, and a fold up to this head (a replay
-        of one shard beside the others, which keep appending) would miss that event."""
+        of one shard beside the others, which keep appending) would miss that event. On
+        SQLite, ``within`` a transaction of :meth:`reading` (PostgreSQL's takes its own)."""
         if self.engine.dialect.name != "postgresql":
-            async with read_transaction(self.engine) as conn:
+            async with reading_in(self.engine, within) as conn:
                 return await read_head(conn)
         async with write_transaction(self.engine, exclusive=True) as conn:
             return await read_head(conn)
@@ -226,17 +227,23 @@ class EventLog:
             )
             return int(await conn.scalar(query) or 0)
 
-    async def newest_ts(self, dpu_ids: Iterable[str]) -> int | None:
-        """The newest event time reported by any of ``dpu_ids``."""
-        newest: int | None = None
-        async with read_transaction(self.engine) as conn:
-            for dpu_id in sorted(set(dpu_ids)):
-                ts = await conn.scalar(
-                    select(func.max(traversals.c.ts)).where(traversals.c.dpu_id == dpu_id)
-                )
-                if ts is not None and (newest is None or ts > newest):
-                    newest = ts
-        return newest
+    async def newest_ts(
+        self, dpu_ids: Iterable[str], *, within: AsyncConnection | None = None
+    ) -> int | None:
+        """The newest event time reported by any of ``dpu_ids``, in one statement (each DPU's
+        newest read from the end of its index)."""
+        newest = [
+            select(func.max(traversals.c.ts).label("ts")).where(traversals.c.dpu_id == dpu_id)
+            for dpu_id in sorted(set(dpu_ids))
+        ]
+        if not newest:
+            return None
+        query = (
+            newest[0] if len(newest) == 1 else select(func.max(union_all(*newest).subquery().c.ts))
+        )
+        async with reading_in(self.engine, within) as conn:
+            ts = await conn.scalar(query)
+        return None if ts is None else int(ts)
 
     async def closed_before(self) -> int | None:
         """The time before which the log holds no event and refuses new ones, where
@@ -430,9 +437,15 @@ async def interleave_resets(
 
 async def read_head(conn: AsyncConnection) -> Head:
     """How far the logs go, read in ``conn``'s transaction."""
-    position = await conn.scalar(select(func.max(traversals.c.position)))
-    reset_id = await conn.scalar(select(func.max(resets.c.id)))
-    return Head(position or 0, reset_id or 0)
+    row = (
+        await conn.execute(
+            select(
+                select(func.max(traversals.c.position)).scalar_subquery(),
+                select(func.max(resets.c.id)).scalar_subquery(),
+            )
+        )
+    ).one()
+    return Head(row[0] or 0, row[1] or 0)
 
 
 @dataclass(frozen=True, slots=True)

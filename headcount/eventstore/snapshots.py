@@ -148,9 +148,11 @@ class Snapshots:
             )
         return bool(found)
 
-    async def rollups_end(self, space_id: str, fingerprint: str) -> int | None:
+    async def rollups_end(
+        self, space_id: str, fingerprint: str, *, within: AsyncConnection | None = None
+    ) -> int | None:
         """Where the space's rollups under ``fingerprint`` end (``eventstore.rollups``)."""
-        async with read_transaction(self.engine) as conn:
+        async with reading_in(self.engine, within) as conn:
             return await rollups_end(conn, space_id, fingerprint)
 
     async def add(

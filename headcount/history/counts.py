@@ -217,34 +217,39 @@ class History:
     async def _refresh_space(self, space_id: str, now: int) -> int:
         space = self.topology.space(space_id)
         view = SpaceView.of(self.topology, space_id)
-        newest = await self.store.log.newest_ts(s.dpu_id for s in view.sources)
-        if newest is None:
-            return 0
-        horizon = min(newest, now) - self.snapshot_lag_ms
-        head = await self.store.log.head()
-        base = await self.usable_snapshot(view, at_or_before=horizon)
-        folder = Folder(space, EMPTY if base is None else base.state)
         pending: list[Snapshot] = []
+        # Every read in one transaction (on SQLite, one view of the store; PostgreSQL reads
+        # the head under the log's lock in its own): a refresh runs every snapshot_every
+        # events of a space, and each transaction is round trips to the driver.
+        async with self.store.log.reading() as conn:
+            newest = await self.store.log.newest_ts((s.dpu_id for s in view.sources), within=conn)
+            if newest is None:
+                return 0
+            horizon = min(newest, now) - self.snapshot_lag_ms
+            head = await self.store.log.head(within=conn)
+            base = await self.usable_snapshot(view, at_or_before=horizon, within=conn)
+            folder = Folder(space, EMPTY if base is None else base.state)
 
-        def take(state: SpaceState) -> None:
-            pending.append(Snapshot(space_id, view.fingerprint, state, head))
+            def take(state: SpaceState) -> None:
+                pending.append(Snapshot(space_id, view.fingerprint, state, head))
 
-        cadence = Cadence(self.snapshot_every, horizon)
-        after = folder.as_of
-        # The rollups go on from where the space's rollups end (their bucket may hold events
-        # the snapshot folded already), or start at the first bucket after the snapshot.
-        start = await self._rollups_start(view, after)
-        rolling = None if start is None else RollupBuilder(space, start)
-        read_after = after if start is None or after is None else min(after, start - 1)
-        async for rows in self.store.log.space_rows(
-            space_id, view.sources, after=read_after, until=horizon, head=head
-        ):
-            if rolling is None:  # nothing folded before: the first event's bucket
-                rolling = RollupBuilder(space, bucket_floor(rows[0][1]))
-            _roll(rolling, rows[bisect_left(rows, rolling.done, key=_ts) :])
-            if after is not None and rows[0][1] <= after:
-                rows = rows[bisect_right(rows, after, key=_ts) :]
-            cadence.fold(folder, rows, take)
+            cadence = Cadence(self.snapshot_every, horizon)
+            after = folder.as_of
+            # The rollups go on from where the space's rollups end (their bucket may hold
+            # events the snapshot folded already), or start at the first bucket after the
+            # snapshot.
+            start = await self._rollups_start(view, after, conn)
+            rolling = None if start is None else RollupBuilder(space, start)
+            read_after = after if start is None or after is None else min(after, start - 1)
+            async for rows in self.store.log.space_rows(
+                space_id, view.sources, after=read_after, until=horizon, head=head, within=conn
+            ):
+                if rolling is None:  # nothing folded before: the first event's bucket
+                    rolling = RollupBuilder(space, bucket_floor(rows[0][1]))
+                _roll(rolling, rows[bisect_left(rows, rolling.done, key=_ts) :])
+                if after is not None and rows[0][1] <= after:
+                    rows = rows[bisect_right(rows, after, key=_ts) :]
+                cadence.fold(folder, rows, take)
         if cadence.snapshot_at_end(folder.as_of):
             take(folder.state())
         made = None
@@ -267,11 +272,13 @@ class History:
             )
         return len(stored)
 
-    async def _rollups_start(self, view: SpaceView, after: int | None) -> int | None:
+    async def _rollups_start(
+        self, view: SpaceView, after: int | None, within: AsyncConnection
+    ) -> int | None:
         """Where a refresh that folds from ``after`` starts the space's rollups: where they
         end, unless that is over a day before ``after`` (that stretch is left to the log);
         without any, the first bucket after ``after`` (``None``: the first event's)."""
-        end = await self.store.snapshots.rollups_end(view.space_id, view.fingerprint)
+        end = await self.store.snapshots.rollups_end(view.space_id, view.fingerprint, within=within)
         if end is not None and (after is None or end > after - _DAY_MS):
             return end
         return None if after is None else bucket_ceil(after + 1)

@@ -20,7 +20,7 @@ from headcount.actors.space import DEFAULT_WINDOW_MS, SpaceActor
 from headcount.clock import now_ms
 from headcount.domain.events import TRAVERSAL_RANK, Reset, Traversal, space_delta
 from headcount.domain.fold import SpaceState, daily_reset_window
-from headcount.domain.topology import Space
+from headcount.domain.topology import Link, Space
 from headcount.errors import HeadcountError, StoreDataError, StoreError, UnknownSpaceError
 from headcount.eventstore.records import StoredReset
 from headcount.history import History
@@ -271,14 +271,21 @@ class ActorSystem:
         them on top of its state rather than refolding). Returns how many deltas were
         delivered."""
         by_space: dict[str, list[DeltaRow]] = {}
-        links_at = self.topology.links_at
+        links_span = self.topology.links_span
+        # Each DPU's links and the span of time they hold, looked up once a batch (a batch's
+        # traversals of one DPU mostly fall in one span).
+        spans: dict[str, tuple[tuple[Link, ...], int, int]] = {}
         for t in traversals:
-            for link in links_at(t.dpu_id, t.ts):
+            dpu_id, ts = t.dpu_id, t.ts
+            span = spans.get(dpu_id)
+            if span is None or not span[1] <= ts < span[2]:
+                span = spans[dpu_id] = links_span(dpu_id, ts)
+            for link in span[0]:
                 rows = by_space.get(link.space_id)
                 if rows is None:
                     rows = by_space[link.space_id] = []
                 delta = space_delta(t.direction, link.sensor_placement)
-                rows.append(((t.ts, TRAVERSAL_RANK, t.dpu_id, t.seq), delta))
+                rows.append(((ts, TRAVERSAL_RANK, dpu_id, t.seq), delta))
         delivered = 0
         for space_id, rows in by_space.items():
             actor = self.actors.get(space_id)

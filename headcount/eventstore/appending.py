@@ -87,11 +87,11 @@ def _sqlite_insert_new(rows: int) -> str:
 
 async def insert_new(
     engine: AsyncEngine, batch: Sequence[Traversal], received_at: int
-) -> dict[tuple[str, int], int] | None:
+) -> range | None:
     """Insert ``batch`` (distinct keys, at most :data:`SQLITE_ROWS`) into a SQLite store in
-    one statement that commits on its own, in its order; the log position of each key. If
-    any key is stored already, nothing is inserted and ``None`` comes back: the caller then
-    appends in a transaction that sorts duplicates from conflicts."""
+    one statement that commits on its own, in its order; the log positions they took, in the
+    batch's order. If any key is stored already, nothing is inserted and ``None`` comes back:
+    the caller then appends in a transaction that sorts duplicates from conflicts."""
     if not 0 < len(batch) <= SQLITE_ROWS:
         raise ValueError(f"insert_new takes 1 to {SQLITE_ROWS} traversals, not {len(batch)}")
     params: list[object] = []
@@ -105,8 +105,7 @@ async def insert_new(
             if e.sqlite_errorname in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
                 return None  # a key stored already (not a check refused)
             raise
-    first = last - len(batch) + 1
-    return {t.key: position for position, t in enumerate(batch, start=first)}
+    return range(last - len(batch) + 1, last + 1)
 
 
 async def insert_traversals(

@@ -98,9 +98,10 @@ class EventLog:
             and len(first) <= SQLITE_ROWS
         ):
             # New traversals alone (the usual batch): one statement, its own transaction.
-            stored = await insert_new(self.engine, list(first.values()), received_at)
-            if stored is not None:
-                return _result(first, stored, 0, [])
+            new = tuple(first.values())
+            positions = await insert_new(self.engine, new, received_at)
+            if positions is not None:
+                return AppendResult(new, tuple(positions), 0, ())
         duplicates = 0
         conflicts: list[Conflict] = []
         inserted: dict[tuple[str, int], int] = {}

@@ -624,6 +624,8 @@ def _stored_before(parts: Sequence[_Part[M]], result: AppendResult) -> list[Trav
     uncertain parts that the append found already stored, each once. Routing them again is
     harmless (the actors drop what they have), not routing them could lose them from the live
     counts."""
+    if not any(part.uncertain for part in parts):
+        return []
     new = {t.key for t in result.new}
     refused = {c.reported for c in result.conflicts}
     again: list[Traversal] = []

@@ -55,10 +55,11 @@ async def test_new_traversals_go_in_in_their_order(sqlite_store: EventStore) -> 
     store = sqlite_store
     await store.log.append([ev("d", 1, 100)])
     batch = [ev("e", 9, 900), ev("d", 3, 500), ev("a", 2, 501), ev("d", 2, 499)]
-    inserted = await appending.insert_new(store.engine, batch, 77)
-    assert inserted is not None
-    assert [inserted[t.key] for t in batch] == sorted(inserted.values())  # the batch's order
-    assert min(inserted.values()) > (await stored_positions(store))[("d", 1)]
+    positions = await appending.insert_new(store.engine, batch, 77)
+    assert positions is not None
+    stored_at = await stored_positions(store)
+    assert [stored_at[t.key] for t in batch] == list(positions)  # the batch's order
+    assert positions[0] > stored_at[("d", 1)]
     assert {k: v for k, v in (await stored(store)).items() if k != ("d", 1)} == {
         t.key: (False, 77) for t in batch
     }

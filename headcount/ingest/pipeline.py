@@ -254,6 +254,9 @@ class Ingest(Generic[M]):
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(self._committed)
                 stored.add_done_callback(self._committed)
+                # Let the commit start (its append, if the one before is done) before the
+                # next batch is read: reading a full queue does not yield for a while.
+                await asyncio.sleep(0)
         finally:
             for task in in_flight:
                 task.cancel()

@@ -524,6 +524,7 @@ def _auth(settings: Settings) -> Auth | None:
 async def _prepare_store(settings: Settings, choice: TopologyChoice, store: EventStore) -> None:
     if choice.document is not None:
         await store.topologies.record(choice.document, origin=choice.origin)
+        choice.document = None  # recorded: not held for as long as the service runs
     if settings.demo and await store.log.count_traversals() == 0:
         _, csv = demo_files()
         summary = await import_csv(store, choice.topology, csv)

@@ -13,7 +13,7 @@ import pytest
 
 from headcount.actors import ActorSystem
 from headcount.domain.events import Traversal
-from headcount.domain.topology import Topology
+from headcount.domain.topology import Topology, TopologyChoice
 from headcount.errors import ConfigError
 from headcount.eventstore.store import EventStore
 from headcount.history import History
@@ -24,6 +24,7 @@ from headcount.service import (
     EMBEDDED_AUTH_DPUS,
     ServiceFailedError,
     Settings,
+    _prepare_store,
     preflight,
     run_parts,
     storm_warning,
@@ -233,3 +234,14 @@ def test_many_dpu_accounts_on_the_embedded_broker_point_to_a_broker_of_its_own()
     assert warning is not None
     assert warning.startswith("1,000 DPU accounts log in to the broker inside this service")
     assert "'headcount broker --dpu-auth DIR'" in warning
+
+
+async def test_the_topology_document_is_recorded_then_let_go(tmp_path: Path) -> None:
+    """``serve`` records the file's document as the store's topology, then holds the parsed
+    topology only (the text of 100,000 spaces is 32 MB)."""
+    document = SEED.read_text()
+    choice = TopologyChoice(Topology.from_toml(document), document, "the seed file")
+    async with await EventStore.open(f"sqlite+aiosqlite:///{tmp_path / 's.db'}") as store:
+        await _prepare_store(Settings(), choice, store)
+        assert await store.topologies.current() == (document, "the seed file")
+    assert choice.document is None

@@ -167,6 +167,7 @@ async def choose_topology(
     except OSError as e:
         raise UsageError(f"cannot read topology file {path}: {e.strerror}") from e
     document = document_text(data, source=str(path))
+    del data  # not held while the topology is read (as large as the document)
     return _choice(read_topology(document, source=str(path)), document, str(path))
 
 

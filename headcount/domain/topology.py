@@ -432,10 +432,11 @@ class Topology:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TopologyChoice:
     """The topology a command works under, with the document to record as the store's current
-    one (when it came from a file; ``None`` when it came from the store) and where it came
+    one (when it came from a file; ``None`` when it came from the store, or once recorded by
+    a command that runs on: ``serve`` drops it, 32 MB at 100,000 spaces) and where it came
     from, for messages."""
 
     topology: Topology

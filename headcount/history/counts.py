@@ -257,8 +257,7 @@ class History:
         if rolling is not None and covered is not None:
             # Only buckets the stored snapshots cover: a later event in them is marked late.
             limit = bucket_floor(min(horizon, covered) + 1)
-            made_now = rolling.close(max(limit, rolling.done))
-            rollups = [r for r in made_now if r.end <= limit]
+            rollups = [r for r in rolling.close(max(limit, rolling.done)) if r.end <= limit]
             made = RolledUp(
                 space_id, view.fingerprint, head, _BEFORE_ALL if after is None else after, rollups
             )

@@ -54,6 +54,8 @@ __all__ = ["EventLog", "interleave_resets", "read_head", "reset_ts"]
 _R = TypeVar("_R")
 _Q = TypeVar("_Q")
 _BY_KEY = attrgetter("dpu_id", "seq")
+#: Rows in each batch of :meth:`EventLog.scan_log`.
+SCAN_BATCH = 5_000
 
 
 class EventLog:
@@ -364,11 +366,11 @@ class EventLog:
                 dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
             )
             params = [compiled.params[name] for name in compiled.positiontup or ()]
-            async for rows in sqlite_rows(path, str(compiled), params, batch=5000):
+            async for rows in sqlite_rows(path, str(compiled), params, batch=SCAN_BATCH):
                 yield rows
             return
         async with translate_errors(), self.engine.connect() as conn:
-            result = await conn.stream(stmt.execution_options(yield_per=5000))
+            result = await conn.stream(stmt.execution_options(yield_per=SCAN_BATCH))
             async for partition in result.partitions():
                 yield partition
 

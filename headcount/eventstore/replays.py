@@ -5,21 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from headcount.clock import Clock, now_ms
 from headcount.domain.rollups import Rollup
 from headcount.eventstore.engine import write_transaction
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot
 from headcount.eventstore.rollups import insert_rollups, rollup_rows
-from headcount.eventstore.schema import replayed_spaces, replays, snapshots
-from headcount.eventstore.snapshots import snapshot_row
-from headcount.eventstore.statements import CHUNK
+from headcount.eventstore.schema import replayed_spaces, replays
+from headcount.eventstore.statements import CHUNK, insert_tuples
 
 __all__ = ["Replays"]
 
 #: Rows per INSERT when a replay writes many.
 _ROWS = CHUNK * 10
+#: The columns of a snapshot's row, in the order :meth:`Replays._insert_snapshots` gives them.
+_SNAPSHOT_COLUMNS = (
+    "space_id", "fingerprint", "as_of", "count", "entrances", "exits", "position", "reset_id",
+    "taken_at", "generation",
+)  # fmt: skip
 
 
 class Replays:
@@ -52,41 +56,49 @@ class Replays:
         arrived after that head, so unlike ``Snapshots.add`` there is nothing to check."""
         if not written:
             return
-        taken_at = self._clock()
         async with write_transaction(self.engine, exclusive=True) as conn:
-            for start in range(0, len(written), _ROWS):
-                await conn.execute(
-                    snapshots.insert(),
-                    [
-                        snapshot_row(s, s.head, taken_at, generation)
-                        for s in written[start : start + _ROWS]
-                    ],
-                )
+            await self._insert_snapshots(conn, generation, written)
 
-    async def add_rollups(
+    async def _insert_snapshots(
+        self, conn: AsyncConnection, generation: int, written: Sequence[Snapshot]
+    ) -> None:
+        taken_at = self._clock()
+        await insert_tuples(
+            conn,
+            "snapshots",
+            _SNAPSHOT_COLUMNS,
+            [
+                (s.space_id, s.fingerprint, s.state.as_of, s.state.count, s.state.entrances,
+                 s.state.exits, s.head.position, s.head.reset_id, taken_at, generation)
+                for s in written
+            ],
+        )  # fmt: skip
+
+    async def finish(
         self,
         generation: int,
-        made: Sequence[tuple[str, str, Sequence[Rollup]]],
+        spaces: Sequence[ReplayedSpace],
+        *,
         head: Head,
+        written: Sequence[Snapshot] = (),
+        rollups: Sequence[tuple[str, str, Sequence[Rollup]]] = (),
     ) -> None:
-        """Append a replay's rollups (``(space_id, fingerprint, rollups)`` for each space),
-        folded from the logs up to ``head``; each space's end at its newest snapshot of this
-        replay, so that a later event in their time is marked late (``Snapshots.add``)."""
+        """Record that the replay finished these spaces, with its last snapshots, ``written`` (as
+        :meth:`add_snapshots`) and its ``rollups`` (``(space_id, fingerprint, rollups)`` for
+        each space, folded from the logs up to ``head``), in one transaction: from now on
+        their snapshots of older generations at or after each one's ``from_ts`` are
+        superseded. One commit, not one for each: each waits for the disk."""
         rows = [
             row
-            for space_id, fingerprint, rollups_made in made
+            for space_id, fingerprint, rollups_made in rollups
             for row in rollup_rows(space_id, fingerprint, rollups_made, head, generation)
         ]
-        if not rows:
-            return
-        async with write_transaction(self.engine, exclusive=True) as conn:
-            await insert_rollups(conn, rows)
-
-    async def finish(self, generation: int, spaces: Sequence[ReplayedSpace]) -> None:
-        """Record that the replay finished these spaces, in one transaction: from now on their
-        snapshots of older generations at or after each one's ``from_ts`` are superseded."""
         finished_at = self._clock()
         async with write_transaction(self.engine, exclusive=True) as conn:
+            if written:
+                await self._insert_snapshots(conn, generation, written)
+            if rows:
+                await insert_rollups(conn, rows)
             for start in range(0, len(spaces), _ROWS):
                 await conn.execute(
                     replayed_spaces.insert(),

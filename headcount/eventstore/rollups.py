@@ -6,7 +6,6 @@ superseded, and where a space's rollups end."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import exists, func, or_, select
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from headcount.domain.rollups import Rollup
 from headcount.eventstore.records import Head
 from headcount.eventstore.schema import replayed_spaces, rollups
+from headcount.eventstore.statements import insert_tuples
 
 __all__ = [
     "ROLLUP_FIELDS",
@@ -23,9 +23,6 @@ __all__ = [
     "rollup_rows",
     "rollups_end",
 ]
-
-#: Rows per batch of an insert.
-_ROWS = 5_000
 
 #: The columns that hold a :class:`Rollup`'s fields, in the order of its constructor.
 ROLLUP_FIELDS = (
@@ -67,22 +64,8 @@ def rollup_rows(
 
 
 async def insert_rollups(conn: AsyncConnection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert rows of :func:`rollup_rows` in ``conn``'s transaction: tuples to the driver in
-    one cached statement (a replay writes hundreds of thousands)."""
-    for start in range(0, len(rows), _ROWS):
-        await conn.exec_driver_sql(
-            _insert_sql(conn.dialect.name), list(rows[start : start + _ROWS])
-        )
-
-
-@lru_cache(maxsize=4)
-def _insert_sql(dialect: str) -> str:
-    marks = (
-        ", ".join("?" * len(_COLUMNS))
-        if dialect == "sqlite"
-        else ", ".join(f"${n}" for n in range(1, len(_COLUMNS) + 1))
-    )
-    return f"INSERT INTO rollups ({', '.join(_COLUMNS)}) VALUES ({marks})"
+    """Insert rows of :func:`rollup_rows` in ``conn``'s transaction."""
+    await insert_tuples(conn, "rollups", _COLUMNS, rows)
 
 
 async def rollups_end(conn: AsyncConnection, space_id: str, fingerprint: str) -> int | None:

@@ -7,10 +7,12 @@ parameters: ``lo{i}`` (each source's lower bound), ``until``, and the statement'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from headcount.domain.topology import Source
 from headcount.eventstore.schema import LATE, resets, traversals
@@ -19,6 +21,7 @@ __all__ = [
     "CHUNK",
     "TAIL_PAGE",
     "first_arrival_through",
+    "insert_tuples",
     "late_through",
     "resets_query",
     "source_at",
@@ -30,6 +33,29 @@ __all__ = [
 CHUNK = 500
 #: Rows per page of a space's traversals: a tail after a snapshot fits in one.
 TAIL_PAGE = 1_000
+#: Rows per statement of :func:`insert_tuples`.
+_TUPLES = 5_000
+
+
+async def insert_tuples(
+    conn: AsyncConnection, table: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` (tuples of ``columns``' values) into ``table`` in ``conn``'s
+    transaction: tuples to the driver in one cached statement, none of SQLAlchemy's work per
+    row (a replay writes hundreds of thousands of rows)."""
+    sql = _insert_sql(table, columns, conn.dialect.name)
+    for start in range(0, len(rows), _TUPLES):
+        await conn.exec_driver_sql(sql, list(rows[start : start + _TUPLES]))
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(table: str, columns: tuple[str, ...], dialect: str) -> str:
+    marks = (
+        ", ".join("?" * len(columns))
+        if dialect == "sqlite"
+        else ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 def source_params(

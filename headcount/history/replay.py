@@ -26,7 +26,9 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate
+from operator import itemgetter
 from typing import Self
 
 from headcount.clock import now_ms
@@ -61,6 +63,9 @@ _SQL_DPU_FILTER = 500
 _BEFORE_ALL = -(2**62)
 
 _AFTER_ALL = 2**62
+#: Beyond the bounds of every route's span (``Topology.links_span``: ``±2**63``).
+_BEFORE_ROUTES = -(2**64)
+_AFTER_ROUTES = 2**64
 
 
 #: A traversal log row: ``(dpu_id, seq, ts, direction)``; in a track's batch, the direction is
@@ -86,8 +91,9 @@ _Route = tuple[
 _ROWS_PER_SPACE = 8
 
 
-def _row_ts(row: _Row) -> int:
-    return row[2]
+#: A row's time and its delta (C calls: a bisect's key, a run's sum).
+_row_ts = itemgetter(2)
+_row_delta = itemgetter(3)
 
 
 def _known(seq: int | None) -> int:
@@ -107,12 +113,16 @@ def _fold_run(folder: Folder, rows: list[_Row], start: int, end: int) -> None:
     first = rows[start][2]
     if folder.as_of is not None and first < folder.as_of:
         raise ValueError(f"fold out of order: event at {first} after state as of {folder.as_of}")
-    deltas = [row[3] for row in rows[start:end]]
+    run = rows[start:end]
     size = end - start
-    total = sum(deltas)
+    total = sum(map(_row_delta, run))
     count = folder.count
-    if count < size and not folder.space.allow_negative and count + min(accumulate(deltas)) < 0:
-        for delta in deltas:
+    if (
+        count < size
+        and not folder.space.allow_negative
+        and count + min(accumulate(map(_row_delta, run))) < 0
+    ):
+        for delta in map(_row_delta, run):
             count += delta
             if count < 0:
                 count = 0
@@ -123,6 +133,58 @@ def _fold_run(folder: Folder, rows: list[_Row], start: int, end: int) -> None:
     folder.entrances += entrances
     folder.exits += size - entrances
     folder.as_of = rows[end - 1][2]
+
+
+def _drop(row: _Row) -> None:
+    """The hand of a DPU that reaches none of the spaces of the pass."""
+
+
+def _fan(same: tuple[Callable[[_Row], None], ...], flipped: tuple[Callable[[_Row], None], ...],
+         row: _Row) -> None:  # fmt: skip
+    """The hand of a DPU that reaches several spaces, or one the other way round."""
+    for add in same:
+        add(row)
+    if flipped:
+        reversed_row = (row[0], row[1], row[2], -row[3])
+        for add in flipped:
+            add(reversed_row)
+
+
+def _hand(route: _Route) -> Callable[[_Row], None]:
+    """What hands a row on along ``route``: the one space's ``pending.append`` when the DPU
+    reaches one space as it is mounted (the common case, called with no step between)."""
+    same, flipped = route[2], route[3]
+    if not flipped:
+        if len(same) == 1:
+            return same[0]
+        if not same:
+            return _drop
+    return partial(_fan, same, flipped)
+
+
+class _Hands:
+    """Each DPU's hand (:func:`_hand`) over a run of batches in which no route changes: a
+    row of a batch is routed by one lookup of its DPU, not by its route and the route's span.
+    The hands hold while every batch lies within ``[start, end)``, the span common to their
+    routes."""
+
+    __slots__ = ("by_dpu", "end", "start")
+
+    def __init__(self) -> None:
+        self.by_dpu: dict[str, Callable[[_Row], None]] = {}
+        self.start = _BEFORE_ROUTES
+        self.end = _AFTER_ROUTES
+
+    def clear(self) -> None:
+        self.by_dpu.clear()
+        self.start, self.end = _BEFORE_ROUTES, _AFTER_ROUTES
+
+    def give(self, dpu_id: str, route: _Route) -> Callable[[_Row], None]:
+        """The DPU's hand for batches within ``route``'s span, kept."""
+        hand = self.by_dpu[dpu_id] = _hand(route)
+        self.start = max(self.start, route[0])
+        self.end = min(self.end, route[1])
+        return hand
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,11 +564,11 @@ class Replay:
             track.roll()
         generation = await self.store.replays.begin(digest, from_ts=from_ts, head=head)
         rows = await self._pass(tracks, head, generation=generation)
-        await self.store.replays.add_rollups(
-            generation,
-            [(t.view.space_id, t.view.fingerprint, t.rollups()) for t in tracks.values()],
-            head,
-        )
+        # The snapshots taken since the last write go with the rollups and the end, in one
+        # commit (the pass leaves them in the sink).
+        last = list(next(iter(tracks.values())).sink) if tracks else []
+        for snapshot in last:
+            tracks[snapshot.space_id].written += 1
         await self.store.replays.finish(
             generation,
             [
@@ -515,6 +577,9 @@ class Replay:
                 )
                 for t in tracks.values()
             ],
+            head=head,
+            written=last,
+            rollups=[(t.view.space_id, t.view.fingerprint, t.rollups()) for t in tracks.values()],
         )
         return self._summary(tracks, rows, started, generation)
 
@@ -607,7 +672,9 @@ class Replay:
 
     async def _pass(self, tracks: dict[str, _Track], head: Head, *, generation: int | None) -> int:
         """Stream the log once up to ``head`` and fold it into ``tracks``; writes snapshots
-        as they come when ``generation`` is given. Returns how many rows were read."""
+        in batches as they come when ``generation`` is given, and leaves those taken since
+        the last batch in the tracks' sink (:meth:`run` commits them with the end of the
+        replay). Returns how many rows were read."""
         oldest = min((t.after for t in tracks.values()), default=_BEFORE_ALL)
         after = None if oldest == _BEFORE_ALL else oldest
         dpus = self._dpus(tracks)
@@ -634,6 +701,7 @@ class Replay:
         writer: _Writer | None,
     ) -> int:
         routes: dict[str, _Route] = {}
+        hands = _Hands()
         read = 0
         progress = self.progress
         sink = next(iter(tracks.values())).sink if tracks else []
@@ -655,7 +723,7 @@ class Replay:
                 # Too few rows a space for a loop per space to pay.
                 self._fold_events(batch, routes, tracks, head)  # type: ignore[arg-type]
             else:
-                self._fold_batch(batch, routes, tracks, every, head)  # type: ignore[arg-type]
+                self._fold_batch(batch, routes, tracks, every, head, hands)  # type: ignore[arg-type]
             read += len(batch)
             if progress is not None:
                 progress.update(read)
@@ -663,8 +731,6 @@ class Replay:
                 await writer.write(sink)
         for track in tracks.values():
             track.finish(head)
-        if writer is not None:
-            await writer.write(sink)
         return read
 
     def _fold_batch(
@@ -674,22 +740,32 @@ class Replay:
         tracks: dict[str, _Track],
         every: list[_Track],
         head: Head,
+        hands: _Hands,
     ) -> None:
         """Fold a batch of traversals without resets: each row handed to the batches of the
-        spaces it reaches, then each space's batch folded in one loop."""
-        get = routes.get
-        for row in batch:
-            dpu_id = row[0]
-            ts = row[2]
-            route = get(dpu_id)
+        spaces it reaches (by its DPU's hand, :class:`_Hands`), then each space's batch folded
+        in one loop."""
+        first, last = batch[0][2], batch[-1][2]
+        if not hands.start <= first <= last < hands.end:
+            hands.clear()
+        by_dpu = hands.by_dpu
+
+        def unseen(row: _Row) -> None:
+            """A row of a DPU without a hand for this batch: routed as it is, and the DPU
+            given a hand if its route holds over the whole batch."""
+            dpu_id, _, ts, _ = row
+            route = routes.get(dpu_id)
             if route is None or not route[0] <= ts < route[1]:
                 route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
-            for add in route[2]:
-                add(row)
-            if route[3]:
-                reversed_row = (dpu_id, row[1], ts, -row[3])
-                for add in route[3]:
-                    add(reversed_row)
+            if route[0] <= first and last < route[1]:
+                hand = hands.give(dpu_id, route)
+            else:  # the DPU moves within the batch: routed row by row
+                hand = _hand(route)
+            hand(row)
+
+        get = by_dpu.get
+        for row in batch:
+            get(row[0], unseen)(row)
         for track in every:
             if track.pending:
                 track.fold_pending(head)

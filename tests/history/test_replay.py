@@ -11,15 +11,17 @@ import random
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 
+import headcount.eventstore.log as log_module
+import headcount.eventstore.replays as replays_module
 import headcount.history.replay as replay_module
 from headcount.domain.events import Delta, Reset, Traversal, fold_key, space_delta
 from headcount.domain.fold import EMPTY, advance, fold_all
 from headcount.domain.timefmt import format_ms
 from headcount.domain.topology import Topology
 from headcount.errors import UnknownSpaceError
-from headcount.eventstore.schema import snapshots
+from headcount.eventstore.schema import replayed_spaces, snapshots
 from headcount.eventstore.store import EventStore
 from headcount.history import History, SpaceView
 from headcount.history.replay import Replay
@@ -102,6 +104,37 @@ async def test_replay_writes_a_generation_that_supersedes_the_old(store: EventSt
     assert written > 0
     found = await snapshots_before(store, "A", topology.fingerprint("A"), at_or_before=FAR, limit=1)
     assert found[0].generation == 1
+
+
+async def test_the_end_of_a_replay_is_one_commit(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshots taken since the last batch written, the rollups and the record that the
+    spaces are finished go in one transaction: a replay that fails there leaves its
+    generation unfinished, with none of them stored, and the snapshots in use as they were."""
+    topology = seed()
+    await store.log.append(walk("283", 700, 0))  # over two five-minute buckets: rollups
+    await History(store, topology, snapshot_every=10, snapshot_lag_ms=0).refresh_snapshots(now=FAR)
+    before = await snapshot_times(store, topology, "A")
+
+    async def broken(conn: object, rows: object) -> None:
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(replays_module, "insert_rollups", broken)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        await Replay(store, topology, snapshot_every=100, snapshot_lag_ms=0).run()
+    monkeypatch.undo()
+
+    async with store.engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(replayed_spaces)) == 0
+        assert await conn.scalar(select(func.count()).where(snapshots.c.generation == 1)) == 0
+    assert await snapshot_times(store, topology, "A") == before
+    summary = await Replay(store, topology, snapshot_every=100, snapshot_lag_ms=0).run()
+    async with store.engine.connect() as conn:
+        stored = await conn.scalar(
+            select(func.count()).where(snapshots.c.generation == summary.generation)
+        )
+    assert stored == summary.snapshots == 7  # every 100 of A's 700 events; B has none
 
 
 async def test_replay_from_a_time_keeps_the_snapshots_before_it(store: EventStore) -> None:
@@ -225,21 +258,29 @@ async def test_a_subset_of_spaces_is_replayed_alone(store: EventStore) -> None:
         Replay(store, topology, space_ids=["nowhere"])
 
 
-@pytest.mark.parametrize("rows_per_space", [8, 10**9], ids=["space-by-space", "event-by-event"])
+@pytest.mark.parametrize(
+    ("rows_per_space", "scan_batch"),
+    [(8, 5_000), (1, 7), (10**9, 5_000)],
+    ids=["space-by-space", "space-by-space-in-small-batches", "event-by-event"],
+)
 async def test_both_ways_of_folding_a_batch_give_the_reference_fold(
-    store: EventStore, monkeypatch: pytest.MonkeyPatch, rows_per_space: int
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, rows_per_space: int, scan_batch: int
 ) -> None:
     """A batch is folded space by space when it has enough rows a space, else event by event
     (``_ROWS_PER_SPACE``): both give the fold of each space's events, with a DPU moved in the
-    middle of the log, one mounted backwards, probes between events and recovery's tail."""
+    middle of the log, one mounted backwards (its rows reach one space reversed), one not in
+    the topology, probes between events and recovery's tail. In small batches each DPU's
+    hand is kept from batch to batch until the move: a stale one would route the moved DPU's
+    rows to its old doorway."""
     monkeypatch.setattr(replay_module, "_ROWS_PER_SPACE", rows_per_space)
+    monkeypatch.setattr(log_module, "SCAN_BATCH", scan_batch)
     move = T + 200_000
     topology = seed(z_placement_in_a=-1, move_283_at=move)
     rng = random.Random(7)
     sent = [
         Traversal(dpu, seq, T + rng.randrange(400_000), rng.choice((1, -1)))
         for seq in range(300)
-        for dpu in ("283", "423")
+        for dpu in ("283", "423", "unassigned")
     ]
     await store.log.append(sent)
     times = sorted(T + rng.randrange(400_000) for _ in range(5))

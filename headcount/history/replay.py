@@ -45,6 +45,7 @@ from headcount.domain.topology import Space, Topology
 from headcount.eventstore.log import interleave_resets, reset_ts
 from headcount.eventstore.records import Head, ReplayedSpace, Snapshot, StoredReset
 from headcount.eventstore.store import EventStore
+from headcount.gcpolicy import bulk_pass
 from headcount.history.counts import (
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_SNAPSHOT_LAG_MS,
@@ -684,10 +685,11 @@ class Replay:
         seq_after = min((t.recent_after for t in tracks.values()), default=_AFTER_ALL)
         rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head, seq_after=seq_after)
         progress = self.progress
-        async with _Writer(self.store, tracks, generation) as writer:
-            read = await self._stream(
-                tracks, head, found, rows, writer if generation is not None else None
-            )
+        with bulk_pass():
+            async with _Writer(self.store, tracks, generation) as writer:
+                read = await self._stream(
+                    tracks, head, found, rows, writer if generation is not None else None
+                )
         if progress is not None:
             progress.finish(read)
         return read

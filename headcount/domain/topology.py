@@ -382,6 +382,14 @@ class Topology:
             return (), until, following
         return links, start, min(until, following)
 
+    def dpu_key(self, dpu_id: str) -> str:
+        """The topology's own copy of ``dpu_id`` (``dpu_id`` itself for a DPU it does not
+        know): what keeps a DPU's id for long keeps this one, not the copy of a row read."""
+        found = self._by_dpu.get(dpu_id)
+        if found is None:
+            return dpu_id
+        return (found.assignments[0] if isinstance(found, _Timeline) else found).dpu_id
+
     def knows_dpu(self, dpu_id: str) -> bool:
         """Whether ``dpu_id`` appears in any assignment."""
         return dpu_id in self._by_dpu

@@ -72,21 +72,17 @@ _AFTER_ROUTES = 2**64
 #: A traversal log row: ``(dpu_id, seq, ts, direction)``; in a track's batch, the direction is
 #: the delta to that space.
 _Row = tuple[str, int | None, int, int]
-#: A DPU's route in a pass: from, until; the batches of the tracks it reaches with its
-#: direction as it is, and with it reversed (the DPU hangs outside); and the tracks it reaches
-#: with its delta by direction (for batches with resets, folded event by event).
+#: The tracks a DPU's traversals reach, each with the delta by direction (shared by every DPU
+#: over the same doorway).
+_Reached = tuple[tuple["_Track", dict[int, Direction]], ...]
+#: A DPU's route in a pass: from, until; the tracks it reaches; the topology's own copy of
+#: the DPU's id (the rows' copies are dropped with their batch).
+_Route = tuple[int, int, _Reached, str]
 #: A traversal's delta to a space by its direction, for each placement of the DPU (shared by
 #: every route: a pass over 200,000 DPUs made 200,000 of these).
 _DELTAS: dict[int, dict[int, Direction]] = {
     placement: {d: space_delta(d, placement) for d in (1, -1)} for placement in (1, -1)
 }
-_Route = tuple[
-    int,
-    int,
-    tuple[Callable[[_Row], None], ...],
-    tuple[Callable[[_Row], None], ...],
-    tuple[tuple["_Track", dict[int, Direction]], ...],
-]
 #: A batch is folded space by space (each space's rows in one loop) when it has at least this
 #: many rows for each space of the pass, else event by event.
 _ROWS_PER_SPACE = 8
@@ -154,7 +150,8 @@ def _fan(same: tuple[Callable[[_Row], None], ...], flipped: tuple[Callable[[_Row
 def _hand(route: _Route) -> Callable[[_Row], None]:
     """What hands a row on along ``route``: the one space's ``pending.append`` when the DPU
     reaches one space as it is mounted (the common case, called with no step between)."""
-    same, flipped = route[2], route[3]
+    same = tuple(t.adder() for t, deltas in route[2] if deltas[1] == 1)
+    flipped = tuple(t.adder() for t, deltas in route[2] if deltas[1] == -1)
     if not flipped:
         if len(same) == 1:
             return same[0]
@@ -186,6 +183,41 @@ class _Hands:
         self.start = max(self.start, route[0])
         self.end = min(self.end, route[1])
         return hand
+
+
+class _Router:
+    """Each DPU's route during a pass (:data:`_Route`), looked up again only when a
+    traversal falls outside its span. DPUs over the same doorway share what they reach, and
+    a route keeps the topology's copy of its DPU's id: a recovery of 100,000 spaces holds
+    200,000 routes until its end."""
+
+    __slots__ = ("_reached", "_topology", "_tracks", "by_dpu")
+
+    def __init__(self, topology: Topology, tracks: Mapping[str, _Track]) -> None:
+        self.by_dpu: dict[str, _Route] = {}
+        #: What the links of a doorway reach, by the identity of the topology's tuple of
+        #: links (it holds them for the pass).
+        self._reached: dict[int, _Reached] = {}
+        self._topology = topology
+        self._tracks = tracks
+
+    def of(self, dpu_id: str, ts: int) -> _Route:
+        """Where a traversal of ``dpu_id`` at ``ts`` goes."""
+        route = self.by_dpu.get(dpu_id)
+        if route is not None and route[0] <= ts < route[1]:
+            return route
+        links, start, end = self._topology.links_span(dpu_id, ts)
+        reached = self._reached.get(id(links))
+        if reached is None:
+            tracks = self._tracks
+            reached = self._reached[id(links)] = tuple(
+                (track, _DELTAS[link.sensor_placement])
+                for link in links
+                if (track := tracks.get(link.space_id)) is not None
+            )
+        key = self._topology.dpu_key(dpu_id)
+        route = self.by_dpu[key] = (start, end, reached, key)
+        return route
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,18 +314,19 @@ class _Track:
         self.events = 0
         self.written = 0
         #: ``states_at``: the times asked about (ascending) and the states found so far.
-        self.probes: list[int] = []
+        self.probes: Sequence[int] = ()
         self.probed: list[SpaceState] = []
         #: ``verify``: stored snapshots to compare (ascending) and the differences found.
-        self.checks: list[Snapshot] = []
+        self.checks: Sequence[Snapshot] = ()
         self.checked = 0
-        self.mismatches: list[Mismatch] = []
+        self.mismatches: list[Mismatch] | None = None
         #: The time of the next probe or check to settle (see :meth:`reach`).
         self.next_watch = _AFTER_ALL
-        #: This space's traversals of the batch being folded (see :meth:`fold_pending`).
-        self.pending: list[_Row] = []
-        #: ``pending.append``, made once (every route through the space holds it).
-        self.add = self.pending.append
+        #: This space's traversals of the batch being folded (see :meth:`fold_pending`) and
+        #: ``pending.append``, made when a DPU's hand first needs them (:meth:`adder`): a pass
+        #: that folds event by event over 100,000 spaces makes none.
+        self.pending: list[_Row] | None = None
+        self.add: Callable[[_Row], None] | None = None
         #: ``recover_at``: the events after this time, kept as they are folded.
         self.recent_after = _AFTER_ALL
         self.recent: list[SpaceEvent] = []
@@ -342,7 +375,16 @@ class _Track:
         self.folder = Folder(self.space, snapshot.state)
         self.after = snapshot.as_of
 
-    def watch(self, probes: list[int], checks: list[Snapshot]) -> None:
+    def adder(self) -> Callable[[_Row], None]:
+        """``pending.append``, the same each time (the hands of every DPU through the space
+        hold it)."""
+        add = self.add
+        if add is None:
+            self.pending = []
+            add = self.add = self.pending.append
+        return add
+
+    def watch(self, probes: Sequence[int], checks: Sequence[Snapshot]) -> None:
         self.probes, self.checks = probes, checks
         self._watch_next()
 
@@ -376,6 +418,8 @@ class _Track:
             stored.entrances,
             stored.exits,
         ):
+            if self.mismatches is None:
+                self.mismatches = []
             self.mismatches.append(Mismatch(self.space.id, snapshot.as_of, stored, folded))
 
     def before(self, ts: int, head: Head) -> bool:
@@ -416,6 +460,8 @@ class _Track:
         delta to this space) and empty it: :meth:`delta` for each row, in one loop with the
         fold's state in locals (the replay's inner loop)."""
         rows = self.pending
+        if not rows:
+            return
         try:
             if self.space.daily_reset is not None:  # the daily reset needs Folder's own path
                 for dpu_id, seq, ts, delta in rows:
@@ -596,9 +642,9 @@ class Replay:
             usable = await self.store.snapshots.usable(
                 track.view.space_id, track.view.fingerprint, track.view.sources, head=head
             )
-            track.watch([], [s for s in usable if s.as_of > track.after])
+            track.watch((), [s for s in usable if s.as_of > track.after])
         rows = await self._pass(tracks, head, generation=None)
-        mismatches = [m for t in tracks.values() for m in t.mismatches]
+        mismatches = [m for t in tracks.values() for m in t.mismatches or ()]
         states = {space_id: t.state for space_id, t in tracks.items()}
         return self._summary(tracks, rows, started, None), mismatches, states
 
@@ -613,7 +659,7 @@ class Replay:
         head = await self.store.log.head()
         tracks = self._tracks(lambda: None)
         for track in tracks.values():
-            track.watch(list(times), [])
+            track.watch(tuple(times), ())
         rows = await self._pass(tracks, head, generation=None)
         return self._summary(tracks, rows, started, None), {
             space_id: t.probed for space_id, t in tracks.items()
@@ -630,7 +676,7 @@ class Replay:
         tracks = self._tracks(lambda: None)
         await self._start_at_boundary(tracks)
         for space_id, track in tracks.items():
-            track.watch([checkpoints[space_id]], [])
+            track.watch((checkpoints[space_id],), ())
             track.recent_after = checkpoints[space_id]
         rows = await self._pass(tracks, head, generation=None)
         found = {space_id: (t.probed[0], t.recent) for space_id, t in tracks.items()}
@@ -702,7 +748,7 @@ class Replay:
         rows: AsyncIterator[Sequence[_Row]],
         writer: _Writer | None,
     ) -> int:
-        routes: dict[str, _Route] = {}
+        routes = _Router(self.topology, tracks)
         hands = _Hands()
         read = 0
         progress = self.progress
@@ -720,12 +766,12 @@ class Replay:
                         next_reset = next(resets_left)
                         read -= 1  # counted with its batch, but not a row of the traversal log
                     else:
-                        self._fold_event(item, routes, tracks, head)
+                        self._fold_event(item, routes, head)
             elif len(batch) < len(every) * _ROWS_PER_SPACE:
                 # Too few rows a space for a loop per space to pay.
-                self._fold_events(batch, routes, tracks, head)  # type: ignore[arg-type]
+                self._fold_events(batch, routes, head)  # type: ignore[arg-type]
             else:
-                self._fold_batch(batch, routes, tracks, every, head, hands)  # type: ignore[arg-type]
+                self._fold_batch(batch, routes, every, head, hands)  # type: ignore[arg-type]
             read += len(batch)
             if progress is not None:
                 progress.update(read)
@@ -738,8 +784,7 @@ class Replay:
     def _fold_batch(
         self,
         batch: Sequence[_Row],
-        routes: dict[str, _Route],
-        tracks: dict[str, _Track],
+        routes: _Router,
         every: list[_Track],
         head: Head,
         hands: _Hands,
@@ -751,14 +796,13 @@ class Replay:
         if not hands.start <= first <= last < hands.end:
             hands.clear()
         by_dpu = hands.by_dpu
+        route_of = routes.of
 
         def unseen(row: _Row) -> None:
             """A row of a DPU without a hand for this batch: routed as it is, and the DPU
             given a hand if its route holds over the whole batch."""
             dpu_id, _, ts, _ = row
-            route = routes.get(dpu_id)
-            if route is None or not route[0] <= ts < route[1]:
-                route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
+            route = route_of(dpu_id, ts)
             if route[0] <= first and last < route[1]:
                 hand = hands.give(dpu_id, route)
             else:  # the DPU moves within the batch: routed row by row
@@ -772,45 +816,23 @@ class Replay:
             if track.pending:
                 track.fold_pending(head)
 
-    def _fold_events(
-        self,
-        batch: Sequence[_Row],
-        routes: dict[str, _Route],
-        tracks: dict[str, _Track],
-        head: Head,
-    ) -> None:
+    def _fold_events(self, batch: Sequence[_Row], routes: _Router, head: Head) -> None:
         """Fold a batch of traversals event by event (:meth:`_fold_event` for each, inline)."""
-        get = routes.get
+        get = routes.by_dpu.get
+        route_of = routes.of
         for dpu_id, seq, ts, direction in batch:
             route = get(dpu_id)
             if route is None or not route[0] <= ts < route[1]:
-                route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
-            for track, deltas in route[4]:
-                track.delta(ts, dpu_id, seq, deltas[direction], head)
+                route = route_of(dpu_id, ts)
+            for track, deltas in route[2]:
+                track.delta(ts, route[3], seq, deltas[direction], head)
 
-    def _fold_event(
-        self, row: _Row, routes: dict[str, _Route], tracks: dict[str, _Track], head: Head
-    ) -> None:
+    def _fold_event(self, row: _Row, routes: _Router, head: Head) -> None:
         """Fold one traversal into the spaces it reaches."""
         dpu_id, seq, ts, direction = row
-        route = routes.get(dpu_id)
-        if route is None or not route[0] <= ts < route[1]:
-            route = routes[dpu_id] = self._route(tracks, dpu_id, ts)
-        for track, deltas in route[4]:
-            track.delta(ts, dpu_id, seq, deltas[direction], head)
-
-    def _route(self, tracks: dict[str, _Track], dpu_id: str, ts: int) -> _Route:
-        """Where a traversal of ``dpu_id`` at ``ts`` goes: the span of times it goes there
-        too, and the tracked spaces it reaches (see :data:`_Route`)."""
-        links, start, end = self.topology.links_span(dpu_id, ts)
-        reached = tuple(
-            (track, _DELTAS[link.sensor_placement])
-            for link in links
-            if (track := tracks.get(link.space_id)) is not None
-        )
-        same = tuple(t.add for t, deltas in reached if deltas[1] == 1)
-        flipped = tuple(t.add for t, deltas in reached if deltas[1] == -1)
-        return start, end, same, flipped, reached
+        route = routes.of(dpu_id, ts)
+        for track, deltas in route[2]:
+            track.delta(ts, route[3], seq, deltas[direction], head)
 
     def _dpus(self, tracks: dict[str, _Track]) -> frozenset[str] | None:
         """The DPUs to read: those that reach the tracked spaces when they are few enough to

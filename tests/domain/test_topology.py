@@ -534,6 +534,19 @@ def test_links_span_holds_the_links_of_every_time_in_it() -> None:
                     assert topology.links_at(dpu_id, inside) == links
 
 
+def test_dpu_key_is_the_topologys_own_copy_of_the_id() -> None:
+    """A DPU's id as the topology holds it (what a long pass keeps instead of each row's
+    copy): the same string, the topology's object; an unknown DPU's id as given."""
+    topology = Topology.from_toml(MOVED)
+    for dpu_id in ("283", "7"):  # "283" served two doorways, "7" one
+        key = topology.dpu_key("".join(list(dpu_id)))  # an equal string made apart
+        assert key == dpu_id
+        assert key is topology.dpu_key(dpu_id)
+        assert key is topology.assignment_at(dpu_id, T2018).dpu_id  # type: ignore[union-attr]
+    unknown = "".join(["9", "99"])
+    assert topology.dpu_key(unknown) is unknown
+
+
 def test_sources() -> None:
     topology = Topology.from_toml(MOVED)
     assert topology.sources("A") == (

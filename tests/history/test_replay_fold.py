@@ -76,8 +76,10 @@ def test_bulk_fold_equals_one_by_one(
     keyed = [("283", seq, T + at, delta) for seq, (at, delta) in enumerate(rows)]
     # In batches, as the scan hands them over.
     cuts = sorted({0, len(keyed), *(c for c in splits if c < len(keyed))})
+    add = bulk.adder()  # as a DPU's hand holds it
     for start, end in pairwise(cuts):
-        bulk.pending.extend(keyed[start:end])
+        for row in keyed[start:end]:
+            add(row)
         bulk.fold_pending(HEAD)
         for dpu_id, seq, ts, delta in keyed[start:end]:
             single.delta(ts, dpu_id, seq, delta, HEAD)

@@ -257,9 +257,10 @@ class EmbeddedBroker:
         self.host = host if host is not None else bind_host
         requested = port if port is not None else bind_port
         self.port = requested if requested != 0 else free_port(self.host)
-        self._credentials = Credentials(
-            username, password or os.environ.get(PASSWORD_ENV) or secrets.token_urlsafe(18)
-        )
+        given = password or os.environ.get(PASSWORD_ENV)
+        self._credentials = Credentials(username, given or secrets.token_urlsafe(18))
+        #: The password was made here, random: see :func:`_write_password_file`.
+        self._random_password = not given
         self._data_dir = data_dir
         self.tls = tls
         self._temp_dir: Path | None = None
@@ -351,7 +352,12 @@ class EmbeddedBroker:
             )
             config["plugins"][ACL_PLUGIN] = dict(self._dpu_auth.acl)
         passwd = directory / "broker.passwd"
-        _write_password_file(passwd, self._credentials, auth.get("password_file"))
+        _write_password_file(
+            passwd,
+            self._credentials,
+            auth.get("password_file"),
+            random_password=self._random_password,
+        )
         auth["password_file"] = str(passwd)
         return config
 
@@ -410,11 +416,22 @@ def _configured_bind(overrides: dict[str, Any]) -> tuple[str, int]:
         raise BrokerError(f"the broker listener bind {bind!r} is not HOST:PORT") from None
 
 
-def _write_password_file(path: Path, service: Credentials, extra: str | None) -> None:
+#: Argon2 at its lightest (8 KiB, one pass): for a password of 144 random bits made by the
+#: service for itself, which no guessing can find however fast each guess.
+_RANDOM_PASSWORD_HASH = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8, parallelism=1),))
+
+
+def _write_password_file(
+    path: Path, service: Credentials, extra: str | None, *, random_password: bool
+) -> None:
     """The service user's line, after the lines of the operator's own password file (DPU
-    users, when anonymous access is off)."""
+    users, when anonymous access is off). A password the operator chose is hashed with
+    Argon2's defaults (64 MiB, three passes: slow to guess); one the service made at random,
+    with the lightest Argon2: the defaults cost 64 MiB at start and again at the service's own
+    connection, the peak of a restart's memory at 100,000 spaces (BENCHMARKS.md)."""
     lines = Path(extra).read_text(encoding="utf-8").splitlines() if extra else []
-    hashed = PasswordHash((Argon2Hasher(),)).hash(service.password)
+    hasher = _RANDOM_PASSWORD_HASH if random_password else PasswordHash((Argon2Hasher(),))
+    hashed = hasher.hash(service.password)
     lines = [line for line in lines if line.partition(":")[0].strip() != service.username]
     lines.append(f"{service.username}:{hashed}")
     path.touch(mode=0o600, exist_ok=True)

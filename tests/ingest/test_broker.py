@@ -84,6 +84,31 @@ async def test_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
         await connect(broker.port, "headcount", "p@ss word")
 
 
+def stored_hash(data_dir: Path, username: str) -> str:
+    lines = (data_dir / "broker.passwd").read_text().splitlines()
+    return next(line.partition(":")[2] for line in lines if line.startswith(f"{username}:"))
+
+
+async def test_a_password_made_at_random_is_hashed_light_and_one_given_strong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's own password, 144 random bits, gets Argon2 at its lightest (8 KiB):
+    the defaults held 64 MiB at start and again at its connection, the peak of a restart at
+    100,000 spaces. A password the operator gives keeps the defaults (64 MiB, three passes).
+    Both let the service in and nobody else."""
+    made, given = tmp_path / "made", tmp_path / "given"
+    async with EmbeddedBroker(port=0, data_dir=made) as broker:
+        credentials = broker.service_credentials()
+        assert stored_hash(made, "headcount").startswith("$argon2id$v=19$m=8,t=1,p=1$")
+        await connect(broker.port, credentials.username, credentials.password)
+        with pytest.raises(aiomqtt.MqttError):
+            await connect(broker.port, "headcount", credentials.password[:-1])
+    monkeypatch.setenv(PASSWORD_ENV, "chosen by hand")
+    async with EmbeddedBroker(port=0, data_dir=given) as broker:
+        assert stored_hash(given, "headcount").startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+        await connect(broker.port, "headcount", "chosen by hand")
+
+
 def test_credentials_repr_hides_the_password() -> None:
     assert "secret" not in repr(Credentials("headcount", "secret"))
 

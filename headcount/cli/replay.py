@@ -159,6 +159,9 @@ async def run(args: argparse.Namespace) -> int:
                 progress=Progress(
                     "replaying", total=None if from_ts else await store.log.count_traversals()
                 ),
+                # Alone with its store, nothing else on the loop: the log read on its thread.
+                # A shard's replay holds leases beside the other shards: left in the worker.
+                scan_on_loop=args.shard is None,
             )
             summary = await replay.run(from_ts=from_ts, digest=document_digest(document))
             await record(store, choice)
@@ -214,6 +217,7 @@ async def _verify(args: argparse.Namespace, store: EventStore, topology: Topolog
         topology,
         space_ids=args.space,
         progress=Progress("verifying", total=await store.log.count_traversals()),
+        scan_on_loop=True,
     )
     summary, mismatches, states = await replay.verify()
     if service is not None:

@@ -340,6 +340,7 @@ class EventLog:
         after: int | None,
         head: Head,
         seq_after: int | None = None,
+        on_loop: bool = False,
     ) -> AsyncIterator[Sequence[tuple[str, int | None, int, int]]]:
         """Every traversal up to log position ``head.position`` with ``ts > after``, as rows
         ``(dpu_id, seq, ts, direction)`` in fold order, optionally only from ``dpu_ids``, in
@@ -366,7 +367,9 @@ class EventLog:
                 dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
             )
             params = [compiled.params[name] for name in compiled.positiontup or ()]
-            async for rows in sqlite_rows(path, str(compiled), params, batch=SCAN_BATCH):
+            async for rows in sqlite_rows(
+                path, str(compiled), params, batch=SCAN_BATCH, on_loop=on_loop
+            ):
                 yield rows
             return
         async with translate_errors(), self.engine.connect() as conn:

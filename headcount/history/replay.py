@@ -580,7 +580,11 @@ class Replay:
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         snapshot_lag_ms: int = DEFAULT_SNAPSHOT_LAG_MS,
         progress: Progress | None = None,
+        scan_on_loop: bool = False,
     ) -> None:
+        """``scan_on_loop``: read the log on the event loop's thread (SQLite), holding the loop
+        while SQLite sorts and reads each batch: about 8% faster, for a command with nothing
+        else on its loop (``headcount replay``), never a service."""
         self.store = store
         self.topology = topology
         ids = list(topology.spaces) if space_ids is None else list(dict.fromkeys(space_ids))
@@ -590,6 +594,7 @@ class Replay:
         self.snapshot_every = snapshot_every
         self.snapshot_lag_ms = snapshot_lag_ms
         self.progress = progress
+        self.scan_on_loop = scan_on_loop
 
     async def run(self, *, from_ts: int | None = None, digest: str = "") -> ReplaySummary:
         """Fold and write every space's snapshots as a new generation, then mark each space
@@ -729,7 +734,9 @@ class Replay:
         # Only the events kept as they are folded (recovery's, after each checkpoint) need
         # their seq.
         seq_after = min((t.recent_after for t in tracks.values()), default=_AFTER_ALL)
-        rows = self.store.log.scan_log(dpu_ids=dpus, after=after, head=head, seq_after=seq_after)
+        rows = self.store.log.scan_log(
+            dpu_ids=dpus, after=after, head=head, seq_after=seq_after, on_loop=self.scan_on_loop
+        )
         progress = self.progress
         with bulk_pass():
             async with _Writer(self.store, tracks, generation) as writer:

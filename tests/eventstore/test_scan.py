@@ -22,21 +22,35 @@ def numbers(path: Path, n: int) -> None:
     conn.close()
 
 
-async def test_rows_come_in_batches_in_order(tmp_path: Path) -> None:
+#: Both ways of reading: in a worker thread, and on the event loop's own thread.
+ON_LOOP = pytest.mark.parametrize("on_loop", [False, True], ids=["worker", "on-loop"])
+
+
+@ON_LOOP
+async def test_rows_come_in_batches_in_order(tmp_path: Path, on_loop: bool) -> None:
     numbers(tmp_path / "n.db", 25)
     batches = [
         batch
         async for batch in sqlite_rows(
-            str(tmp_path / "n.db"), "SELECT n FROM numbers WHERE n >= ? ORDER BY n", [3], batch=10
+            str(tmp_path / "n.db"),
+            "SELECT n FROM numbers WHERE n >= ? ORDER BY n",
+            [3],
+            batch=10,
+            on_loop=on_loop,
         )
     ]
     assert [len(b) for b in batches] == [10, 10, 2]
     assert [n for b in batches for (n,) in b] == list(range(3, 25))
 
 
-async def test_a_reader_that_stops_early_closes_the_connection(tmp_path: Path) -> None:
+@ON_LOOP
+async def test_a_reader_that_stops_early_closes_the_connection(
+    tmp_path: Path, on_loop: bool
+) -> None:
     numbers(tmp_path / "n.db", 100)
-    rows = sqlite_rows(str(tmp_path / "n.db"), "SELECT n FROM numbers", [], batch=10)
+    rows = sqlite_rows(
+        str(tmp_path / "n.db"), "SELECT n FROM numbers", [], batch=10, on_loop=on_loop
+    )
     assert isinstance(rows, AsyncGenerator)
     async for _ in rows:
         break
@@ -48,13 +62,18 @@ async def test_a_reader_that_stops_early_closes_the_connection(tmp_path: Path) -
     conn.close()
 
 
-async def test_errors_are_store_errors(tmp_path: Path) -> None:
+@ON_LOOP
+async def test_errors_are_store_errors(tmp_path: Path, on_loop: bool) -> None:
     with pytest.raises(StoreError, match="cannot open the event store"):
-        async for _ in sqlite_rows(str(tmp_path / "missing.db"), "SELECT 1", [], batch=10):
+        async for _ in sqlite_rows(
+            str(tmp_path / "missing.db"), "SELECT 1", [], batch=10, on_loop=on_loop
+        ):
             pass
     numbers(tmp_path / "n.db", 1)
     with pytest.raises(StoreError, match="no such table"):
-        async for _ in sqlite_rows(str(tmp_path / "n.db"), "SELECT * FROM nope", [], batch=10):
+        async for _ in sqlite_rows(
+            str(tmp_path / "n.db"), "SELECT * FROM nope", [], batch=10, on_loop=on_loop
+        ):
             pass
 
 

@@ -70,6 +70,7 @@ async def sqlite_rows(
 def _rows_on_loop(
     path: str, sql: str, params: Sequence[Any], batch: int
 ) -> Generator[list[tuple[Any, ...]], None, None]:
+    """:func:`sqlite_rows` read on the caller's thread."""
     try:
         conn = _open(path)
     except sqlite3.Error as e:

@@ -808,10 +808,9 @@ class Replay:
         def unseen(row: _Row) -> None:
             """A row of a DPU without a hand for this batch: routed as it is, and the DPU
             given a hand if its route holds over the whole batch."""
-            dpu_id, _, ts, _ = row
-            route = route_of(dpu_id, ts)
+            route = route_of(row[0], row[2])
             if route[0] <= first and last < route[1]:
-                hand = hands.give(dpu_id, route)
+                hand = hands.give(route[3], route)
             else:  # the DPU moves within the batch: routed row by row
                 hand = _hand(route)
             hand(row)

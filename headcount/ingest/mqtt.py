@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
@@ -427,10 +428,53 @@ def _hook_paho(client: aiomqtt.Client) -> _Session:
         properties: Properties | None = None,
     ) -> None:
         session.present = flags.session_present
+        sock = c._sock
+        if type(sock) is socket.socket:  # plain TCP: not TLS, not a WebSocket
+            c._sock = _ReadAhead(sock)  # socket-like, with pending() as an SSL socket has
         aiomqtt_on_connect(c, userdata, flags, reason_code, properties)
 
     paho_client.on_connect = on_connect
     return session
+
+
+#: Bytes a read ahead takes from the connection at most.
+_READ_AHEAD = 1 << 16
+
+
+class _ReadAhead:
+    """A plain TCP connection as paho reads it, with reads ahead. paho reads each packet in
+    three ``recv`` calls (its first byte, its length, its body), each a system call: 60% of
+    ingest's time in ``recv`` with single-event messages (cProfile). This reads what the
+    connection holds, up to 64 KiB, in one call and hands it out as asked. ``pending()``, as
+    an SSL socket has it, tells aiomqtt's reader that packets may wait here while the socket
+    has nothing more to read: it calls paho again until they are taken. Everything else is
+    the socket's."""
+
+    __slots__ = ("_data", "_pos", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        data, pos = self._data, self._pos
+        if pos >= len(data):
+            data = self._sock.recv(max(bufsize, _READ_AHEAD))  # b"": the connection closed
+            if len(data) <= bufsize:
+                self._data, self._pos = b"", 0
+                return data
+            self._data, pos = data, 0
+        chunk = data[pos : pos + bufsize]
+        self._pos = pos + len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        """Bytes read from the connection and not yet handed out."""
+        return len(self._data) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def _refused(code: int | ReasonCode) -> bool:

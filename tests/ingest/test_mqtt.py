@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -29,6 +30,7 @@ from headcount.ingest.mqtt import (
     Received,
     Subscriber,
     SubscriberError,
+    _ReadAhead,
     parse_broker_url,
 )
 from headcount.ingest.pipeline import Ingest
@@ -219,6 +221,58 @@ async def test_unacked_messages_are_redelivered_and_acked_ones_are_not(
     async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
         with pytest.raises(TimeoutError):  # nothing comes for a while: the wait is the point
             await next_message(sub.messages(), timeout=0.5)
+
+
+def test_a_read_ahead_hands_out_what_one_read_took() -> None:
+    """``_ReadAhead`` takes what the connection holds in one read and hands it out as paho
+    asks, a part of what it holds when asked for more; ``pending()`` counts what is left."""
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        mine.setblocking(False)
+        ahead = _ReadAhead(mine)
+        theirs.sendall(b"\x30\x05hello\x30\x02hi")
+        time.sleep(0.05)
+        assert ahead.recv(1) == b"\x30"  # one read took all 11 bytes
+        assert ahead.pending() == 10
+        assert [ahead.recv(1), ahead.recv(5)] == [b"\x05", b"hello"]
+        assert [ahead.recv(1), ahead.recv(1), ahead.recv(5)] == [b"\x30", b"\x02", b"hi"]
+        assert ahead.pending() == 0
+        with pytest.raises(BlockingIOError):  # nothing held, nothing on the socket
+            ahead.recv(1)
+        theirs.sendall(b"abc")
+        time.sleep(0.05)
+        assert ahead.recv(3) == b"abc"  # as much as asked: nothing kept
+        assert ahead.pending() == 0
+        assert ahead.fileno() == mine.fileno()  # the rest is the socket's
+        theirs.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)
+        assert ahead.recv(1) == b""  # the connection closed, as paho expects to see it
+
+
+async def test_a_burst_of_messages_of_every_size_arrives_whole_and_in_order(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str
+) -> None:
+    """The subscriber reads a plain connection ahead: the messages that piled up while its
+    event loop was busy come in one read, a large one over several, all whole and in order,
+    and none is left waiting in what was read ahead (the broker sends no more until they are
+    acknowledged: one left there would stop the stream)."""
+    rng = random.Random(5)
+    payloads = [rng.randbytes(rng.choice((1, 30, 200, 5_000))) for _ in range(300)]
+    payloads[150] = rng.randbytes(200_000)  # more than one read ahead takes
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        assert isinstance(sub._client._client._sock, _ReadAhead)  # type: ignore[union-attr]
+        messages = sub.messages()
+        publisher = threading.Thread(
+            target=asyncio.run, args=(publish(broker_url, mqtt_topic, *payloads),)
+        )
+        publisher.start()
+        time.sleep(1.0)  # noqa: ASYNC251  # the loop held: what the broker sends piles up
+        received = []
+        for _ in payloads:  # acknowledged as they come: a broker holds back past its window
+            received.append(await next_message(messages, timeout=20))
+            await sub.ack(received[-1])
+        await asyncio.to_thread(publisher.join)
+    assert [m.payload for m in received] == payloads
 
 
 @pytest.mark.parametrize("broker_url", ["amqtt"], indirect=True)

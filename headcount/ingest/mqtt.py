@@ -443,8 +443,8 @@ _READ_AHEAD = 1 << 16
 
 class _ReadAhead:
     """A plain TCP connection as paho reads it, with reads ahead. paho reads each packet in
-    three ``recv`` calls (its first byte, its length, its body), each a system call: 60% of
-    ingest's time in ``recv`` with single-event messages (cProfile). This reads what the
+    three ``recv`` calls (its first byte, its length, its body), each a system call: a sixth
+    of the service's time under single-event messages (cProfile). This reads what the
     connection holds, up to 64 KiB, in one call and hands it out as asked. ``pending()``, as
     an SSL socket has it, tells aiomqtt's reader that packets may wait here while the socket
     has nothing more to read: it calls paho again until they are taken. Everything else is

@@ -6,8 +6,9 @@ DO NOTHING`` and ``RETURNING`` that an append of possible duplicates needs.
   service's store is), one multi-row ``INSERT`` per transaction. Measured twice: with
   ``ON CONFLICT`` + ``RETURNING`` in ``BEGIN IMMEDIATE`` ... ``COMMIT``, and as a plain
   multi-row ``INSERT`` that is its own transaction with ``last_insert_rowid()`` after it (what
-  headcount's append of new traversals does, ``appending.insert_new``): the faster of the two
-  is the limit to beat.
+  headcount's append of new traversals does, ``appending.insert_new``). Both are printed,
+  with headcount's ratio to each: the first is the limit the issue named, the plain
+  ``INSERT`` (faster) the stricter one.
 - PostgreSQL: asyncpg, ``INSERT ... SELECT FROM unnest(...)``; ``COPY`` as a second reference
   (it cannot skip duplicates, so headcount cannot use it as it is).
 

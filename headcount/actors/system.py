@@ -56,6 +56,13 @@ class RestartBudget:
 _PER_SPACE_COST_S = 4e-3
 _PER_EVENT_COST_S = 2e-6
 
+#: The least time between two snapshot refreshes of one space. A refresh costs a few
+#: milliseconds whatever it folds (a transaction of some thirty statements); a space taking a
+#: hundred events a second would otherwise ask for one each second per hundred events, a
+#: third of the service's time in a flood (bench/ingest.py --mode single). Snapshots are still
+#: written every ``snapshot_every`` events: a later refresh writes each one it passed.
+DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
+
 
 class ActorSystem:
     """Runs a :class:`SpaceActor` for every space in ``space_ids`` (default: the topology's).
@@ -76,6 +83,7 @@ class ActorSystem:
         on_late: Callable[[], None] | None = None,
         clock: Callable[[], int] = now_ms,
         daily_reset_tick_s: float = 1.0,
+        snapshot_interval_s: float = DEFAULT_SNAPSHOT_INTERVAL_S,
     ) -> None:
         self.history = history
         #: Every change of a space's live state, for whoever subscribes.
@@ -106,6 +114,11 @@ class ActorSystem:
         self._since_snapshot: dict[str, int] = dict.fromkeys(ids, 0)
         self._due: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._snapshot_interval_s = snapshot_interval_s
+        #: When each space's last refresh started (event loop time), for spaces refreshed
+        #: within the last interval; and the refreshes waiting for their interval to pass.
+        self._refreshed: dict[str, float] = {}
+        self._waiting: dict[str, asyncio.TimerHandle] = {}
         self.restarts = 0
         self.task: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
@@ -170,6 +183,10 @@ class ActorSystem:
         finally:
             self._group = None
             self._awake.clear()
+            for space_id, waiting in self._waiting.items():
+                waiting.cancel()
+                self._queued.discard(space_id)  # its events are in write_snapshots' count
+            self._waiting.clear()
 
     def _wake(self, actor: SpaceActor) -> None:
         """Start the actor's task when the first event comes for it. A task waiting on an empty
@@ -366,7 +383,18 @@ class ActorSystem:
         self._since_snapshot[space_id] = count
         if count >= self.history.snapshot_every and space_id not in self._queued:
             self._queued.add(space_id)
-            self._due.put_nowait(space_id)
+            loop = asyncio.get_running_loop()
+            last = self._refreshed.pop(space_id, None)
+            if last is None or loop.time() >= last + self._snapshot_interval_s:
+                self._due.put_nowait(space_id)
+            else:
+                self._waiting[space_id] = loop.call_at(
+                    last + self._snapshot_interval_s, self._interval_passed, space_id
+                )
+
+    def _interval_passed(self, space_id: str) -> None:
+        del self._waiting[space_id]
+        self._due.put_nowait(space_id)
 
     async def _snapshots(self) -> None:
         """Write snapshots of spaces that folded enough events since their last, one space at a
@@ -375,6 +403,8 @@ class ActorSystem:
             space_id = await self._due.get()
             self._queued.discard(space_id)
             self._since_snapshot[space_id] = 0
+            if self._snapshot_interval_s > 0:
+                self._refreshed[space_id] = asyncio.get_running_loop().time()
             refresh = asyncio.ensure_future(self.history.refresh_snapshots([space_id]))
             try:
                 await asyncio.shield(refresh)

@@ -386,3 +386,38 @@ async def test_a_store_that_is_down_for_a_snapshot_is_one_warning_not_a_tracebac
             f"final snapshots not written ({reason}); the next start folds more of the log",
         ),
     ]
+
+
+async def test_a_space_is_refreshed_at_most_once_per_interval_with_every_snapshot_written(
+    store: EventStore, seed: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh costs a transaction whatever it folds: a busy space is refreshed at most once
+    per ``snapshot_interval_s``, the events due meanwhile wait for the next one, and that one
+    writes the snapshot of every ``snapshot_every`` events it passes."""
+    history = History(store, seed, snapshot_every=2, snapshot_lag_ms=0)
+    loop = asyncio.get_running_loop()
+    refreshes: list[tuple[float, int]] = []
+    refresh = history.refresh_snapshots
+
+    async def spy(space_ids: Iterable[str] | None = None, **kwargs: Any) -> int:
+        started = loop.time()
+        written = await refresh(space_ids, now=NOW, **kwargs)
+        refreshes.append((started, written))
+        return written
+
+    monkeypatch.setattr(history, "refresh_snapshots", spy)
+    interval = 0.3
+    system = ActorSystem(history, clock=clock, snapshot_interval_s=interval)
+    async with system.running():
+        events = [Traversal("283", seq, NOW - (10 - seq) * MINUTE, 1) for seq in range(1, 7)]
+        await system.route(await stored(store, events[:2]))
+        await eventually(lambda: len(refreshes) == 1, what="the first refresh")
+        for pair in (events[2:4], events[4:6]):  # due twice within the interval
+            await system.route(await stored(store, pair))
+            await system.drain()
+        assert len(refreshes) == 1
+        await eventually(lambda: len(refreshes) == 2, what="the refresh after the interval")
+    (first, _), (second, _), _ = refreshes
+    assert second - first >= interval - 0.01  # call_at fires on time or later, never sooner
+    # Snapshots after events 2, then 4 and 6 (none skipped); nothing left for the stop.
+    assert [written for _, written in refreshes] == [1, 2, 0]

@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -226,9 +227,13 @@ class Subscriber:
         self._client: aiomqtt.Client | None = None
         self._connection = AsyncExitStack()
         self._subscribing: asyncio.Task[None] | None = None
-        # Messages of the current connection still to acknowledge, in order of receipt.
-        self._unacked: dict[int, Received] = {}
+        # Messages of the current connection still to acknowledge, in order of receipt. An
+        # OrderedDict finds its first in constant time; a dict whose first entries were
+        # deleted scans past their slots each time (a fifth of the time ack took).
+        self._unacked: OrderedDict[int, Received] = OrderedDict()
         self._acked: set[int] = set()
+        #: aiomqtt's queue of the current connection (see ``_hook_paho``).
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
 
     async def __aenter__(self) -> Self:
         try:
@@ -276,12 +281,13 @@ class Subscriber:
         if received.qos == 0 or self._unacked.get(received.mid) is not received:
             return
         self._acked.add(received.mid)
-        while self._unacked:
-            mid, first = next(iter(self._unacked.items()))
-            if mid not in self._acked:
+        unacked, acked = self._unacked, self._acked
+        while unacked:
+            mid = next(iter(unacked))
+            if mid not in acked:
                 return
-            del self._unacked[mid]
-            self._acked.discard(mid)
+            first = unacked.pop(mid)
+            acked.discard(mid)
             self._send_puback(first)
 
     async def _next(self) -> Received:
@@ -291,8 +297,13 @@ class Subscriber:
                 await self._reconnect()
                 continue
             try:
-                # What _hook_paho's on_message put in aiomqtt's queue.
-                received: object = await anext(aiter(client.messages))
+                # What _hook_paho's on_message put in aiomqtt's queue. aiomqtt's iterator
+                # makes a task and waits on it for every message; taken straight from the
+                # queue while it holds some, a burst of them is read in one go.
+                inbox = self._inbox
+                received: object = (
+                    inbox.get_nowait() if inbox.qsize() else await anext(aiter(client.messages))
+                )
             except aiomqtt.MqttError as e:
                 logger.warning("lost MQTT connection to %s: %s; reconnecting", self.address, e)
                 await self._disconnect()
@@ -315,6 +326,7 @@ class Subscriber:
             tls_context=self._tls,
         )
         session = _hook_paho(client)
+        self._inbox = session.queue
         await self._connection.enter_async_context(client)
         self._client = client
         if session.present:
@@ -396,6 +408,8 @@ class Subscriber:
 
 @dataclass
 class _Session:
+    #: aiomqtt's queue, which ``on_message`` fills.
+    queue: asyncio.Queue[Any]
     present: bool = False
 
 
@@ -405,8 +419,8 @@ def _hook_paho(client: aiomqtt.Client) -> _Session:
     pass on every message as a :class:`Received` into aiomqtt's queue, whatever its topic."""
     paho_client = client._client
     paho_client.manual_ack_set(True)
-    session = _Session()
     queue: asyncio.Queue[Any] = client._queue  # aiomqtt's; we put Received, not its Message
+    session = _Session(queue)
 
     def on_message(c: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         # Instead of aiomqtt's on_message, which reads ``message.topic``: paho decodes it as

@@ -273,6 +273,33 @@ async def test_a_burst_of_messages_of_every_size_arrives_whole_and_in_order(
     assert [m.payload for m in received] == payloads
 
 
+async def test_messages_already_received_are_read_without_a_wait_each(
+    broker_url: str, mqtt_client_id: str, mqtt_topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiomqtt's iterator makes a task and waits on it for every message: three turns of the
+    event loop each, most of the loop's time under single-event messages. Messages already
+    in its queue are taken from there; the iterator is awaited only when none is."""
+    waits = 0
+    anext_of_aiomqtt = aiomqtt.client.MessagesIterator.__anext__
+
+    async def counted(self: aiomqtt.client.MessagesIterator) -> aiomqtt.Message:
+        nonlocal waits
+        waits += 1
+        return await anext_of_aiomqtt(self)
+
+    monkeypatch.setattr(aiomqtt.client.MessagesIterator, "__anext__", counted)
+    payloads = [str(n).encode() for n in range(60)]
+    async with subscriber(broker_url, mqtt_client_id, mqtt_topic) as sub:
+        messages = sub.messages()
+        await publish(broker_url, mqtt_topic, *payloads)
+        received = []
+        for _ in payloads:
+            received.append(await next_message(messages))
+            await sub.ack(received[-1])
+    assert [m.payload for m in received] == payloads
+    assert waits < len(payloads) / 2, f"{waits} waits for {len(payloads)} messages"
+
+
 @pytest.mark.parametrize("broker_url", ["amqtt"], indirect=True)
 async def test_a_message_acknowledged_late_is_kept_until_then(
     broker_url: str, mqtt_client_id: str, mqtt_topic: str

@@ -57,11 +57,14 @@ _PER_SPACE_COST_S = 4e-3
 _PER_EVENT_COST_S = 2e-6
 
 #: The least time between two snapshot refreshes of one space. A refresh costs a few
-#: milliseconds whatever it folds (a transaction of some thirty statements); a space taking a
-#: hundred events a second would otherwise ask for one each second per hundred events, a
-#: third of the service's time in a flood (bench/ingest.py --mode single). Snapshots are still
-#: written every ``snapshot_every`` events: a later refresh writes each one it passed.
-DEFAULT_SNAPSHOT_INTERVAL_S = 1.0
+#: milliseconds whatever it folds (a transaction of some thirty statements): asked for after
+#: every ``snapshot_every`` events, refreshes took a third of the service's time under a flood
+#: of single-event messages (bench/ingest.py --mode single), and once a second for each of a
+#: hundred busy spaces still a fifth (bench/live_push.py). Snapshots are still written every
+#: ``snapshot_every`` events (a later refresh writes each one it passed), and none is within
+#: ``snapshot_lag_ms`` (5 minutes) of a space's newest event anyway: a few seconds more
+#: before one is written changes no answer, and little of what a restart folds.
+DEFAULT_SNAPSHOT_INTERVAL_S = 5.0
 
 
 class ActorSystem:

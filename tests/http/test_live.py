@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -421,6 +423,33 @@ async def test_shutting_down_ends_every_push(service: Service) -> None:
         closing = await asyncio.wait_for(ws.receive(), GUARD_S)
         assert (closing.type, closing.data) == (WSMsgType.CLOSE, 1001)
         assert (await asyncio.wait_for(sse.content.read(), GUARD_S)).strip() == b""
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
+def test_frames_for_one_client_are_held_and_sent_together() -> None:
+    """Several changes queued for a client: its connection is corked while they are written
+    (one segment, not one each) and uncorked after, also when a write fails; one change alone
+    is written as it is."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as sock,
+    ):
+        request = cast(
+            web.Request,
+            SimpleNamespace(transport=SimpleNamespace(get_extra_info={"socket": sock}.get)),
+        )
+
+        def corked() -> int:
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+        with live._corked(request, more=False):
+            assert corked() == 0
+        with live._corked(request, more=True):
+            assert corked() == 1
+        assert corked() == 0
+        with pytest.raises(ConnectionResetError), live._corked(request, more=True):
+            raise ConnectionResetError
+        assert corked() == 0
 
 
 async def test_sse_head_answers_the_headers_alone(service: Service) -> None:

@@ -156,7 +156,7 @@ async def main() -> None:
     args = parser.parse_args()
     steady_s = 10 if args.quick else 60
     steady_events = int(args.rate * steady_s) // DPUS * DPUS
-    flood = 2_000 if args.quick else 20_000
+    flood = 10_000 if args.quick else 20_000  # quick: still many readings (flood_rate)
     rounds = ["without", "with"] if args.quick else ["without", "with", "with", "without"] * 2
     with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
